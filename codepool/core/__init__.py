@@ -1,0 +1,1 @@
+"""The core: models, policy, the CodePool service, and the Store and Backend plug points."""

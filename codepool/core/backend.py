@@ -1,0 +1,55 @@
+"""The Backend plug point: where boxes live and the durable truth about them (DESIGN §2).
+
+The protocol follows the AWS lifecycle of DESIGN §3 so that every backend, the local
+one included, behaves the same way: spares launch when desired capacity rises, an
+idle stop leaves service before it stops, a resume returns to service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from codepool.core.errors import ConfigError
+from codepool.core.models import BatchResult, Capacity, Instance
+from codepool.core.settings import Settings
+
+
+class Backend(Protocol):
+    """What the core needs from a pool of boxes."""
+
+    ready_path: str  # HTTP path on a box's address that answers 200 once it serves
+
+    async def list_instances(self) -> list[Instance]:
+        """Every box of the pool that is not terminated: spares, running and stopped ones."""
+
+    async def capacity(self) -> Capacity:
+        """The group's min, max and desired capacity."""
+
+    async def set_desired(self, desired: int) -> None:
+        """Ask for this many in-service boxes; missing ones launch as unowned spares.
+        Lowering it terminates nothing (every box is protected from scale-in)."""
+
+    async def claim(self, instance_id: str, owner: str) -> Instance:
+        """Tag an unowned running box with its owner and protect it.
+        Raise BackendError if it is not (or no longer) an unowned running box."""
+
+    async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
+        """Idle stop: leave service (desired drops by one each), then stop; owner and disk kept."""
+
+    async def start(self, instance_id: str) -> Instance:
+        """Resume a stopped box on its own disk and return it to service (desired rises by one)."""
+
+    async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
+        """Delete boxes and their disks; desired drops by one for each box in service."""
+
+    async def close(self) -> None:
+        """Release clients and connections."""
+
+
+def create_backend(settings: Settings) -> Backend:
+    """The backend named by pool.backend; only its module is imported."""
+    if settings.pool.backend == "local":
+        from codepool.core.backends.local import LocalBackend
+
+        return LocalBackend(settings.local)
+    raise ConfigError(f"config error: pool.backend = {settings.pool.backend!r}: allowed: local")

@@ -1,0 +1,1 @@
+"""Backend implementations: `local` (slots on this machine)."""

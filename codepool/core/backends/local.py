@@ -1,0 +1,377 @@
+"""The `local` backend: a pool of slots on this machine (DESIGN §4).
+
+A slot is a directory (the owner's disk: `home/` and code-server's `data/`) plus a
+workspace process on a loopback port. Slot metadata on disk (`meta.json`) is the
+durable truth, like EC2 tags. Processes run in their own session, so they outlive
+the command that started them, and are found again by pid and start time.
+
+Layout under local.state_dir:
+  group.json            {"desired": N}
+  backend.lock          flock: one process changes slots at a time
+  slots/<id>/meta.json  owner, lifecycle, wanted state, port, pid
+  slots/<id>/home/      the folder the user works in (kept across stop/resume)
+  slots/<id>/data/      code-server's user data (settings, extensions)
+  slots/<id>/workspace.log
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from codepool.core.errors import BackendError
+from codepool.core.models import BatchResult, Capacity, Instance, InstanceState, Lifecycle
+from codepool.core.settings import LocalSettings
+
+CODE_SERVER_VERSION = "4.99.4"
+INSTALL_HINT = (
+    "install it with `scripts/install-code-server` (code-server "
+    f"{CODE_SERVER_VERSION} from npm), put `code-server` on PATH, or set local.command"
+)
+STOP_GRACE_S = 5.0
+
+
+def code_server_candidates() -> list[Path]:
+    """Where scripts/install-code-server puts code-server, for when it is not on PATH."""
+    explicit = os.environ.get("CODEPOOL_CODE_SERVER_DIR")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    roots = [Path(explicit)] if explicit else []
+    roots.append(cache / "codepool" / f"code-server-{CODE_SERVER_VERSION}")
+    return [root / "node_modules" / ".bin" / "code-server" for root in roots]
+
+
+def resolve_executable(name: str) -> str:
+    """The program to run for the first word of local.command, or a BackendError saying how
+    to get it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    if name == "code-server":
+        for candidate in code_server_candidates():
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+        raise BackendError(f"code-server not found: {INSTALL_HINT}")
+    raise BackendError(f"workspace command {name!r} not found (local.command)")
+
+
+@dataclass(frozen=True)
+class SlotMeta:
+    instance_id: str
+    owner: str | None
+    lifecycle: str  # Lifecycle value
+    want: str  # "running" or "stopped": what the slot should be doing
+    port: int
+    pid: int
+    pid_start: str  # /proc start time, guards against a recycled pid
+    launched_at_ms: int
+    stopped_at_ms: int = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _proc_start(pid: int) -> str:
+    """The kernel's start time of pid ('' if unknown or gone); zombies count as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return ""
+    return fields[19]
+
+
+def _reap_child(pid: int) -> None:
+    """Collect the exit status if pid is our own child, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _alive(meta: SlotMeta) -> bool:
+    if meta.pid <= 0:
+        return False
+    _reap_child(meta.pid)
+    start = _proc_start(meta.pid)
+    return bool(start) and start == meta.pid_start
+
+
+def _free_port(host: str, preferred: int = 0) -> int:
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise BackendError(f"no free port on {host}")
+
+
+class LocalBackend:
+    """Slots on this machine, mirroring the AWS group's lifecycle."""
+
+    def __init__(self, settings: LocalSettings) -> None:
+        self.settings = settings
+        self.ready_path = settings.ready_path
+        self.root = Path(settings.state_dir).expanduser()
+        self.slots = self.root / "slots"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.slots.mkdir(parents=True, exist_ok=True)
+        with (self.root / "backend.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _read(self, iid: str) -> SlotMeta | None:
+        try:
+            data: dict[str, Any] = json.loads((self.slots / iid / "meta.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"slot {iid}: unreadable metadata: {exc}") from None
+        return SlotMeta(**data)
+
+    def _write(self, meta: SlotMeta) -> None:
+        path = self.slots / meta.instance_id / "meta.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(meta), indent=2))
+        os.replace(tmp, path)  # atomic: a crash leaves the old or the new, never half
+
+    def _all(self) -> list[SlotMeta]:
+        if not self.slots.is_dir():
+            return []
+        metas = [self._read(p.name) for p in sorted(self.slots.iterdir()) if p.is_dir()]
+        return [m for m in metas if m is not None]
+
+    def _desired(self) -> int:
+        try:
+            return int(json.loads((self.root / "group.json").read_text())["desired"])
+        except FileNotFoundError:
+            return self.settings.min_size
+        except (OSError, ValueError, KeyError) as exc:
+            raise BackendError(f"{self.root / 'group.json'}: unreadable: {exc}") from None
+
+    def _set_desired_file(self, desired: int) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / "group.json.tmp"
+        tmp.write_text(json.dumps({"desired": desired}))
+        os.replace(tmp, self.root / "group.json")
+
+    def _instance(self, meta: SlotMeta) -> Instance:
+        running = meta.want == "running" and _alive(meta)
+        return Instance(
+            instance_id=meta.instance_id,
+            state=InstanceState.RUNNING if running else InstanceState.STOPPED,
+            lifecycle=Lifecycle(meta.lifecycle),
+            owner=meta.owner,
+            address=f"http://{self.settings.host}:{meta.port}",
+            launched_at_ms=meta.launched_at_ms,
+            stopped_at_ms=meta.stopped_at_ms,
+        )
+
+    def _spawn(self, meta: SlotMeta) -> SlotMeta:
+        """Start the workspace process of a slot; it runs in its own session."""
+        slot = self.slots / meta.instance_id
+        port = _free_port(self.settings.host, meta.port)
+        values = {
+            "port": str(port),
+            "home": str(slot / "home"),
+            "data_dir": str(slot / "data"),
+            "slot": str(slot),
+            "host": self.settings.host,
+        }
+        try:
+            argv = [part.format(**values) for part in self.settings.command]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise BackendError(
+                f"local.command: bad placeholder {exc}; allowed: "
+                "{port} {home} {data_dir} {slot} {host}"
+            ) from None
+        program = resolve_executable(argv[0])
+        (slot / "home").mkdir(parents=True, exist_ok=True)
+        (slot / "data").mkdir(parents=True, exist_ok=True)
+        log = os.open(slot / "workspace.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            pid = os.posix_spawn(
+                program,
+                [program, *argv[1:]],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log, 1),
+                    (os.POSIX_SPAWN_DUP2, log, 2),
+                ],
+                setsid=True,
+            )
+        except OSError as exc:
+            raise BackendError(f"cannot start workspace {program}: {exc}") from None
+        finally:
+            os.close(log)
+        return replace(meta, port=port, pid=pid, pid_start=_proc_start(pid), want="running")
+
+    def _kill(self, meta: SlotMeta) -> None:
+        """Stop a slot's process group: SIGTERM, then SIGKILL after a grace period."""
+        if not _alive(meta):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(meta.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while _alive(meta) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(meta):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(meta.pid, signal.SIGKILL)
+            while _alive(meta) and time.monotonic() < deadline + STOP_GRACE_S:
+                time.sleep(0.05)
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def list_instances(self) -> list[Instance]:
+        return await asyncio.to_thread(lambda: [self._instance(m) for m in self._all()])
+
+    async def capacity(self) -> Capacity:
+        s = self.settings
+        return await asyncio.to_thread(lambda: Capacity(s.min_size, s.max_size, self._desired()))
+
+    def _in_service(self) -> int:
+        return sum(1 for m in self._all() if m.lifecycle == Lifecycle.IN_SERVICE.value)
+
+    async def set_desired(self, desired: int) -> None:
+        s = self.settings
+        if not s.min_size <= desired <= s.max_size:
+            raise BackendError(
+                f"desired capacity {desired} outside the group's limits "
+                f"[{s.min_size}, {s.max_size}]"
+            )
+
+        def run() -> None:
+            with self._locked():
+                self._set_desired_file(desired)
+                try:
+                    for _ in range(desired - self._in_service()):
+                        self._launch()
+                except BackendError:
+                    # AWS would keep trying; here a failed launch (say, no code-server) would
+                    # fail again at once, so desired falls back to what actually runs.
+                    self._set_desired_file(max(s.min_size, self._in_service()))
+                    raise
+
+        await asyncio.to_thread(run)
+
+    def _launch(self) -> None:
+        iid = f"slot-{secrets.token_hex(4)}"
+        (self.slots / iid).mkdir(parents=True)
+        meta = SlotMeta(iid, None, Lifecycle.IN_SERVICE.value, "running", 0, 0, "", _now_ms())
+        self._write(meta)  # recorded before the process starts: a crash leaves a visible slot
+        try:
+            self._write(self._spawn(meta))
+        except BackendError:
+            shutil.rmtree(self.slots / iid, ignore_errors=True)
+            raise
+
+    async def claim(self, instance_id: str, owner: str) -> Instance:
+        def run() -> Instance:
+            with self._locked():
+                meta = self._read(instance_id)
+                if meta is None:
+                    raise BackendError(f"{instance_id}: no such slot")
+                inst = self._instance(meta)
+                if meta.owner is not None or not inst.is_spare:
+                    raise BackendError(f"{instance_id}: not an unowned running spare")
+                meta = replace(meta, owner=owner)
+                self._write(meta)
+                return self._instance(meta)
+
+        return await asyncio.to_thread(run)
+
+    async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
+        def run() -> BatchResult:
+            done: list[str] = []
+            failed: dict[str, str] = {}
+            for iid in instance_ids:
+                with self._locked():
+                    meta = self._read(iid)
+                    if meta is None:
+                        failed[iid] = "no such slot"
+                        continue
+                    if meta.lifecycle == Lifecycle.IN_SERVICE.value:
+                        # EnterStandby with ShouldDecrementDesiredCapacity
+                        self._set_desired_file(max(0, self._desired() - 1))
+                    meta = replace(
+                        meta,
+                        lifecycle=Lifecycle.STANDBY.value,
+                        want="stopped",
+                        stopped_at_ms=meta.stopped_at_ms if meta.want == "stopped" else _now_ms(),
+                    )
+                    self._write(meta)
+                self._kill(meta)
+                done.append(iid)
+            return BatchResult(tuple(done), failed)
+
+        return await asyncio.to_thread(run)
+
+    async def start(self, instance_id: str) -> Instance:
+        s = self.settings
+
+        def run() -> Instance:
+            with self._locked():
+                meta = self._read(instance_id)
+                if meta is None:
+                    raise BackendError(f"{instance_id}: no such slot")
+                if _alive(meta) and meta.want == "running":
+                    return self._instance(meta)
+                desired = self._desired()
+                if meta.lifecycle == Lifecycle.STANDBY.value:
+                    if desired + 1 > s.max_size:
+                        raise BackendError(
+                            f"{instance_id}: cannot return to service: desired {desired} "
+                            f"is at max {s.max_size}"
+                        )
+                    self._set_desired_file(desired + 1)  # ExitStandby raises desired by one
+                meta = self._spawn(replace(meta, lifecycle=Lifecycle.IN_SERVICE.value))
+                meta = replace(meta, stopped_at_ms=0)
+                self._write(meta)
+                return self._instance(meta)
+
+        return await asyncio.to_thread(run)
+
+    async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
+        def run() -> BatchResult:
+            done: list[str] = []
+            failed: dict[str, str] = {}
+            for iid in instance_ids:
+                with self._locked():
+                    meta = self._read(iid)
+                    if meta is None:
+                        failed[iid] = "no such slot"
+                        continue
+                    if meta.lifecycle == Lifecycle.IN_SERVICE.value:
+                        self._set_desired_file(max(0, self._desired() - 1))
+                    self._kill(meta)
+                    shutil.rmtree(self.slots / iid, ignore_errors=True)
+                done.append(iid)
+            return BatchResult(tuple(done), failed)
+
+        return await asyncio.to_thread(run)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,44 @@
+"""Errors the core raises. Each front door maps them in one place:
+the CLI to exit codes (cli/render.py), the daemon to HTTP statuses."""
+
+from __future__ import annotations
+
+
+class CodepoolError(Exception):
+    """Base of every error meant for a person: its message is the whole story."""
+
+
+class ConfigError(CodepoolError):
+    """A config file or value is wrong; the message names file, key, value and what is allowed."""
+
+
+class InvalidInput(CodepoolError):
+    """A user name, duration or other argument is not acceptable. Nothing was changed."""
+
+
+class NoWorkspace(CodepoolError):
+    """The user has no workspace (or not in the state the operation needs)."""
+
+
+class PoolFull(CodepoolError):
+    """Every box the group may have is taken; try again later."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Busy(CodepoolError):
+    """Another process holds this user's lock (an assignment or a stop is under way)."""
+
+
+class AssignTimeout(CodepoolError):
+    """A box did not become ready in time."""
+
+
+class BackendError(CodepoolError):
+    """The backend (local slots or AWS) failed or cannot be reached."""
+
+
+class StoreUnavailable(CodepoolError):
+    """The store (SQLite or Redis) failed or cannot be reached."""

@@ -1,0 +1,149 @@
+"""Plain data the core passes around. No I/O here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class WorkspaceState(enum.StrEnum):
+    """A workspace as the store records it."""
+
+    STARTING = "starting"  # being assigned or resumed; not reapable
+    RUNNING = "running"  # serving; pings accepted; reapable when idle
+    STOPPING = "stopping"  # a reaper or release has claimed it; pings refused
+    STOPPED = "stopped"  # its box is stopped and keeps the owner's disk
+
+
+class InstanceState(enum.StrEnum):
+    """A box as the backend reports it (EC2's words)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    TERMINATED = "terminated"
+
+
+class Lifecycle(enum.StrEnum):
+    """Where a box stands in its group (Auto Scaling's words)."""
+
+    PENDING = "Pending"
+    IN_SERVICE = "InService"  # counted in desired capacity
+    STANDBY = "Standby"  # kept, not counted: where stopped workspaces wait
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    """One user's workspace: the seed's `workspace:<user>` hash."""
+
+    user: str
+    instance_id: str
+    address: str  # base URL the router reaches the workspace at, e.g. http://127.0.0.1:41234
+    state: WorkspaceState
+    last_seen_ms: int
+    assigned_at_ms: int
+    hold_until_ms: int = 0
+    stopped_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One box of the pool, as the backend (the durable truth) sees it."""
+
+    instance_id: str
+    state: InstanceState
+    lifecycle: Lifecycle
+    owner: str | None  # None is the seed's Owner=UNASSIGNED
+    address: str
+    launched_at_ms: int
+    stopped_at_ms: int = 0
+
+    @property
+    def in_service(self) -> bool:
+        return self.lifecycle is not Lifecycle.STANDBY and self.state in (
+            InstanceState.PENDING,
+            InstanceState.RUNNING,
+        )
+
+    @property
+    def is_spare(self) -> bool:
+        return self.owner is None and self.in_service
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """The group's size limits and its desired capacity."""
+
+    min_size: int
+    max_size: int
+    desired: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Outcome of a call over many instances: AWS answers per instance, so do we."""
+
+    succeeded: tuple[str, ...] = ()
+    failed: dict[str, str] = field(default_factory=dict)  # instance id -> why
+
+
+class ReapAction(enum.StrEnum):
+    STOP = "stop"
+    TERMINATE = "terminate"
+    KEEP = "keep"
+
+
+@dataclass(frozen=True, slots=True)
+class ReapDecision:
+    """What a reap cycle decided for one workspace, and why, in words an operator reads."""
+
+    user: str
+    instance_id: str
+    action: ReapAction
+    reason: str
+    idle_s: float
+    done: bool = False  # True once carried out (never in a dry run)
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleResult:
+    desired_before: int
+    desired_after: int
+    terminated_spares: tuple[str, ...] = ()
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.desired_before != self.desired_after or bool(self.terminated_spares)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The answer to `assign`: where the user's workspace is and how it got there."""
+
+    workspace: Workspace
+    how: str  # "running" | "resumed" | "spare" | "launched"
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileAction:
+    kind: str  # short machine word, e.g. "rebuild", "add-spare", "clear"
+    subject: str  # a user or an instance id
+    detail: str
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    capacity: Capacity
+    in_service: int
+    pending: int
+    standby: int
+    running: int
+    stopped: int
+    spares: int
+    workspaces: tuple[Workspace, ...]
+    warnings: tuple[str, ...]
+    now_ms: int

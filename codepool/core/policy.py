@@ -1,0 +1,113 @@
+"""Pure decisions: no I/O, no clock. Every rule the pool follows that can be stated
+as a function of numbers lives here, so it can be tested by itself."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from codepool.core.errors import InvalidInput
+from codepool.core.models import Capacity, ReapAction, ReapDecision, Workspace, WorkspaceState
+
+# One safe pattern for user names everywhere (CLI, router, store keys, URL paths, tags):
+# lower-case letters, digits and . _ @ -, starting with a letter or digit, at most 64.
+USER_PATTERN = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
+USER_RULE = (
+    "1 to 64 characters: lower-case letters, digits and . _ @ -, starting with a letter or a digit"
+)
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_UNIT_S = (86400, 3600, 60, 1)
+
+
+def check_user(user: str) -> str:
+    """Return the user name if it is safe to use as a key, a path segment and a tag value."""
+    if not USER_PATTERN.fullmatch(user) or ".." in user:
+        raise InvalidInput(f"invalid user name {user!r}: {USER_RULE}")
+    return user
+
+
+def parse_duration(text: str) -> int:
+    """'90' (seconds), '45s', '30m', '2h', '1d', '1h30m' -> seconds."""
+    cleaned = text.strip().lower()
+    if cleaned.isdigit():
+        return int(cleaned)
+    match = _DURATION.fullmatch(cleaned)
+    if not cleaned or match is None:
+        raise InvalidInput(
+            f"invalid duration {text!r}: use seconds or units d h m s, e.g. 90, 30m, 2h, 1h30m"
+        )
+    return sum(int(part or 0) * unit for part, unit in zip(match.groups(), _UNIT_S, strict=True))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a person reads them: 45s, 6m12s, 2h05m, 3d04h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def reap_decision(ws: Workspace, now_ms: int, idle_timeout_s: int, on_idle: str) -> ReapDecision:
+    """Whether a running workspace is idle enough to stop, and why (or why not)."""
+    idle_s = (now_ms - ws.last_seen_ms) / 1000
+    timeout = format_duration(idle_timeout_s)
+
+    def keep(reason: str) -> ReapDecision:
+        return ReapDecision(ws.user, ws.instance_id, ReapAction.KEEP, reason, idle_s)
+
+    if ws.state is not WorkspaceState.RUNNING:
+        return keep(f"{ws.state.value}, not running")
+    if ws.hold_until_ms > now_ms:
+        return keep(f"held for another {format_duration((ws.hold_until_ms - now_ms) / 1000)}")
+    if idle_s <= idle_timeout_s:
+        return keep(f"active: idle {format_duration(idle_s)} <= {timeout}")
+    action = ReapAction.TERMINATE if on_idle == "terminate" else ReapAction.STOP
+    return ReapDecision(
+        ws.user, ws.instance_id, action, f"idle {format_duration(idle_s)} > {timeout}", idle_s
+    )
+
+
+def retention_decision(ws: Workspace, now_ms: int, retention_days: int) -> ReapDecision:
+    """Whether a stopped workspace has been kept long enough that its box is deleted."""
+    stopped_s = (now_ms - ws.stopped_at_ms) / 1000
+    idle_s = (now_ms - ws.last_seen_ms) / 1000
+    limit_s = retention_days * 86400
+    if ws.state is not WorkspaceState.STOPPED or retention_days == 0 or stopped_s <= limit_s:
+        return ReapDecision(ws.user, ws.instance_id, ReapAction.KEEP, "within retention", idle_s)
+    return ReapDecision(
+        ws.user,
+        ws.instance_id,
+        ReapAction.TERMINATE,
+        f"stopped {format_duration(stopped_s)} > retention {retention_days}d",
+        idle_s,
+    )
+
+
+def desired_capacity(running_assigned: int, warm_spares: int, min_size: int, max_size: int) -> int:
+    """Seed §3.4: running assigned boxes plus warm spares, clamped to the group's limits,
+    and never below 1 while spares are wanted."""
+    desired = min(max(running_assigned + warm_spares, min_size), max_size)
+    if warm_spares > 0:
+        desired = max(desired, min(1, max_size))
+    return desired
+
+
+def capacity_warnings(capacity: Capacity, in_service: int) -> tuple[str, ...]:
+    """DESIGN §6: the two conditions worth an operator's attention (also CloudWatch alarms)."""
+    warnings: list[str] = []
+    if capacity.max_size > 0 and capacity.desired >= math.ceil(0.9 * capacity.max_size):
+        warnings.append(
+            f"desired {capacity.desired} is at or above 90% of max {capacity.max_size}: "
+            "new users may soon get 'pool full'"
+        )
+    if capacity.desired - in_service >= 1:
+        warnings.append(
+            f"desired {capacity.desired} exceeds in service {in_service}: "
+            "boxes are launching or failing to launch"
+        )
+    return tuple(warnings)

@@ -1,0 +1,547 @@
+"""The CodePool service: the one implementation of every lifecycle step.
+
+The CLI and the daemon both call these methods. The backend is the durable truth;
+the store is the index and activity record (DESIGN §2). Crash safety comes from the
+order of writes: a box is tagged with its owner before the store records it, so a crash
+in between leaves a state that `reconcile` (or the user's next `assign`) finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import replace
+
+from codepool.core import policy
+from codepool.core.backend import Backend, create_backend
+from codepool.core.errors import (
+    AssignTimeout,
+    BackendError,
+    Busy,
+    InvalidInput,
+    NoWorkspace,
+    PoolFull,
+)
+from codepool.core.models import (
+    Assignment,
+    Instance,
+    InstanceState,
+    PoolStatus,
+    ReapAction,
+    ReapDecision,
+    ReconcileAction,
+    ScaleResult,
+    Workspace,
+    WorkspaceState,
+)
+from codepool.core.ready import http_ok, wait_ready
+from codepool.core.settings import Settings
+from codepool.core.store import PingResult, Store, create_store
+
+log = logging.getLogger("codepool")
+
+Progress = Callable[[str], None]
+
+LOCK_TTL_MS = 30_000  # a user lock lives this long unless renewed; renewed every third of it
+CLAIM_TTL_MS = 600_000  # a popped spare is not re-added to the pool for this long
+POLL_S = 0.25  # how often to look again while waiting for a box
+POOL_FULL_RETRY_S = 60
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+class CodePool:
+    """Assign, release, reap, scale, reconcile, extend and report one pool."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backend: Backend,
+        clock: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.clock = clock  # epoch ms; tests drive it to control time
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.backend.close()
+
+    # -- the per-user lock ----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def user_lock(self, user: str, wait_s: float) -> AsyncIterator[None]:
+        """Hold the user's lock (a renewed lease in the store) so that one assignment, stop
+        or extension of that user runs at a time across every process and router."""
+        name, holder = f"lock:{user}", secrets.token_hex(8)
+        deadline = time.monotonic() + wait_s
+        while not await self.store.acquire_lease(name, holder, LOCK_TTL_MS):
+            if time.monotonic() >= deadline:
+                raise Busy(f"{user}: another assignment or stop of this workspace is under way")
+            await asyncio.sleep(POLL_S)
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(LOCK_TTL_MS / 3000)
+                await self.store.acquire_lease(name, holder, LOCK_TTL_MS)
+
+        renewer = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await self.store.release_lease(name, holder)
+
+    # -- assign ---------------------------------------------------------------------------
+
+    async def assign(self, user: str, progress: Progress | None = None) -> Assignment:
+        """Give the user their workspace: the running one, their own stopped one resumed,
+        a warm spare, or a newly launched box. Raises PoolFull at the group's maximum."""
+        policy.check_user(user)
+        say = progress or _quiet
+        timeout_s = self.settings.pool.assign_timeout_s
+        async with self.user_lock(user, wait_s=timeout_s):
+            ws = await self.store.get_workspace(user)
+            if (
+                ws is not None
+                and ws.state is WorkspaceState.RUNNING
+                and await http_ok(ws.address, self.backend.ready_path)
+            ):
+                # The user is arriving: count that as activity so a reap does not race them.
+                await self.store.record_ping(user, ws.instance_id, self.clock())
+                return Assignment(ws, "running")
+
+            instances = await self.backend.list_instances()
+            owned = _own_instance(user, ws, instances)
+            if owned is not None and owned.state is InstanceState.RUNNING and owned.in_service:
+                inst, how = owned, "running"
+            elif owned is not None:
+                say(f"resuming {user}'s workspace {owned.instance_id}")
+                inst, how = await self._resume(user, owned, ws), "resumed"
+            else:
+                inst, how = await self._claim_box(user, instances, say)
+            now = self.clock()
+            same = ws is not None and ws.instance_id == inst.instance_id
+            assigned_at = ws.assigned_at_ms if ws is not None and same else now
+            starting = Workspace(
+                user, inst.instance_id, inst.address, WorkspaceState.STARTING, now, assigned_at
+            )
+            await self.store.put_workspace(starting)
+            await wait_ready(inst.address, self.backend.ready_path, timeout_s, say)
+            ready = replace(starting, state=WorkspaceState.RUNNING, last_seen_ms=self.clock())
+            await self.store.put_workspace(ready)
+        log.info("assign user=%s instance=%s how=%s", user, inst.instance_id, how)
+        await self._scale_after(f"assign of {user}")
+        return Assignment(ready, how)
+
+    async def _resume(self, user: str, inst: Instance, ws: Workspace | None) -> Instance:
+        if not inst.in_service:
+            await self._make_room(user)
+        if ws is not None and ws.instance_id == inst.instance_id:
+            await self.store.put_workspace(replace(ws, state=WorkspaceState.STARTING))
+        return await self.backend.start(inst.instance_id)
+
+    async def _make_room(self, user: str) -> None:
+        """Before a box returns to service at the group's maximum, give up a spare for it."""
+        cap = await self.backend.capacity()
+        if cap.desired < cap.max_size:
+            return
+        spare = await self.store.claim_spare(user, CLAIM_TTL_MS)
+        if spare is None:
+            raise PoolFull(
+                f"pool full: all {cap.max_size} workspaces are in use; try again later",
+                POOL_FULL_RETRY_S,
+            )
+        await self.backend.terminate([spare])
+
+    async def _claim_box(
+        self, user: str, instances: list[Instance], say: Progress
+    ) -> tuple[Instance, str]:
+        """Claim a spare for the user, launching a box if none is free."""
+        deadline = time.monotonic() + self.settings.pool.assign_timeout_s
+        launched = False
+        while True:
+            iid = await self.store.claim_spare(user, CLAIM_TTL_MS)
+            if iid is not None:
+                try:
+                    inst = await self.backend.claim(iid, user)
+                except BackendError as exc:
+                    log.info("spare %s skipped: %s", iid, exc)  # stale entry; try the next
+                    continue
+                return inst, "launched" if launched else "spare"
+            free = [i.instance_id for i in instances if i.is_spare]
+            if free and await self.store.add_spares(free):
+                continue  # spares the store did not know about yet
+            cap = await self.backend.capacity()
+            in_service = sum(1 for i in instances if i.in_service)
+            if cap.desired <= in_service:  # nothing is launching: ask for one more box
+                if cap.desired >= cap.max_size:
+                    raise PoolFull(
+                        f"pool full: all {cap.max_size} workspaces are in use; try again later",
+                        POOL_FULL_RETRY_S,
+                    )
+                say("no spare free: launching a new workspace box")
+                await self.backend.set_desired(cap.desired + 1)
+                launched = True
+            if time.monotonic() >= deadline:
+                raise AssignTimeout(
+                    f"no workspace box became free for {user} within "
+                    f"{self.settings.pool.assign_timeout_s}s"
+                )
+            await asyncio.sleep(POLL_S)
+            instances = await self.backend.list_instances()
+
+    # -- release and the stop step --------------------------------------------------------
+
+    async def release(self, user: str, terminate: bool = False) -> Workspace:
+        """Stop the user's workspace now (per pool.on_idle, or delete it with terminate)."""
+        policy.check_user(user)
+        async with self.user_lock(user, wait_s=self.settings.pool.assign_timeout_s):
+            ws = await self.store.get_workspace(user)
+            if ws is None:
+                raise NoWorkspace(f"{user} has no workspace")
+            if ws.state is WorkspaceState.STOPPED and not terminate:
+                raise NoWorkspace(f"{user}'s workspace {ws.instance_id} is already stopped")
+            await self.store.put_workspace(replace(ws, state=WorkspaceState.STOPPING))
+            kill = terminate or self.settings.pool.on_idle == "terminate"
+            failed = await self._stop([ws], terminate=kill)
+        if ws.instance_id in failed:
+            raise BackendError(f"could not stop {ws.instance_id}: {failed[ws.instance_id]}")
+        log.info("release user=%s instance=%s terminate=%s", user, ws.instance_id, kill)
+        await self._scale_after(f"release of {user}")
+        return ws
+
+    async def _stop(self, workspaces: Sequence[Workspace], terminate: bool) -> dict[str, str]:
+        """The stop step, shared by release and reap: one batched backend call, then the
+        store. Returns the instances that failed (left `stopping` for reconcile)."""
+        if not workspaces:
+            return {}
+        ids = [w.instance_id for w in workspaces]
+        result = await (self.backend.terminate(ids) if terminate else self.backend.stop(ids))
+        now = self.clock()
+        for ws in workspaces:
+            if ws.instance_id not in result.succeeded:
+                continue
+            if terminate:
+                await self.store.delete_workspace(ws.user, ws.instance_id)
+            else:
+                stopped = replace(
+                    ws, state=WorkspaceState.STOPPED, stopped_at_ms=now, hold_until_ms=0
+                )
+                await self.store.put_workspace(stopped)
+        return dict(result.failed)
+
+    # -- reap -----------------------------------------------------------------------------
+
+    async def reap(
+        self, dry_run: bool = False, idle_timeout_s: int | None = None
+    ) -> list[ReapDecision]:
+        """Stop workspaces idle past the timeout and delete boxes stopped past retention.
+        A ping that lands before a workspace is marked stopping keeps it (compare-and-set)."""
+        p = self.settings.pool
+        timeout = p.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
+        if timeout < 1:
+            raise InvalidInput(f"invalid idle timeout {timeout}: must be at least 1 second")
+        now = self.clock()
+        limit = self.settings.store.batch_size
+        idle = await self.store.idle_workspaces(now - timeout * 1000, limit)
+        decisions = [policy.reap_decision(w, now, timeout, p.on_idle) for w in idle]
+        expired: list[Workspace] = []
+        if p.stopped_retention_days:
+            cutoff = now - p.stopped_retention_days * 86_400_000
+            expired = await self.store.expired_workspaces(cutoff, limit)
+            decisions += [
+                policy.retention_decision(w, now, p.stopped_retention_days) for w in expired
+            ]
+        if dry_run:
+            return decisions
+        by_user = {w.user: w for w in [*idle, *expired]}
+        async with contextlib.AsyncExitStack() as locks:
+            to_stop: list[Workspace] = []
+            to_delete: list[Workspace] = []
+            outcome: dict[str, ReapDecision] = {}
+            for d in decisions:
+                if d.action is ReapAction.KEEP:
+                    continue
+                ws = by_user[d.user]
+                try:
+                    await locks.enter_async_context(self.user_lock(d.user, wait_s=0))
+                except Busy:
+                    outcome[d.user] = replace(d, action=ReapAction.KEEP, reason="busy elsewhere")
+                    continue
+                if ws.state is WorkspaceState.STOPPED:
+                    current = await self.store.get_workspace(d.user)
+                    if current == ws:  # unchanged since read: nobody resumed it meanwhile
+                        to_delete.append(ws)
+                    else:
+                        outcome[d.user] = replace(d, action=ReapAction.KEEP, reason="changed")
+                elif await self.store.mark_stopping(d.user, ws.instance_id, ws.last_seen_ms):
+                    to_stop.append(ws)
+                else:
+                    outcome[d.user] = replace(
+                        d, action=ReapAction.KEEP, reason="active: pinged during the reap"
+                    )
+            terminate_idle = p.on_idle == "terminate"
+            failed = await self._stop(to_stop, terminate=terminate_idle)
+            failed.update(await self._stop(to_delete, terminate=True))
+            for ws in [*to_stop, *to_delete]:
+                d = next(x for x in decisions if x.user == ws.user)
+                err = failed.get(ws.instance_id, "")
+                outcome[ws.user] = replace(d, done=not err, error=err)
+                log.info(
+                    "reap user=%s instance=%s action=%s reason=%r error=%r",
+                    ws.user,
+                    ws.instance_id,
+                    d.action.value,
+                    d.reason,
+                    err,
+                )
+        if to_stop or to_delete:
+            await self._scale_after("reap")
+        return [outcome.get(d.user, d) for d in decisions]
+
+    # -- scale ----------------------------------------------------------------------------
+
+    async def scale(self, dry_run: bool = False) -> ScaleResult:
+        """Desired = running assigned boxes + warm spares, clamped; excess spares are
+        terminated explicitly (every box is protected, so lowering desired alone would
+        terminate nothing). No backend call is made when nothing changes."""
+        instances = await self.backend.list_instances()
+        free = [i.instance_id for i in instances if i.is_spare]
+        await self.store.add_spares(free)
+        pool = await self.store.spares()
+        spares = [iid for iid in free if iid in pool]
+        # Unowned boxes not in the pool are being claimed right now: count them as assigned.
+        assigned = sum(1 for i in instances if i.in_service) - len(spares)
+        cap = await self.backend.capacity()
+        p = self.settings.pool
+        target = policy.desired_capacity(assigned, p.warm_spares, cap.min_size, cap.max_size)
+        excess = max(0, len(spares) - max(0, target - assigned))
+        if dry_run:
+            return ScaleResult(cap.desired, target, tuple(spares[:excess]), dry_run=True)
+        taken = [iid for iid in spares[:excess] if await self.store.take_spare(iid)]
+        if taken:
+            await self.backend.terminate(taken)
+            cap = await self.backend.capacity()
+        if cap.desired != target:
+            await self.backend.set_desired(target)
+            log.info("scale desired=%d->%d", cap.desired, target)
+        return ScaleResult(cap.desired, target, tuple(taken))
+
+    async def _scale_after(self, why: str) -> None:
+        """Scale after a lifecycle step; its failure must not undo the step that succeeded."""
+        try:
+            await self.scale()
+        except (BackendError, PoolFull) as exc:
+            log.warning("scale after %s failed: %s", why, exc)
+
+    # -- extend ---------------------------------------------------------------------------
+
+    async def extend(self, user: str, duration_s: int) -> Workspace:
+        """Hold a running workspace open past idle for duration_s (at most pool.max_hold_s)."""
+        policy.check_user(user)
+        limit = self.settings.pool.max_hold_s
+        if not 0 < duration_s <= limit:
+            raise InvalidInput(
+                f"invalid hold {policy.format_duration(duration_s)}: must be more than 0s "
+                f"and at most {policy.format_duration(limit)} (pool.max_hold_s)"
+            )
+        ws = await self.store.get_workspace(user)
+        if ws is None or ws.state is not WorkspaceState.RUNNING:
+            raise NoWorkspace(f"{user} has no running workspace to extend")
+        hold = self.clock() + duration_s * 1000
+        if not await self.store.set_hold(user, ws.instance_id, hold):
+            raise NoWorkspace(f"{user}'s workspace stopped or changed; nothing extended")
+        return replace(ws, hold_until_ms=hold)
+
+    # -- ping -----------------------------------------------------------------------------
+
+    async def ping(self, user: str, instance_id: str) -> PingResult:
+        """Record activity from the user's open tab: one atomic store step."""
+        return await self.store.record_ping(user, instance_id, self.clock())
+
+    # -- reconcile ------------------------------------------------------------------------
+
+    async def reconcile(self, dry_run: bool = False) -> list[ReconcileAction]:
+        """Make the store agree with the backend (the truth), in batches. Rebuilt running
+        workspaces get a fresh lastSeen: a grace period, not an instant reap."""
+        now = self.clock()
+        instances = await self.backend.list_instances()
+        by_id = {i.instance_id: i for i in instances}
+        owned: dict[str, list[Instance]] = defaultdict(list)
+        for inst in instances:
+            if inst.owner is not None:
+                owned[inst.owner].append(inst)
+        actions: list[ReconcileAction] = []
+        seen: set[str] = set()
+        async for batch in self.store.iter_workspaces():
+            for ws in batch:
+                seen.add(ws.user)
+                actions += await self._reconcile_user(
+                    ws.user, ws, owned.get(ws.user, []), by_id, now, dry_run
+                )
+        for user in sorted(set(owned) - seen):
+            actions += await self._reconcile_user(user, None, owned[user], by_id, now, dry_run)
+        actions += await self._reconcile_spares(instances, dry_run)
+        return actions
+
+    async def _reconcile_user(
+        self,
+        user: str,
+        ws: Workspace | None,
+        boxes: list[Instance],
+        by_id: dict[str, Instance],
+        now: int,
+        dry_run: bool,
+    ) -> list[ReconcileAction]:
+        actions: list[ReconcileAction] = []
+        inst = by_id.get(ws.instance_id) if ws is not None else None
+        if inst is not None and inst.owner != user:
+            inst = None
+        keep = inst or _pick_box(boxes)
+        want = _expected(ws, keep, now) if keep is not None else None
+        extras = [b for b in boxes if keep is None or b.instance_id != keep.instance_id]
+        crashed = keep is not None and keep.state is InstanceState.STOPPED and keep.in_service
+        if want == ws and not crashed and not any(b.in_service for b in extras):
+            return actions  # consistent: no lock, no write
+        if want is None and ws is not None:
+            actions.append(ReconcileAction("clear", user, f"instance {ws.instance_id} is gone"))
+        elif want != ws and keep is not None:
+            what = "rebuild" if ws is None else "fix"
+            now_state = want.state.value if want else "?"
+            actions.append(ReconcileAction(what, user, f"{keep.instance_id} is {now_state}"))
+        if crashed and keep is not None:
+            actions.append(ReconcileAction("standby", keep.instance_id, "process died: stopped"))
+        running_extras = [b for b in extras if b.in_service]
+        for b in extras:
+            actions.append(
+                ReconcileAction(
+                    "duplicate",
+                    user,
+                    f"{user} also owns {b.instance_id} ({b.state.value}); "
+                    + ("stopping it, disk kept" if b.in_service else "kept, disk untouched"),
+                )
+            )
+        if dry_run:
+            return actions
+        try:
+            async with self.user_lock(user, wait_s=0):
+                if crashed and keep is not None:
+                    await self.backend.stop([keep.instance_id])
+                if running_extras:
+                    await self.backend.stop([b.instance_id for b in running_extras])
+                if want is None and ws is not None:
+                    await self.store.delete_workspace(user, ws.instance_id)
+                elif want is not None and want != ws:
+                    await self.store.put_workspace(want)
+        except Busy:
+            return [replace(a, detail=a.detail + " (skipped: busy)") for a in actions]
+        return [replace(a, done=True) for a in actions]
+
+    async def _reconcile_spares(
+        self, instances: Iterable[Instance], dry_run: bool
+    ) -> list[ReconcileAction]:
+        instances = list(instances)
+        free = {i.instance_id for i in instances if i.is_spare}
+        dead = [i.instance_id for i in instances if i.owner is None and not i.in_service]
+        pool = await self.store.spares()
+        actions = [ReconcileAction("add-spare", iid, "running, unowned") for iid in free - pool]
+        actions += [
+            ReconcileAction("drop-spare", iid, "not a running spare") for iid in pool - free
+        ]
+        actions += [ReconcileAction("terminate", iid, "unowned and stopped") for iid in dead]
+        if dry_run or not actions:
+            return actions
+        await self.store.remove_spares(pool - free)
+        await self.store.add_spares(free - pool)
+        if dead:
+            await self.backend.terminate(dead)
+        return [replace(a, done=True) for a in actions]
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def status(self) -> PoolStatus:
+        """Pool numbers, one row per workspace, and the warnings of DESIGN §6."""
+        instances = await self.backend.list_instances()
+        cap = await self.backend.capacity()
+        workspaces: list[Workspace] = []
+        async for batch in self.store.iter_workspaces():
+            workspaces.extend(batch)
+        workspaces.sort(key=lambda w: w.user)
+        in_service = sum(1 for i in instances if i.in_service)
+        return PoolStatus(
+            capacity=cap,
+            in_service=in_service,
+            pending=sum(1 for i in instances if i.state is InstanceState.PENDING),
+            standby=sum(1 for i in instances if not i.in_service),
+            running=sum(1 for i in instances if i.state is InstanceState.RUNNING),
+            stopped=sum(1 for i in instances if i.state is InstanceState.STOPPED),
+            spares=sum(1 for i in instances if i.is_spare),
+            workspaces=tuple(workspaces),
+            warnings=policy.capacity_warnings(cap, in_service),
+            now_ms=self.clock(),
+        )
+
+
+def _own_instance(user: str, ws: Workspace | None, instances: list[Instance]) -> Instance | None:
+    """The box that holds the user's disk: the one the store names if the backend agrees,
+    else any box tagged with the user (the store may have been lost)."""
+    boxes = [i for i in instances if i.owner == user]
+    if ws is not None:
+        for b in boxes:
+            if b.instance_id == ws.instance_id:
+                return b
+    return _pick_box(boxes)
+
+
+def _pick_box(boxes: list[Instance]) -> Instance | None:
+    """Of a user's boxes, the one to keep: a running one first, then the newest."""
+    if not boxes:
+        return None
+    return max(boxes, key=lambda b: (b.state is InstanceState.RUNNING, b.launched_at_ms))
+
+
+def _expected(ws: Workspace | None, inst: Instance, now: int) -> Workspace:
+    """The record the store should hold for the user's box, as the backend sees it."""
+    running = inst.state is InstanceState.RUNNING and inst.in_service
+    state = WorkspaceState.RUNNING if running else WorkspaceState.STOPPED
+    if ws is not None and ws.instance_id == inst.instance_id and ws.state is state:
+        return ws
+    base = ws if ws is not None and ws.instance_id == inst.instance_id else None
+    return Workspace(
+        user=inst.owner or "",
+        instance_id=inst.instance_id,
+        address=inst.address,
+        state=state,
+        last_seen_ms=now if running else (base.last_seen_ms if base else now),
+        assigned_at_ms=base.assigned_at_ms if base else now,
+        hold_until_ms=0,
+        stopped_at_ms=0
+        if running
+        else (base.stopped_at_ms if base and base.stopped_at_ms else now),
+    )
+
+
+def build_pool(settings: Settings) -> CodePool:
+    """The pool the settings describe: its store and backend, nothing started yet."""
+    store = create_store(
+        settings.store_url,
+        key_prefix=settings.store.key_prefix,
+        batch_size=settings.store.batch_size,
+    )
+    return CodePool(settings, store, create_backend(settings))

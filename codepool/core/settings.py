@@ -1,0 +1,254 @@
+"""Settings: frozen dataclasses, validated once, from TOML plus CODEPOOL_* overrides.
+
+Every setting is declared once, here, with its default, unit and allowed values;
+`config/example.toml` and `docs/configuration.md` are checked against this by tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codepool.core.errors import ConfigError
+
+SEARCH_PATHS = (Path("codepool.toml"), Path("/etc/codepool/config.toml"))
+ENV_PREFIX = "CODEPOOL_"
+EMBEDDED = "embedded default"
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[str, ...] = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    """Declare a setting: its default, one line of help, and what values are allowed."""
+    meta = {"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata=meta)
+
+
+DEFAULT_COMMAND = (
+    "code-server",
+    "--bind-addr",
+    "127.0.0.1:{port}",
+    "--auth",
+    "none",
+    "--disable-telemetry",
+    "--disable-update-check",
+    "--user-data-dir",
+    "{data_dir}",
+    "{home}",
+)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    backend: str = setting("local", "where workspaces run", choices=("local",))
+    warm_spares: int = setting(1, "started, unowned boxes kept ready", minimum=0, maximum=1000)
+    idle_timeout_s: int = setting(
+        300, "seconds without a ping before a workspace is stopped", minimum=1
+    )
+    on_idle: str = setting(
+        "stop", "what reaping does to an idle workspace", choices=("stop", "terminate")
+    )
+    stopped_retention_days: int = setting(
+        30, "days a stopped workspace is kept before its box is deleted (0: forever)", minimum=0
+    )
+    max_hold_s: int = setting(
+        28800, "longest `extend` may hold a workspace past idle, in seconds", minimum=0
+    )
+    assign_timeout_s: int = setting(300, "seconds to wait for a box to start and answer", minimum=1)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = setting(
+        "",
+        "sqlite:///PATH, memory://, redis://, rediss:// or unix://; "
+        "empty: sqlite:///<local.state_dir>/codepool.db",
+    )
+    key_prefix: str = setting("", "prefix for every Redis key (several pools on one Redis)")
+    batch_size: int = setting(500, "workspaces read per round trip when walking all", minimum=1)
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    state_dir: str = setting(
+        "~/.local/share/codepool", "where slots (users' disks) and the SQLite store live"
+    )
+    min_size: int = setting(0, "fewest boxes the local group keeps", minimum=0)
+    max_size: int = setting(10, "most boxes the local group may run", minimum=1)
+    command: tuple[str, ...] = setting(
+        DEFAULT_COMMAND,
+        "command that starts a workspace; placeholders {port} {home} {data_dir} {slot}",
+    )
+    host: str = setting("127.0.0.1", "address workspaces bind to and the router dials")
+    ready_path: str = setting("/healthz", "HTTP path that answers 200 once a workspace is ready")
+
+
+@dataclass(frozen=True)
+class Settings:
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    source: str = EMBEDDED  # the file these came from, for messages
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.local.state_dir).expanduser()
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.state_dir / 'codepool.db'}"
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: f.type if isinstance(f.type, type) else globals()[str(f.type)]
+    for f in dataclasses.fields(Settings)
+    if f.name != "source"
+}
+
+
+def find_config(path: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file to read, by the documented lookup order; None means embedded default."""
+    explicit = path or environ.get("CODEPOOL_CONFIG")
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config error: {p}: no such file")
+        return p
+    for candidate in SEARCH_PATHS:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings: --config PATH, $CODEPOOL_CONFIG, ./codepool.toml,
+    /etc/codepool/config.toml, else the embedded default; then CODEPOOL_<SECTION>_<KEY>."""
+    env = os.environ if environ is None else environ
+    file = find_config(path, env)
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config error: {file}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error: {file}: not valid TOML: {exc}") from None
+    return settings_from_mapping(data, source=str(file or EMBEDDED), environ=env)
+
+
+def settings_from_mapping(
+    data: Mapping[str, Any], source: str = "dict", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate a parsed config (and env overrides) into Settings; the one validation path."""
+    sections: dict[str, dict[str, Any]] = {}
+    origins: dict[tuple[str, str], str] = {}  # (section, key) -> where an override came from
+    for name, values in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"config error: {source}: unknown section [{name}]; "
+                f"allowed: {', '.join(sorted(SECTIONS))}"
+            )
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config error: {source}: {name} must be a table [{name}]")
+        sections[name] = dict(values)
+    for key, raw in (environ or {}).items():
+        section, name = _env_target(key)
+        if section is None:
+            continue
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+        if name not in fields:
+            raise ConfigError(
+                f"config error: environment: {key}: unknown key {section}.{name}; "
+                f"allowed: {', '.join(sorted(fields))}"
+            )
+        sections.setdefault(section, {})[name] = _from_env(fields[name], raw, key)
+        origins[(section, name)] = f"environment {key}"
+    built = {
+        name: _build(name, cls, sections.get(name, {}), source, origins)
+        for name, cls in SECTIONS.items()
+    }
+    settings = Settings(**built, source=source)
+    if settings.local.min_size > settings.local.max_size:
+        raise ConfigError(
+            f"config error: {source}: local.min_size = {settings.local.min_size}: "
+            f"must be <= local.max_size ({settings.local.max_size})"
+        )
+    return settings
+
+
+def _env_target(key: str) -> tuple[str | None, str]:
+    if not key.startswith(ENV_PREFIX):
+        return None, ""
+    rest = key[len(ENV_PREFIX) :].lower()
+    for section in SECTIONS:
+        if rest.startswith(section + "_"):
+            return section, rest[len(section) + 1 :]
+    return None, ""
+
+
+def _from_env(f: dataclasses.Field[Any], raw: str, key: str) -> Any:
+    """Env values are strings: turn them into the setting's type (lists split like a shell)."""
+    kind = type(f.default)
+    if kind is tuple:
+        return tuple(shlex.split(raw))
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(
+                f"config error: environment: {key} = {raw!r}: must be a whole number"
+            ) from None
+    return raw
+
+
+def _build(
+    section: str,
+    cls: type[Any],
+    values: dict[str, Any],
+    source: str,
+    origins: dict[tuple[str, str], str],
+) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        where = origins.get((section, name), source)
+        if name not in fields:
+            raise ConfigError(
+                f"config error: {where}: unknown key {section}.{name}; "
+                f"allowed: {', '.join(sorted(fields))}"
+            )
+        kwargs[name] = _check(fields[name], value, f"{where}: {section}.{name} = {value!r}")
+    return cls(**kwargs)
+
+
+def _check(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
+    meta = f.metadata
+    kind = type(f.default)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config error: {where}: must be a whole number")
+        lo, hi = meta["minimum"], meta["maximum"]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+            raise ConfigError(f"config error: {where}: must be {bounds}")
+        return value
+    if kind is tuple:
+        if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"config error: {where}: must be a non-empty list of strings")
+    if not isinstance(value, str):
+        raise ConfigError(f"config error: {where}: must be a string")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"config error: {where}: allowed: {', '.join(meta['choices'])}")
+    return value

@@ -1,0 +1,99 @@
+"""The Store plug point: the fast index and the activity record (DESIGN §2).
+
+Operations are domain steps, each atomic in every implementation, not raw commands.
+The backend stays the durable truth; everything here can be rebuilt by reconcile.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
+
+from codepool.core.errors import ConfigError
+from codepool.core.models import Workspace
+
+
+class PingResult(enum.StrEnum):
+    OK = "ok"
+    NO_WORKSPACE = "no-workspace"  # the user has no workspace
+    STALE_INSTANCE = "stale-instance"  # the ping names an instance that is not the user's now
+    NOT_RUNNING = "not-running"  # stopping or stopped: the ping must not revive it
+
+
+class Store(Protocol):
+    """What the core needs from a store. Each method is one atomic step."""
+
+    async def get_workspace(self, user: str) -> Workspace | None:
+        """The user's workspace record, or None."""
+
+    async def put_workspace(self, ws: Workspace) -> None:
+        """Write the whole record and its indexes (lastSeen for running, stoppedAt for stopped)."""
+
+    async def delete_workspace(self, user: str, instance_id: str) -> bool:
+        """Remove the record if it still names instance_id; True if removed."""
+
+    async def record_ping(self, user: str, instance_id: str, now_ms: int) -> PingResult:
+        """Set lastSeen (never backwards) only if instance_id is the user's running workspace."""
+
+    async def set_hold(self, user: str, instance_id: str, hold_until_ms: int) -> bool:
+        """Set holdUntil if the record still names instance_id and is running; True if set."""
+
+    async def mark_stopping(self, user: str, instance_id: str, last_seen_ms: int) -> bool:
+        """Compare-and-set: running -> stopping only if lastSeen still equals last_seen_ms.
+        A ping that landed since makes this fail, so the ping wins."""
+
+    async def idle_workspaces(self, seen_before_ms: int, limit: int) -> list[Workspace]:
+        """Running workspaces last seen before seen_before_ms, oldest first (from the index,
+        so the cost follows the number returned, not the number of workspaces)."""
+
+    async def expired_workspaces(self, stopped_before_ms: int, limit: int) -> list[Workspace]:
+        """Stopped workspaces stopped before stopped_before_ms, oldest first."""
+
+    def iter_workspaces(self) -> AsyncIterator[list[Workspace]]:
+        """Every workspace, in batches of the configured size (never all at once)."""
+
+    async def claim_spare(self, user: str, claim_ttl_ms: int) -> str | None:
+        """Take one spare id out of the pool atomically (each id goes to one caller only) and
+        mark it claimed by user for claim_ttl_ms, so add_spares will not put it back."""
+
+    async def take_spare(self, instance_id: str) -> bool:
+        """Take this spare out of the pool; True if it was there (and so is now ours)."""
+
+    async def add_spares(self, instance_ids: Iterable[str]) -> int:
+        """Put ids into the pool, skipping any with a live claim; returns how many were added."""
+
+    async def remove_spares(self, instance_ids: Iterable[str]) -> None:
+        """Remove ids from the pool if present."""
+
+    async def spares(self) -> set[str]:
+        """The ids in the pool now."""
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take the named lease, or renew it if holder has it; False if someone else has it."""
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease back if holder still has it."""
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable if the store cannot answer."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def create_store(url: str, *, key_prefix: str = "", batch_size: int = 500) -> Store:
+    """A store for a URL. Only the chosen implementation's module is imported."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("sqlite", "memory"):
+        from codepool.core.stores.sqlite import SQLiteStore
+
+        return SQLiteStore.from_url(url, batch_size=batch_size)
+    if scheme in ("redis", "rediss", "unix"):
+        from codepool.core.stores.redis import RedisStore
+
+        return RedisStore.from_url(url, key_prefix=key_prefix, batch_size=batch_size)
+    raise ConfigError(
+        f"config error: store.url = {url!r}: allowed schemes: "
+        "sqlite:///PATH, memory://, redis://, rediss://, unix://"
+    )

@@ -1,0 +1,280 @@
+"""Redis store: the seed's keys, every multi-key step a Lua script (atomic on the server).
+
+Keys (with the optional prefix P):
+  P workspace:<user>        hash: instanceId address state lastSeen assignedAt holdUntil stoppedAt
+  P unassignedPool          set of running spare instance ids
+  P workspacesByLastSeen    sorted set user -> lastSeen, running workspaces only (for reap)
+  P workspacesByStoppedAt   sorted set user -> stoppedAt, stopped workspaces only (retention)
+  P claim:<instanceId>      user who popped this spare; expires (keeps reconcile from re-adding)
+  P lease:<name>            holder of a lease (per-user lock, leader); expires
+The scripts build some keys from the prefix, so this is for a single Redis (or a
+primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from codepool.core.errors import StoreUnavailable
+from codepool.core.models import Workspace, WorkspaceState
+from codepool.core.store import PingResult
+
+_PING = """
+local h = redis.call('HMGET', KEYS[1], 'instanceId', 'state', 'lastSeen')
+if not h[1] then return 0 end
+if h[1] ~= ARGV[1] then return 1 end
+if h[2] ~= 'running' then return 2 end
+if tonumber(ARGV[2]) > tonumber(h[3] or '0') then
+  redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+end
+return 3
+"""
+_PING_RESULTS = (
+    PingResult.NO_WORKSPACE,
+    PingResult.STALE_INSTANCE,
+    PingResult.NOT_RUNNING,
+    PingResult.OK,
+)
+
+_MARK_STOPPING = """
+local h = redis.call('HMGET', KEYS[1], 'instanceId', 'state', 'lastSeen')
+if h[1] ~= ARGV[1] or h[2] ~= 'running' or h[3] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'stopping')
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 1
+"""
+
+_SET_HOLD = """
+local h = redis.call('HMGET', KEYS[1], 'instanceId', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'holdUntil', ARGV[2])
+return 1
+"""
+
+_DELETE = """
+if redis.call('HGET', KEYS[1], 'instanceId') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
+
+_CLAIM_SPARE = """
+local id = redis.call('SPOP', KEYS[1])
+if not id then return false end
+redis.call('SET', ARGV[1] .. id, ARGV[2], 'PX', ARGV[3])
+return id
+"""
+
+_ADD_SPARES = """
+local added = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    added = added + redis.call('SADD', KEYS[1], ARGV[i])
+  end
+end
+return added
+"""
+
+_ACQUIRE_LEASE = """
+local v = redis.call('GET', KEYS[1])
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _to_hash(ws: Workspace) -> dict[Any, str | int]:
+    return {
+        "instanceId": ws.instance_id,
+        "address": ws.address,
+        "state": ws.state.value,
+        "lastSeen": ws.last_seen_ms,
+        "assignedAt": ws.assigned_at_ms,
+        "holdUntil": ws.hold_until_ms,
+        "stoppedAt": ws.stopped_at_ms,
+    }
+
+
+def _from_hash(user: str, h: dict[str, str]) -> Workspace | None:
+    if "instanceId" not in h:
+        return None
+    return Workspace(
+        user=user,
+        instance_id=h["instanceId"],
+        address=h.get("address", ""),
+        state=WorkspaceState(h.get("state", "running")),
+        last_seen_ms=int(h.get("lastSeen", 0)),
+        assigned_at_ms=int(h.get("assignedAt", 0)),
+        hold_until_ms=int(h.get("holdUntil", 0)),
+        stopped_at_ms=int(h.get("stoppedAt", 0)),
+    )
+
+
+class RedisStore:
+    """Store on Redis (redis://, rediss:// with TLS, unix:// socket)."""
+
+    def __init__(self, client: aioredis.Redis, *, key_prefix: str = "", batch_size: int = 500):
+        self.r = client
+        self.prefix = key_prefix
+        self.batch_size = batch_size
+        self.k_pool = f"{key_prefix}unassignedPool"
+        self.k_last_seen = f"{key_prefix}workspacesByLastSeen"
+        self.k_stopped_at = f"{key_prefix}workspacesByStoppedAt"
+        self.k_claim = f"{key_prefix}claim:"
+        self._ping = client.register_script(_PING)
+        self._mark_stopping = client.register_script(_MARK_STOPPING)
+        self._delete = client.register_script(_DELETE)
+        self._set_hold = client.register_script(_SET_HOLD)
+        self._claim_spare = client.register_script(_CLAIM_SPARE)
+        self._add_spares = client.register_script(_ADD_SPARES)
+        self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str = "", batch_size: int = 500) -> RedisStore:
+        client = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+        )
+        return cls(client, key_prefix=key_prefix, batch_size=batch_size)
+
+    def _ws_key(self, user: str) -> str:
+        return f"{self.prefix}workspace:{user}"
+
+    async def _do(self, awaitable: Awaitable[Any]) -> Any:
+        """Await one Redis step, turning connection and server errors into StoreUnavailable."""
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"store unavailable: redis: {exc}") from None
+
+    # -- workspaces -----------------------------------------------------------------------
+
+    async def get_workspace(self, user: str) -> Workspace | None:
+        h = await self._do(self.r.hgetall(self._ws_key(user)))
+        return _from_hash(user, h)
+
+    async def put_workspace(self, ws: Workspace) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        key = self._ws_key(ws.user)
+        pipe.delete(key)
+        pipe.hset(key, mapping=_to_hash(ws))
+        if ws.state is WorkspaceState.RUNNING:
+            pipe.zadd(self.k_last_seen, {ws.user: ws.last_seen_ms})
+        else:
+            pipe.zrem(self.k_last_seen, ws.user)
+        if ws.state is WorkspaceState.STOPPED:
+            pipe.zadd(self.k_stopped_at, {ws.user: ws.stopped_at_ms})
+        else:
+            pipe.zrem(self.k_stopped_at, ws.user)
+        await self._do(pipe.execute())
+
+    async def delete_workspace(self, user: str, instance_id: str) -> bool:
+        keys = [self._ws_key(user), self.k_last_seen, self.k_stopped_at]
+        return bool(await self._do(self._delete(keys=keys, args=[instance_id, user])))
+
+    async def record_ping(self, user: str, instance_id: str, now_ms: int) -> PingResult:
+        code = await self._do(
+            self._ping(
+                keys=[self._ws_key(user), self.k_last_seen], args=[instance_id, now_ms, user]
+            )
+        )
+        return _PING_RESULTS[int(code)]
+
+    async def set_hold(self, user: str, instance_id: str, hold_until_ms: int) -> bool:
+        keys = [self._ws_key(user)]
+        return bool(await self._do(self._set_hold(keys=keys, args=[instance_id, hold_until_ms])))
+
+    async def mark_stopping(self, user: str, instance_id: str, last_seen_ms: int) -> bool:
+        keys = [self._ws_key(user), self.k_last_seen]
+        return bool(
+            await self._do(self._mark_stopping(keys=keys, args=[instance_id, last_seen_ms, user]))
+        )
+
+    async def _load(self, users: list[str]) -> list[Workspace]:
+        pipe = self.r.pipeline(transaction=False)
+        for user in users:
+            pipe.hgetall(self._ws_key(user))
+        hashes = await self._do(pipe.execute())
+        return [ws for u, h in zip(users, hashes, strict=True) if (ws := _from_hash(u, h))]
+
+    async def _by_score(self, key: str, before_ms: int, limit: int) -> list[Workspace]:
+        users = await self._do(self.r.zrangebyscore(key, "-inf", f"({before_ms}", 0, limit))
+        return await self._load(list(users)) if users else []
+
+    async def idle_workspaces(self, seen_before_ms: int, limit: int) -> list[Workspace]:
+        found = await self._by_score(self.k_last_seen, seen_before_ms, limit)
+        return [w for w in found if w.state is WorkspaceState.RUNNING]
+
+    async def expired_workspaces(self, stopped_before_ms: int, limit: int) -> list[Workspace]:
+        found = await self._by_score(self.k_stopped_at, stopped_before_ms, limit)
+        return [w for w in found if w.state is WorkspaceState.STOPPED]
+
+    async def iter_workspaces(self) -> AsyncIterator[list[Workspace]]:
+        prefix = self._ws_key("")
+        match = _glob_escape(prefix) + "*"
+        cursor = 0
+        while True:
+            # SCAN's COUNT is a hint, so a batch is about batch_size, never the whole keyspace.
+            cursor, keys = await self._do(
+                self.r.scan(cursor=cursor, match=match, count=self.batch_size)
+            )
+            loaded = await self._load([k[len(prefix) :] for k in keys]) if keys else []
+            if loaded:
+                yield loaded
+            if cursor == 0:
+                return
+
+    # -- spares ---------------------------------------------------------------------------
+
+    async def claim_spare(self, user: str, claim_ttl_ms: int) -> str | None:
+        iid = await self._do(
+            self._claim_spare(keys=[self.k_pool], args=[self.k_claim, user, claim_ttl_ms])
+        )
+        return cast(str | None, iid)
+
+    async def take_spare(self, instance_id: str) -> bool:
+        return bool(await self._do(self.r.srem(self.k_pool, instance_id)))
+
+    async def add_spares(self, instance_ids: Iterable[str]) -> int:
+        ids = list(instance_ids)
+        if not ids:
+            return 0
+        return int(await self._do(self._add_spares(keys=[self.k_pool], args=[self.k_claim, *ids])))
+
+    async def remove_spares(self, instance_ids: Iterable[str]) -> None:
+        ids = list(instance_ids)
+        if ids:
+            await self._do(self.r.srem(self.k_pool, *ids))
+
+    async def spares(self) -> set[str]:
+        return set(await self._do(self.r.smembers(self.k_pool)))
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        key = f"{self.prefix}lease:{name}"
+        return bool(await self._do(self._acquire_lease(keys=[key], args=[holder, ttl_ms])))
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._do(self._release_lease(keys=[f"{self.prefix}lease:{name}"], args=[holder]))
+
+    async def check(self) -> None:
+        await self._do(self.r.ping())
+
+    async def close(self) -> None:
+        await self.r.aclose()

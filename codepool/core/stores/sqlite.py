@@ -1,0 +1,315 @@
+"""SQLite store: the embedded default. Durable, WAL mode, shared by the CLI and a running
+daemon on one machine. Every step is one transaction; writers take the database lock
+up front (BEGIN IMMEDIATE) so concurrent processes serialize instead of deadlocking."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from codepool.core.errors import ConfigError, StoreUnavailable
+from codepool.core.models import Workspace, WorkspaceState
+from codepool.core.store import PingResult
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS workspaces (
+    user TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    state TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    assigned_at_ms INTEGER NOT NULL,
+    hold_until_ms INTEGER NOT NULL DEFAULT 0,
+    stopped_at_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS workspaces_by_state_last_seen ON workspaces (state, last_seen_ms);
+CREATE INDEX IF NOT EXISTS workspaces_by_state_stopped_at ON workspaces (state, stopped_at_ms);
+CREATE TABLE IF NOT EXISTS spares (instance_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS claims (
+    instance_id TEXT PRIMARY KEY, user TEXT NOT NULL, expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL
+);
+"""
+
+COLUMNS = (
+    "user, instance_id, address, state, last_seen_ms, assigned_at_ms, hold_until_ms, stopped_at_ms"
+)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _row(r: tuple[Any, ...]) -> Workspace:
+    return Workspace(r[0], r[1], r[2], WorkspaceState(r[3]), r[4], r[5], r[6], r[7])
+
+
+class SQLiteStore:
+    """Store on one SQLite file (or in memory for memory://, one process only)."""
+
+    def __init__(self, path: str, *, batch_size: int = 500) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # One connection, used from worker threads one at a time (the lock below).
+            self._db = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store unavailable: sqlite {path}: {exc}") from None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, *, batch_size: int = 500) -> SQLiteStore:
+        if url.startswith("memory:"):
+            return cls(":memory:", batch_size=batch_size)
+        prefix = "sqlite:///"
+        if not url.startswith(prefix) or len(url) == len(prefix):
+            raise ConfigError(
+                f"config error: store.url = {url!r}: a SQLite URL is sqlite:///PATH "
+                "(sqlite:////abs/path or sqlite:///relative/path)"
+            )
+        return cls(str(Path(url[len(prefix) :]).expanduser()), batch_size=batch_size)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        return await asyncio.to_thread(self._call, fn, write)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result = fn(self._db)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                return result
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"store unavailable: sqlite {self.path}: {exc}") from None
+
+    # -- workspaces -----------------------------------------------------------------------
+
+    async def get_workspace(self, user: str) -> Workspace | None:
+        def q(db: sqlite3.Connection) -> Workspace | None:
+            r = db.execute(f"SELECT {COLUMNS} FROM workspaces WHERE user = ?", (user,)).fetchone()
+            return _row(r) if r else None
+
+        return await self._run(q)
+
+    async def put_workspace(self, ws: Workspace) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"INSERT OR REPLACE INTO workspaces ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ws.user,
+                    ws.instance_id,
+                    ws.address,
+                    ws.state.value,
+                    ws.last_seen_ms,
+                    ws.assigned_at_ms,
+                    ws.hold_until_ms,
+                    ws.stopped_at_ms,
+                ),
+            )
+
+        await self._run(q, write=True)
+
+    async def delete_workspace(self, user: str, instance_id: str) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "DELETE FROM workspaces WHERE user = ? AND instance_id = ?", (user, instance_id)
+            )
+            return cur.rowcount > 0
+
+        return await self._run(q, write=True)
+
+    async def record_ping(self, user: str, instance_id: str, now_ms: int) -> PingResult:
+        def q(db: sqlite3.Connection) -> PingResult:
+            r = db.execute(
+                "SELECT instance_id, state FROM workspaces WHERE user = ?", (user,)
+            ).fetchone()
+            if r is None:
+                return PingResult.NO_WORKSPACE
+            if r[0] != instance_id:
+                return PingResult.STALE_INSTANCE
+            if r[1] != WorkspaceState.RUNNING.value:
+                return PingResult.NOT_RUNNING
+            db.execute(
+                "UPDATE workspaces SET last_seen_ms = MAX(last_seen_ms, ?) WHERE user = ?",
+                (now_ms, user),
+            )
+            return PingResult.OK
+
+        return await self._run(q, write=True)
+
+    async def set_hold(self, user: str, instance_id: str, hold_until_ms: int) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE workspaces SET hold_until_ms = ? "
+                "WHERE user = ? AND instance_id = ? AND state = ?",
+                (hold_until_ms, user, instance_id, WorkspaceState.RUNNING.value),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q, write=True)
+
+    async def mark_stopping(self, user: str, instance_id: str, last_seen_ms: int) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE workspaces SET state = ? WHERE user = ? AND instance_id = ? "
+                "AND state = ? AND last_seen_ms = ?",
+                (
+                    WorkspaceState.STOPPING.value,
+                    user,
+                    instance_id,
+                    WorkspaceState.RUNNING.value,
+                    last_seen_ms,
+                ),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q, write=True)
+
+    async def idle_workspaces(self, seen_before_ms: int, limit: int) -> list[Workspace]:
+        def q(db: sqlite3.Connection) -> list[Workspace]:
+            rows = db.execute(
+                f"SELECT {COLUMNS} FROM workspaces WHERE state = ? AND last_seen_ms < ? "
+                "ORDER BY last_seen_ms LIMIT ?",
+                (WorkspaceState.RUNNING.value, seen_before_ms, limit),
+            ).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._run(q)
+
+    async def expired_workspaces(self, stopped_before_ms: int, limit: int) -> list[Workspace]:
+        def q(db: sqlite3.Connection) -> list[Workspace]:
+            rows = db.execute(
+                f"SELECT {COLUMNS} FROM workspaces WHERE state = ? AND stopped_at_ms < ? "
+                "ORDER BY stopped_at_ms LIMIT ?",
+                (WorkspaceState.STOPPED.value, stopped_before_ms, limit),
+            ).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._run(q)
+
+    async def iter_workspaces(self) -> AsyncIterator[list[Workspace]]:
+        after = ""
+        while True:
+
+            def q(db: sqlite3.Connection, after: str = after) -> list[Workspace]:
+                rows = db.execute(
+                    f"SELECT {COLUMNS} FROM workspaces WHERE user > ? ORDER BY user LIMIT ?",
+                    (after, self.batch_size),
+                ).fetchall()
+                return [_row(r) for r in rows]
+
+            batch = await self._run(q)
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].user
+
+    # -- spares ---------------------------------------------------------------------------
+
+    async def claim_spare(self, user: str, claim_ttl_ms: int) -> str | None:
+        def q(db: sqlite3.Connection) -> str | None:
+            r = db.execute(
+                "DELETE FROM spares WHERE instance_id = "
+                "(SELECT instance_id FROM spares ORDER BY random() LIMIT 1) RETURNING instance_id"
+            ).fetchone()
+            if r is None:
+                return None
+            db.execute(
+                "INSERT OR REPLACE INTO claims (instance_id, user, expires_ms) VALUES (?, ?, ?)",
+                (r[0], user, _now_ms() + claim_ttl_ms),
+            )
+            return str(r[0])
+
+        return await self._run(q, write=True)
+
+    async def take_spare(self, instance_id: str) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            cur = db.execute("DELETE FROM spares WHERE instance_id = ?", (instance_id,))
+            return cur.rowcount == 1
+
+        return await self._run(q, write=True)
+
+    async def add_spares(self, instance_ids: Iterable[str]) -> int:
+        ids = list(instance_ids)
+
+        def q(db: sqlite3.Connection) -> int:
+            now = _now_ms()
+            db.execute("DELETE FROM claims WHERE expires_ms <= ?", (now,))
+            added = 0
+            for iid in ids:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO spares (instance_id) SELECT ? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM claims WHERE instance_id = ?)",
+                    (iid, iid),
+                )
+                added += cur.rowcount
+            return added
+
+        return await self._run(q, write=True) if ids else 0
+
+    async def remove_spares(self, instance_ids: Iterable[str]) -> None:
+        ids = [(i,) for i in instance_ids]
+
+        def q(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM spares WHERE instance_id = ?", ids)
+
+        if ids:
+            await self._run(q, write=True)
+
+    async def spares(self) -> set[str]:
+        def q(db: sqlite3.Connection) -> set[str]:
+            return {r[0] for r in db.execute("SELECT instance_id FROM spares")}
+
+        return await self._run(q)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            now = _now_ms()
+            cur = db.execute(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_ms = excluded.expires_ms "
+                "WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?",
+                (name, holder, now + ttl_ms, now),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q, write=True)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+        await self._run(q, write=True)
+
+    async def check(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()

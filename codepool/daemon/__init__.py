@@ -1,0 +1,1 @@
+"""The router daemon (`codepool serve`)."""
