@@ -112,6 +112,8 @@ def _alive(meta: SlotMeta) -> bool:
 def _free_port(host: str, preferred: int = 0) -> int:
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As servers do: a port in TIME_WAIT after a stop is free to reuse on resume.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:

@@ -1,0 +1,262 @@
+"""`codepool`: the operator's CLI. Each command parses, loads settings, builds the pool,
+runs one core method and renders the result (STYLE: one core object, two front doors)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.live import Live
+
+from codepool import __version__
+from codepool.cli import render
+from codepool.core import policy
+from codepool.core.errors import CodepoolError, InvalidInput
+from codepool.core.pool import CodePool, build_pool
+from codepool.core.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="codepool",
+    help=(
+        "Run a pool of per-user VS Code workspaces (code-server) and stop what nobody uses.\n\n"
+        "Examples:\n\n"
+        "  codepool assign alice          # give alice her workspace, print its URL\n\n"
+        "  codepool status                # what runs, who is idle, warnings\n\n"
+        "  codepool reap --dry-run        # what would be stopped now, and why\n\n"
+        "  codepool extend alice --for 2h # keep alice's workspace through a long build"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Say what would happen; change nothing.")
+]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="PATH",
+            help="Config file. Default: $CODEPOOL_CONFIG, ./codepool.toml, "
+            "/etc/codepool/config.toml, else the embedded default (local backend, SQLite).",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = config
+
+
+def _run(
+    ctx: typer.Context, as_json: bool, step: Callable[[CodePool], Awaitable[T]]
+) -> tuple[T, Settings]:
+    """Load settings, build the pool, run one core step; a CodepoolError becomes its exit code."""
+    try:
+        settings = load_settings(ctx.obj)
+
+        async def go() -> T:
+            pool = build_pool(settings)
+            try:
+                return await step(pool)
+            finally:
+                await pool.close()
+
+        return asyncio.run(go()), settings
+    except CodepoolError as exc:
+        raise typer.Exit(render.error(exc, as_json)) from None
+
+
+def _check_user(user: str, as_json: bool) -> None:
+    """Refuse a bad name before anything is built or written."""
+    try:
+        policy.check_user(user)
+    except InvalidInput as exc:
+        raise typer.Exit(render.error(exc, as_json)) from None
+
+
+class _Progress:
+    """Show what a slow step is doing: a spinner on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.status: Any = None
+
+    def __enter__(self) -> _Progress:
+        if not self.quiet and render.err.is_terminal:
+            self.status = render.err.status("working…")
+            self.status.__enter__()
+        return self
+
+    def __call__(self, message: str) -> None:
+        if self.status is not None:
+            self.status.update(message + "…")
+        elif not self.quiet:
+            render.err.print(message + "…", style="dim")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+
+@app.command()
+def assign(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="User name (lower-case letters, digits, . _ @ -).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Give USER their workspace and print its URL.
+
+    Resumes USER's own stopped workspace, else takes a warm spare, else launches a box
+    and waits for it. Example: codepool assign alice
+    """
+    _check_user(user, as_json)
+    with _Progress(as_json) as progress:
+        result, _ = _run(ctx, as_json, lambda pool: pool.assign(user, progress))
+    render.assignment(result, as_json)
+
+
+@app.command()
+def release(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="User whose workspace to stop.")],
+    terminate: Annotated[
+        bool, typer.Option("--terminate", help="Delete the box and its disk instead of stopping.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop USER's workspace now; the disk is kept for their return.
+
+    Example: codepool release alice   (or --terminate to delete it)
+    """
+    _check_user(user, as_json)
+    ws, settings = _run(ctx, as_json, lambda pool: pool.release(user, terminate))
+    render.released(ws, terminate or settings.pool.on_idle == "terminate", as_json)
+
+
+@app.command()
+def reap(
+    ctx: typer.Context,
+    dry_run: DryRunOpt = False,
+    idle_timeout: Annotated[
+        int | None,
+        typer.Option(
+            "--idle-timeout",
+            metavar="SECONDS",
+            min=1,
+            help="Treat workspaces idle this long as idle (default: pool.idle_timeout_s).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop workspaces idle past the timeout and delete boxes stopped past retention.
+
+    Example: codepool reap --dry-run
+    """
+    decisions, _ = _run(ctx, as_json, lambda pool: pool.reap(dry_run, idle_timeout))
+    render.reap(decisions, dry_run, as_json)
+
+
+@app.command()
+def scale(ctx: typer.Context, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+    """Set desired capacity to running workspaces plus warm spares, within the group's limits.
+
+    Example: codepool scale --dry-run
+    """
+    result, _ = _run(ctx, as_json, lambda pool: pool.scale(dry_run))
+    render.scale(result, as_json)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.5, metavar="SECONDS", help="Refresh period.")
+    ] = 2.0,
+) -> None:
+    """Show the pool: capacity, every workspace with its idle time, and warnings.
+
+    Example: codepool status --watch
+    """
+    if watch and as_json:
+        raise typer.Exit(render.error(InvalidInput("--watch and --json cannot be combined"), True))
+    snapshot, _ = _run(ctx, as_json, lambda pool: pool.status())
+    if as_json:
+        render.print_json(render.status_json(snapshot))
+        return
+    if not watch:
+        render.out.print(render.status_view(snapshot))
+        return
+    try:
+        with Live(render.status_view(snapshot), console=render.out, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                snapshot, _ = _run(ctx, False, lambda pool: pool.status())
+                live.update(render.status_view(snapshot), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def extend(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="User whose workspace to hold open.")],
+    duration: Annotated[
+        str,
+        typer.Option("--for", metavar="DURATION", help="How long: 90 (seconds), 30m, 2h, 1h30m."),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Keep USER's running workspace from being reaped for a while (up to pool.max_hold_s).
+
+    Example: codepool extend alice --for 2h
+    """
+    _check_user(user, as_json)
+    try:
+        seconds = policy.parse_duration(duration)
+    except InvalidInput as exc:
+        raise typer.Exit(render.error(exc, as_json)) from None
+    ws, _ = _run(ctx, as_json, lambda pool: pool.extend(user, seconds))
+    render.extended(ws, int(time.time() * 1000), as_json)
+
+
+@app.command()
+def reconcile(ctx: typer.Context, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+    """Make the store agree with the backend: rebuild lost records, fix states, sync spares.
+
+    Example: codepool reconcile --dry-run
+    """
+    actions, _ = _run(ctx, as_json, lambda pool: pool.reconcile(dry_run))
+    render.reconcile(actions, dry_run, as_json)
+
+
+@app.command()
+def version(as_json: JsonOpt = False) -> None:
+    """Print codepool's version."""
+    if as_json:
+        render.print_json({"version": __version__})
+    else:
+        render.out.print(f"codepool {__version__}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,217 @@
+"""Everything the CLI shows: rich tables for people, stable JSON for scripts, and the one
+place where core errors become exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from codepool.core import errors
+from codepool.core.models import (
+    Assignment,
+    PoolStatus,
+    ReapAction,
+    ReapDecision,
+    ReconcileAction,
+    ScaleResult,
+    Workspace,
+)
+from codepool.core.policy import format_duration
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Exit codes, documented in docs/cli.md. Typer's own usage errors also exit 2.
+EXIT_CODES: dict[type[errors.CodepoolError], tuple[int, str]] = {
+    errors.ConfigError: (2, "config"),
+    errors.InvalidInput: (2, "invalid-input"),
+    errors.NoWorkspace: (3, "no-workspace"),
+    errors.PoolFull: (4, "pool-full"),
+    errors.Busy: (5, "busy"),
+    errors.AssignTimeout: (6, "timeout"),
+    errors.BackendError: (7, "backend"),
+    errors.StoreUnavailable: (8, "store"),
+}
+
+
+def exit_code(exc: errors.CodepoolError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1, "error"
+
+
+def error(exc: errors.CodepoolError, as_json: bool) -> int:
+    code, kind = exit_code(exc)
+    if as_json:
+        body: dict[str, Any] = {"error": {"kind": kind, "message": str(exc), "exit_code": code}}
+        if isinstance(exc, errors.PoolFull):
+            body["error"]["retry_after_s"] = exc.retry_after_s
+        print_json(body)
+    else:
+        err.print(Text(f"error: {exc}", style="bold red"))
+    return code
+
+
+def jsonable(obj: Any) -> Any:
+    """Dataclasses, enums, tuples and sets as plain JSON values (snake_case keys)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(jsonable(obj), indent=2, sort_keys=True))
+
+
+def url_of(ws: Workspace) -> str:
+    return ws.address.rstrip("/") + "/"
+
+
+# -- one renderer per command -------------------------------------------------------------
+
+
+def assignment(a: Assignment, as_json: bool) -> None:
+    if as_json:
+        print_json({**jsonable(a.workspace), "how": a.how, "url": url_of(a.workspace)})
+        return
+    words = {
+        "running": "already running",
+        "resumed": "resumed",
+        "spare": "warm spare",
+        "launched": "new box",
+    }
+    out.print(f"[bold]{a.workspace.user}[/]: {url_of(a.workspace)}")
+    out.print(f"  instance {a.workspace.instance_id} ({words.get(a.how, a.how)})", style="dim")
+
+
+def released(ws: Workspace, terminated: bool, as_json: bool) -> None:
+    if as_json:
+        print_json({"user": ws.user, "instance_id": ws.instance_id, "terminated": terminated})
+        return
+    what = "terminated (disk deleted)" if terminated else "stopped (disk kept)"
+    out.print(f"[bold]{ws.user}[/]: {ws.instance_id} {what}")
+
+
+def reap(decisions: Sequence[ReapDecision], dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        print_json({"dry_run": dry_run, "decisions": decisions})
+        return
+    if not decisions:
+        out.print("nothing idle: no workspace would be stopped" if dry_run else "nothing idle")
+        return
+    table = Table(
+        title="reap (dry run: nothing changed)" if dry_run else "reap", title_justify="left"
+    )
+    for col in ("user", "instance", "action", "idle", "reason"):
+        table.add_column(col, overflow="fold")
+    for d in decisions:
+        action = d.action.value
+        if d.action is not ReapAction.KEEP:
+            action = f"would {action}" if dry_run else (action if d.done else f"{action} FAILED")
+        style = "red" if d.error else ("yellow" if d.action is not ReapAction.KEEP else "")
+        reason = d.reason + (f" ({d.error})" if d.error else "")
+        table.add_row(d.user, d.instance_id, action, format_duration(d.idle_s), reason, style=style)
+    out.print(table)
+
+
+def scale(r: ScaleResult, as_json: bool) -> None:
+    if as_json:
+        print_json({**jsonable(r), "changed": r.changed})
+        return
+    verb = "would set" if r.dry_run else "set"
+    if not r.changed:
+        out.print(f"desired capacity {r.desired_before}: no change")
+        return
+    out.print(f"desired capacity {r.desired_before} -> {r.desired_after} ({verb})")
+    if r.terminated_spares:
+        verb = "would terminate" if r.dry_run else "terminated"
+        out.print(f"{verb} excess spares: {', '.join(r.terminated_spares)}")
+
+
+def extended(ws: Workspace, now_ms: int, as_json: bool) -> None:
+    if as_json:
+        print_json(ws)
+        return
+    held = format_duration((ws.hold_until_ms - now_ms) / 1000)
+    out.print(f"[bold]{ws.user}[/]: {ws.instance_id} held open for {held}")
+
+
+def reconcile(actions: Sequence[ReconcileAction], dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        print_json({"dry_run": dry_run, "actions": actions})
+        return
+    if not actions:
+        out.print("store and backend agree: nothing to do")
+        return
+    title = "reconcile (dry run: nothing changed)" if dry_run else "reconcile"
+    table = Table(title=title, title_justify="left")
+    for col in ("action", "subject", "detail", "done"):
+        table.add_column(col, overflow="fold")
+    for a in actions:
+        table.add_row(a.kind, a.subject, a.detail, "yes" if a.done else "no")
+    out.print(table)
+
+
+def status_json(s: PoolStatus) -> dict[str, Any]:
+    body: dict[str, Any] = jsonable(s)
+    for row in body["workspaces"]:
+        row["idle_s"] = round(max(0, s.now_ms - row["last_seen_ms"]) / 1000, 1)
+    return body
+
+
+def status_view(s: PoolStatus) -> RenderableType:
+    c = s.capacity
+    head = Text.assemble(
+        ("desired ", "dim"),
+        (str(c.desired), "bold"),
+        (f" (min {c.min_size}, max {c.max_size})", "dim"),
+        ("  in service ", "dim"),
+        (str(s.in_service), "bold"),
+        ("  pending ", "dim"),
+        (str(s.pending), "bold"),
+        ("  standby ", "dim"),
+        (str(s.standby), "bold"),
+        ("  stopped ", "dim"),
+        (str(s.stopped), "bold"),
+        ("  spares ", "dim"),
+        (str(s.spares), "bold"),
+    )
+    parts: list[RenderableType] = [head]
+    if s.workspaces:
+        table = Table(title_justify="left")
+        for col in ("user", "instance", "state", "address", "idle", "held", "assigned"):
+            table.add_column(col, overflow="fold")
+        for w in s.workspaces:
+            held = (
+                format_duration((w.hold_until_ms - s.now_ms) / 1000)
+                if w.hold_until_ms > s.now_ms
+                else ""
+            )
+            table.add_row(
+                w.user,
+                w.instance_id,
+                w.state.value,
+                url_of(w),
+                format_duration((s.now_ms - w.last_seen_ms) / 1000),
+                held,
+                format_duration((s.now_ms - w.assigned_at_ms) / 1000) + " ago",
+            )
+        parts.append(table)
+    else:
+        parts.append(Text("no workspaces", style="dim"))
+    parts.extend(Text(f"warning: {w}", style="yellow") for w in s.warnings)
+    return Group(*parts)

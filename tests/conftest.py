@@ -1,0 +1,152 @@
+"""Shared fixtures: the stores (SQLite, fakeredis, a real Redis), settings for a temporary
+pool, the stand-in workspace, and a tiny ready-answering server for the fake backend.
+
+CODEPOOL_TEST_REDIS_URL points the real-Redis tests at a server; with
+CODEPOOL_REQUIRE_REAL=1 (set by .ci/run) a missing Redis or code-server fails the
+run instead of skipping."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from codepool.core.backends.local import code_server_candidates
+from codepool.core.pool import CodePool
+from codepool.core.settings import Settings, settings_from_mapping
+from codepool.core.store import Store
+from codepool.core.stores.redis import RedisStore
+from codepool.core.stores.sqlite import SQLiteStore
+from tests.fakes import MemoryBackend
+
+STANDIN = Path(__file__).with_name("standin_workspace.py")
+REQUIRE_REAL = os.environ.get("CODEPOOL_REQUIRE_REAL") == "1"
+
+
+def need(what: str, why: str) -> None:
+    """Skip for lack of a real dependency, or fail when CI requires it."""
+    if REQUIRE_REAL:
+        pytest.fail(f"{what} is required (CODEPOOL_REQUIRE_REAL=1) but {why}")
+    pytest.skip(f"{what}: {why}")
+
+
+def standin_command(delay_s: float = 0.0) -> list[str]:
+    cmd = [sys.executable, str(STANDIN), "--port", "{port}", "--home", "{home}"]
+    return [*cmd, "--delay", str(delay_s)] if delay_s else cmd
+
+
+def make_settings(state_dir: Path, **sections: dict[str, Any]) -> Settings:
+    """Settings for a pool in state_dir running the stand-in workspace, plus overrides."""
+    data: dict[str, dict[str, Any]] = {
+        "local": {"state_dir": str(state_dir), "command": standin_command()},
+        "pool": {"assign_timeout_s": 20},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return settings_from_mapping(data)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("CODEPOOL_TEST_REDIS_URL")
+    if not url:
+        need("a real Redis", "CODEPOOL_TEST_REDIS_URL is not set")
+    assert url is not None
+    return url
+
+
+async def _cleanup_redis(store: RedisStore) -> None:
+    async for key in store.r.scan_iter(match=store.prefix + "*", count=500):
+        await store.r.delete(key)
+
+
+@pytest.fixture(params=["sqlite", "fakeredis", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store contract runs on every implementation: SQLite, fakeredis, a real Redis."""
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(str(tmp_path / "store.db"), batch_size=10)
+        yield s
+        await s.close()
+    elif request.param == "fakeredis":
+        import fakeredis
+
+        client = fakeredis.FakeAsyncRedis(decode_responses=True)
+        s = RedisStore(client, key_prefix="t:", batch_size=10)
+        yield s
+        await s.close()
+    else:
+        url = request.getfixturevalue("redis_url")
+        rs = RedisStore.from_url(url, key_prefix=f"codepool-test:{secrets.token_hex(4)}:", batch_size=10)
+        try:
+            await rs.check()
+        except Exception as exc:
+            need("a real Redis", f"{url} does not answer: {exc}")
+        yield rs
+        await _cleanup_redis(rs)
+        await rs.close()
+
+
+@pytest.fixture
+async def ready_address() -> AsyncIterator[str]:
+    """A live HTTP server answering /healthz: where MemoryBackend's boxes 'run'."""
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+def make_pool(tmp_path: Path, ready_address: str) -> Callable[..., CodePool]:
+    """Build a CodePool on a given store and backend (MemoryBackend by default)."""
+
+    def build(
+        store: Store,
+        backend: MemoryBackend | None = None,
+        clock: Callable[[], int] | None = None,
+        **sections: dict[str, Any],
+    ) -> CodePool:
+        settings = make_settings(tmp_path / "state", **sections)
+        be = backend if backend is not None else MemoryBackend(ready_address)
+        if clock is None:
+            return CodePool(settings, store, be)
+        return CodePool(settings, store, be, clock=clock)
+
+    return build
+
+
+@pytest.fixture
+def code_server() -> str:
+    """Path to a real code-server, or skip (fail under CODEPOOL_REQUIRE_REAL)."""
+    found = shutil.which("code-server") or next(
+        (str(p) for p in code_server_candidates() if p.is_file()), None
+    )
+    if not found:
+        need("code-server", "it is not installed (scripts/install-code-server)")
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """A pool's state dir; every workspace process started in it is stopped afterwards."""
+    path = tmp_path / "state"
+    yield path
+    from tests.helpers import kill_slots
+
+    kill_slots(path)

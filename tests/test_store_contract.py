@@ -1,0 +1,150 @@
+"""One contract, every store: SQLite, fakeredis and a real Redis server run the same tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+from codepool.core.models import Workspace, WorkspaceState
+from codepool.core.store import PingResult, Store
+
+RUNNING = WorkspaceState.RUNNING
+STOPPED = WorkspaceState.STOPPED
+
+
+def ws(user: str, iid: str = "", state: WorkspaceState = RUNNING, seen: int = 1000, **kw: int) -> Workspace:
+    return Workspace(user, iid or f"i-{user}", f"http://127.0.0.1:1/{user}", state, seen, 500, **kw)
+
+
+async def test_put_get_delete(store: Store) -> None:
+    assert await store.get_workspace("alice") is None
+    w = ws("alice", hold_until_ms=7, stopped_at_ms=0)
+    await store.put_workspace(w)
+    assert await store.get_workspace("alice") == w
+    assert not await store.delete_workspace("alice", "i-other")
+    assert await store.get_workspace("alice") == w
+    assert await store.delete_workspace("alice", "i-alice")
+    assert await store.get_workspace("alice") is None
+
+
+async def test_ping_checks_the_instance_and_the_state(store: Store) -> None:
+    assert await store.record_ping("alice", "i-alice", 2000) is PingResult.NO_WORKSPACE
+    await store.put_workspace(ws("alice"))
+    assert await store.record_ping("alice", "i-stale", 2000) is PingResult.STALE_INSTANCE
+    assert await store.record_ping("alice", "i-alice", 2000) is PingResult.OK
+    got = await store.get_workspace("alice")
+    assert got is not None and got.last_seen_ms == 2000
+    # Never backwards: a late ping from a slow router does not undo a newer one.
+    assert await store.record_ping("alice", "i-alice", 1500) is PingResult.OK
+    got = await store.get_workspace("alice")
+    assert got is not None and got.last_seen_ms == 2000
+    await store.put_workspace(ws("alice", state=STOPPED))
+    assert await store.record_ping("alice", "i-alice", 3000) is PingResult.NOT_RUNNING
+    got = await store.get_workspace("alice")
+    assert got is not None and got.last_seen_ms == 1000  # nothing written
+
+
+async def test_mark_stopping_is_compare_and_set(store: Store) -> None:
+    await store.put_workspace(ws("alice", seen=1000))
+    await store.record_ping("alice", "i-alice", 1001)  # a ping lands after the reaper read 1000
+    assert not await store.mark_stopping("alice", "i-alice", 1000)
+    assert await store.mark_stopping("alice", "i-alice", 1001)
+    got = await store.get_workspace("alice")
+    assert got is not None and got.state is WorkspaceState.STOPPING
+    # Once stopping, a ping is refused and the reaper's decision stands.
+    assert await store.record_ping("alice", "i-alice", 5000) is PingResult.NOT_RUNNING
+    assert not await store.mark_stopping("alice", "i-alice", 1001)
+
+
+async def test_idle_index_returns_only_old_running_workspaces_oldest_first(store: Store) -> None:
+    for i, seen in enumerate([500, 100, 900, 300, 2000]):
+        await store.put_workspace(ws(f"u{i}", seen=seen))
+    await store.put_workspace(ws("gone", state=STOPPED, seen=50))
+    idle = await store.idle_workspaces(1000, limit=10)
+    assert [w.user for w in idle] == ["u1", "u3", "u0", "u2"]
+    assert [w.user for w in await store.idle_workspaces(1000, limit=2)] == ["u1", "u3"]
+    await store.record_ping("u1", "i-u1", 5000)  # the index moves with the ping
+    assert [w.user for w in await store.idle_workspaces(1000, limit=10)] == ["u3", "u0", "u2"]
+    assert await store.mark_stopping("u3", "i-u3", 300)  # stopping leaves the index
+    assert [w.user for w in await store.idle_workspaces(1000, limit=10)] == ["u0", "u2"]
+
+
+async def test_expired_returns_stopped_workspaces_by_stop_time(store: Store) -> None:
+    await store.put_workspace(ws("a", state=STOPPED, stopped_at_ms=300))
+    await store.put_workspace(ws("b", state=STOPPED, stopped_at_ms=100))
+    await store.put_workspace(ws("c", state=STOPPED, stopped_at_ms=900))
+    await store.put_workspace(ws("d", state=RUNNING, seen=1))
+    assert [w.user for w in await store.expired_workspaces(500, 10)] == ["b", "a"]
+    await store.put_workspace(ws("b", state=RUNNING))  # resumed: leaves the stopped index
+    assert [w.user for w in await store.expired_workspaces(500, 10)] == ["a"]
+
+
+async def test_iter_walks_everything_in_batches(store: Store) -> None:
+    users = {f"user{i:02d}" for i in range(25)}
+    for u in users:
+        await store.put_workspace(ws(u))
+    batches = [b async for b in store.iter_workspaces()]
+    seen = [w.user for b in batches for w in b]
+    assert sorted(seen) == sorted(users)
+    assert len(batches) >= 2  # batch_size is 10 in these fixtures
+    assert all(len(b) <= 20 for b in batches)
+
+
+async def test_set_hold_only_on_the_running_instance(store: Store) -> None:
+    await store.put_workspace(ws("alice"))
+    assert not await store.set_hold("alice", "i-other", 9000)
+    assert await store.set_hold("alice", "i-alice", 9000)
+    got = await store.get_workspace("alice")
+    assert got is not None and got.hold_until_ms == 9000
+    await store.put_workspace(ws("alice", state=STOPPED))
+    assert not await store.set_hold("alice", "i-alice", 9999)
+
+
+async def test_each_spare_goes_to_one_claimer_under_concurrency(store: Store) -> None:
+    spares = [f"i-{n}" for n in range(20)]
+    assert await store.add_spares(spares) == 20
+    claims = await asyncio.gather(*(store.claim_spare(f"u{n}", 60_000) for n in range(50)))
+    got = [c for c in claims if c is not None]
+    assert sorted(got) == sorted(spares)  # every spare once, none twice
+    assert claims.count(None) == 30
+    assert await store.spares() == set()
+
+
+async def test_claimed_spares_are_not_put_back(store: Store) -> None:
+    await store.add_spares(["i-1", "i-2"])
+    first = await store.claim_spare("alice", 60_000)
+    assert first is not None
+    # A reconcile that listed the box before it was tagged must not re-add it.
+    assert await store.add_spares(["i-1", "i-2", "i-3"]) == 1
+    assert await store.spares() == {"i-1", "i-2", "i-3"} - {first}
+    assert await store.take_spare("i-3")
+    assert not await store.take_spare("i-3")
+    await store.remove_spares(["i-1", "i-2"])
+    assert await store.spares() == set()
+
+
+async def test_claims_expire(store: Store) -> None:
+    await store.add_spares(["i-1"])
+    assert await store.claim_spare("alice", 50) == "i-1"
+    await asyncio.sleep(0.2)
+    assert await store.add_spares(["i-1"]) == 1
+
+
+async def test_leases(store: Store) -> None:
+    assert await store.acquire_lease("leader", "a", 10_000)
+    assert await store.acquire_lease("leader", "a", 10_000)  # renewal
+    assert not await store.acquire_lease("leader", "b", 10_000)
+    await store.release_lease("leader", "b")  # not b's to release
+    assert not await store.acquire_lease("leader", "b", 10_000)
+    await store.release_lease("leader", "a")
+    assert await store.acquire_lease("leader", "b", 50)
+    await asyncio.sleep(0.2)  # b's lease expires without renewal
+    assert await store.acquire_lease("leader", "c", 10_000)
+
+
+async def test_one_lease_holder_among_many(store: Store) -> None:
+    won = await asyncio.gather(*(store.acquire_lease("lock:x", f"h{n}", 10_000) for n in range(30)))
+    assert won.count(True) == 1
+
+
+async def test_check(store: Store) -> None:
+    await store.check()
