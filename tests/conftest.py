@@ -83,7 +83,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await s.close()
     else:
         url = request.getfixturevalue("redis_url")
-        rs = RedisStore.from_url(url, key_prefix=f"codepool-test:{secrets.token_hex(4)}:", batch_size=10)
+        rs = RedisStore.from_url(
+            url, key_prefix=f"codepool-test:{secrets.token_hex(4)}:", batch_size=10
+        )
         try:
             await rs.check()
         except Exception as exc:

@@ -134,4 +134,6 @@ class FailingStopBackend(MemoryBackend):
     async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
         ok = [i for i in instance_ids if i not in self.fail]
         result = await super().stop(ok)
-        return BatchResult(result.succeeded, {i: "injected failure" for i in instance_ids if i in self.fail})
+        return BatchResult(
+            result.succeeded, {i: "injected failure" for i in instance_ids if i in self.fail}
+        )

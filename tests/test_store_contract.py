@@ -11,7 +11,9 @@ RUNNING = WorkspaceState.RUNNING
 STOPPED = WorkspaceState.STOPPED
 
 
-def ws(user: str, iid: str = "", state: WorkspaceState = RUNNING, seen: int = 1000, **kw: int) -> Workspace:
+def ws(
+    user: str, iid: str = "", state: WorkspaceState = RUNNING, seen: int = 1000, **kw: int
+) -> Workspace:
     return Workspace(user, iid or f"i-{user}", f"http://127.0.0.1:1/{user}", state, seen, 500, **kw)
 
 

@@ -132,7 +132,7 @@ class CodePool:
                 inst, how = owned, "running"
             elif owned is not None:
                 say(f"resuming {user}'s workspace {owned.instance_id}")
-                inst, how = await self._resume(user, owned, ws), "resumed"
+                inst, how = await self._resume(user, owned, ws, instances), "resumed"
             else:
                 inst, how = await self._claim_box(user, instances, say)
             now = self.clock()
@@ -149,18 +149,21 @@ class CodePool:
         await self._scale_after(f"assign of {user}")
         return Assignment(ready, how)
 
-    async def _resume(self, user: str, inst: Instance, ws: Workspace | None) -> Instance:
+    async def _resume(
+        self, user: str, inst: Instance, ws: Workspace | None, instances: list[Instance]
+    ) -> Instance:
         if not inst.in_service:
-            await self._make_room(user)
+            await self._make_room(user, instances)
         if ws is not None and ws.instance_id == inst.instance_id:
             await self.store.put_workspace(replace(ws, state=WorkspaceState.STARTING))
         return await self.backend.start(inst.instance_id)
 
-    async def _make_room(self, user: str) -> None:
+    async def _make_room(self, user: str, instances: list[Instance]) -> None:
         """Before a box returns to service at the group's maximum, give up a spare for it."""
         cap = await self.backend.capacity()
         if cap.desired < cap.max_size:
             return
+        await self.store.add_spares(i.instance_id for i in instances if i.is_spare)
         spare = await self.store.claim_spare(user, CLAIM_TTL_MS)
         if spare is None:
             raise PoolFull(

@@ -1,0 +1,435 @@
+"""The CodePool core against named fakes (MemoryBackend and friends), with a controlled
+clock. Each lifecycle invariant of the issue has a test that fails when it breaks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from codepool.core.errors import AssignTimeout, Busy, InvalidInput, NoWorkspace, PoolFull
+from codepool.core.models import InstanceState, Lifecycle, ReapAction, WorkspaceState
+from codepool.core.pool import CodePool
+from codepool.core.store import PingResult, Store
+from codepool.core.stores.sqlite import SQLiteStore
+from tests.fakes import FailingStopBackend, MemoryBackend, NeverReadyBackend, SlowBackend
+
+MIN = 60_000
+
+
+class Clock:
+    """Epoch ms that moves only when a test says so."""
+
+    def __init__(self, now: int = 1_000_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore(str(tmp_path / "pool.db"))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def backend(ready_address: str) -> MemoryBackend:
+    return MemoryBackend(ready_address, max_size=4)
+
+
+@pytest.fixture
+def pool(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, backend: MemoryBackend, clock: Clock
+) -> CodePool:
+    return make_pool(sqlite, backend, clock)
+
+
+def running_boxes(backend: MemoryBackend, user: str) -> list[str]:
+    return [
+        b.instance_id
+        for b in backend.boxes.values()
+        if b.owner == user and b.state is InstanceState.RUNNING
+    ]
+
+
+async def test_assign_launches_then_keeps_a_warm_spare(
+    pool: CodePool, backend: MemoryBackend
+) -> None:
+    a = await pool.assign("alice")
+    assert a.how == "launched"
+    assert a.workspace.state is WorkspaceState.RUNNING
+    assert backend.boxes[a.workspace.instance_id].owner == "alice"
+    spares = [b for b in backend.boxes.values() if b.is_spare]
+    assert len(spares) == 1 and backend.desired == 2  # running assigned + 1 warm spare
+    b = await pool.assign("bob")
+    assert b.how == "spare" and b.workspace.instance_id == spares[0].instance_id
+
+
+async def test_assign_twice_returns_the_same_running_workspace(pool: CodePool) -> None:
+    first = await pool.assign("alice")
+    second = await pool.assign("alice")
+    assert second.how == "running"
+    assert second.workspace.instance_id == first.workspace.instance_id
+
+
+async def test_release_then_assign_resumes_the_same_box(
+    pool: CodePool, backend: MemoryBackend
+) -> None:
+    first = await pool.assign("alice")
+    iid = first.workspace.instance_id
+    stopped = await pool.release("alice")
+    assert stopped.instance_id == iid
+    box = backend.boxes[iid]
+    assert box.owner == "alice" and box.lifecycle is Lifecycle.STANDBY  # disk kept, owner kept
+    again = await pool.assign("alice")
+    assert again.how == "resumed" and again.workspace.instance_id == iid
+    assert again.workspace.assigned_at_ms == first.workspace.assigned_at_ms
+
+
+async def test_release_terminate_deletes_the_box(pool: CodePool, backend: MemoryBackend) -> None:
+    iid = (await pool.assign("alice")).workspace.instance_id
+    await pool.release("alice", terminate=True)
+    assert iid not in backend.boxes
+    assert await pool.store.get_workspace("alice") is None
+    with pytest.raises(NoWorkspace):
+        await pool.release("alice")
+
+
+async def test_a_stopped_disk_is_never_given_to_another_user(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    backend = MemoryBackend(ready_address, max_size=2)
+    pool = make_pool(sqlite, backend, pool={"warm_spares": 0})
+    alice = (await pool.assign("alice")).workspace.instance_id
+    await pool.release("alice")
+    bob = (await pool.assign("bob")).workspace.instance_id
+    assert bob != alice
+    assert backend.boxes[alice].owner == "alice"
+    # Even when the store forgets alice entirely, her box is not a spare for carol.
+    await sqlite.delete_workspace("alice", alice)
+    await sqlite.add_spares([alice])
+    carol = (await pool.assign("carol")).workspace.instance_id
+    assert carol not in (alice, bob)
+    assert backend.boxes[alice].owner == "alice"
+
+
+async def test_pool_full_at_max(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    pool = make_pool(sqlite, MemoryBackend(ready_address, max_size=2))
+    await pool.assign("alice")
+    await pool.assign("bob")
+    with pytest.raises(PoolFull) as info:
+        await pool.assign("carol")
+    assert info.value.retry_after_s > 0
+    assert await sqlite.get_workspace("carol") is None
+
+
+async def test_resume_at_max_gives_up_a_spare(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    backend = MemoryBackend(ready_address, max_size=2)
+    pool = make_pool(sqlite, backend)
+    await pool.assign("alice")
+    await pool.release("alice")
+    await pool.assign("bob")  # bob takes the spare; scale launches another: desired 2 = max
+    assert backend.desired == 2
+    a = await pool.assign("alice")  # resume needs room: the spare is terminated for it
+    assert a.how == "resumed"
+    assert backend.desired == 2
+    assert not [b for b in backend.boxes.values() if b.is_spare]
+
+
+async def test_assign_times_out_when_the_box_never_answers(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    pool = make_pool(sqlite, NeverReadyBackend(ready_address), pool={"assign_timeout_s": 1})
+    with pytest.raises(AssignTimeout, match="did not answer"):
+        await pool.assign("alice")
+    # The box is alice's (tagged first), so her next assign finds it instead of another.
+    ws = await sqlite.get_workspace("alice")
+    assert ws is not None and ws.state is WorkspaceState.STARTING
+
+
+async def test_invalid_user_changes_nothing(pool: CodePool, backend: MemoryBackend) -> None:
+    for bad in ["", "Alice", "../etc", "a b", "x" * 65, "a;rm -rf /", "-lead", "é"]:
+        with pytest.raises(InvalidInput, match="invalid user name"):
+            await pool.assign(bad)
+    assert backend.calls == []
+
+
+async def test_reap_stops_only_idle_workspaces(
+    pool: CodePool, backend: MemoryBackend, clock: Clock
+) -> None:
+    alice = (await pool.assign("alice")).workspace
+    clock.advance(2 * MIN)
+    bob = (await pool.assign("bob")).workspace
+    clock.advance(4 * MIN)  # alice idle 6 min, bob 4 min
+    dry = await pool.reap(dry_run=True)
+    assert [(d.user, d.action) for d in dry] == [("alice", ReapAction.STOP)]
+    assert "idle 6m00s > 5m00s" in dry[0].reason and not dry[0].done
+    assert backend.boxes[alice.instance_id].state is InstanceState.RUNNING  # dry: nothing done
+    done = await pool.reap()
+    assert [(d.user, d.action, d.done) for d in done] == [("alice", ReapAction.STOP, True)]
+    assert backend.boxes[alice.instance_id].lifecycle is Lifecycle.STANDBY
+    assert backend.boxes[bob.instance_id].state is InstanceState.RUNNING
+    stopped = await pool.store.get_workspace("alice")
+    assert stopped is not None and stopped.state is WorkspaceState.STOPPED
+    # Idle stop on AWS order: standby happens inside stop(); the group shrinks afterwards.
+    assert ("stop", (alice.instance_id,)) in backend.calls
+
+
+async def test_reap_respects_a_hold(pool: CodePool, clock: Clock) -> None:
+    await pool.assign("alice")
+    await pool.extend("alice", 3600)
+    clock.advance(30 * MIN)
+    [d] = await pool.reap()
+    assert d.action is ReapAction.KEEP and d.reason.startswith("held for another 30m")
+    clock.advance(31 * MIN)
+    [d] = await pool.reap()
+    assert d.action is ReapAction.STOP and d.done
+
+
+async def test_extend_is_bounded(pool: CodePool) -> None:
+    with pytest.raises(NoWorkspace):
+        await pool.extend("alice", 60)
+    await pool.assign("alice")
+    with pytest.raises(InvalidInput, match="at most 8h00m"):
+        await pool.extend("alice", 9 * 3600)
+    with pytest.raises(InvalidInput):
+        await pool.extend("alice", 0)
+    ws = await pool.extend("alice", 8 * 3600)
+    assert ws.hold_until_ms == pool.clock() + 8 * 3600 * 1000
+
+
+async def test_reap_idle_timeout_override_and_bad_value(pool: CodePool, clock: Clock) -> None:
+    await pool.assign("alice")
+    clock.advance(61_000)
+    assert await pool.reap(dry_run=True) == []
+    [d] = await pool.reap(dry_run=True, idle_timeout_s=60)
+    assert d.action is ReapAction.STOP
+    with pytest.raises(InvalidInput):
+        await pool.reap(idle_timeout_s=0)
+
+
+class PingDuringReap:
+    """A store whose mark_stopping lets a ping land first: the ping-vs-reap race, on purpose."""
+
+    def __init__(self, inner: Store, clock: Clock) -> None:
+        self.inner = inner
+        self.clock = clock
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def mark_stopping(self, user: str, instance_id: str, last_seen_ms: int) -> bool:
+        assert await self.inner.record_ping(user, instance_id, self.clock()) is PingResult.OK
+        return await self.inner.mark_stopping(user, instance_id, last_seen_ms)
+
+
+async def test_a_ping_racing_a_reap_wins(
+    make_pool: Callable[..., CodePool], store: Store, backend: MemoryBackend, clock: Clock
+) -> None:
+    pool = make_pool(PingDuringReap(store, clock), backend, clock)
+    alice = (await pool.assign("alice")).workspace
+    clock.advance(10 * MIN)
+    [d] = await pool.reap()
+    assert d.action is ReapAction.KEEP and "pinged during the reap" in d.reason
+    assert backend.boxes[alice.instance_id].state is InstanceState.RUNNING
+    assert not [c for c in backend.calls if c[0] == "stop"]
+    ws = await store.get_workspace("alice")
+    assert ws is not None and ws.state is WorkspaceState.RUNNING
+
+
+async def test_a_ping_after_the_reap_decision_is_refused(pool: CodePool, clock: Clock) -> None:
+    alice = (await pool.assign("alice")).workspace
+    clock.advance(10 * MIN)
+    await pool.reap()
+    # The tab pings after its box was stopped: 409 in the router, never a revival.
+    assert await pool.ping("alice", alice.instance_id) is PingResult.NOT_RUNNING
+
+
+async def test_reap_skips_a_user_whose_lock_is_held(pool: CodePool, clock: Clock) -> None:
+    await pool.assign("alice")
+    clock.advance(10 * MIN)
+    async with pool.user_lock("alice", wait_s=0):
+        [d] = await pool.reap()
+    assert d.action is ReapAction.KEEP and d.reason == "busy elsewhere"
+    with pytest.raises(Busy):
+        async with pool.user_lock("alice", wait_s=0), pool.user_lock("alice", wait_s=0.3):
+            pass
+
+
+async def test_retention_deletes_old_stopped_boxes(
+    pool: CodePool, backend: MemoryBackend, clock: Clock
+) -> None:
+    iid = (await pool.assign("alice")).workspace.instance_id
+    await pool.release("alice")
+    clock.advance(29 * 86_400_000)
+    assert [d.action for d in await pool.reap()] == []
+    clock.advance(2 * 86_400_000)
+    [d] = await pool.reap()
+    assert d.action is ReapAction.TERMINATE and d.done and "retention 30d" in d.reason
+    assert iid not in backend.boxes
+    assert await pool.store.get_workspace("alice") is None
+
+
+async def test_failed_stop_is_reported_and_left_for_reconcile(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str, clock: Clock
+) -> None:
+    backend = FailingStopBackend(ready_address, fail=set())
+    pool = make_pool(sqlite, backend, clock)
+    a = (await pool.assign("alice")).workspace
+    b = (await pool.assign("bob")).workspace
+    backend.fail = {a.instance_id}
+    clock.advance(10 * MIN)
+    decisions = {d.user: d for d in await pool.reap()}
+    assert decisions["alice"].error == "injected failure" and not decisions["alice"].done
+    assert decisions["bob"].done  # one failure does not stop the others
+    stuck = await sqlite.get_workspace("alice")
+    assert stuck is not None and stuck.state is WorkspaceState.STOPPING
+    actions = await pool.reconcile()
+    assert [(x.kind, x.subject) for x in actions] == [("fix", "alice")]
+    fixed = await sqlite.get_workspace("alice")
+    assert fixed is not None and fixed.state is WorkspaceState.RUNNING
+    assert fixed.last_seen_ms == clock.now  # a grace period, not an instant reap
+    assert b.instance_id in backend.boxes
+
+
+async def test_scale_terminates_excess_spares_and_makes_no_call_when_settled(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, backend: MemoryBackend
+) -> None:
+    pool = make_pool(sqlite, backend, pool={"warm_spares": 1})
+    await backend.set_desired(3)  # three spares where one is wanted
+    result = await pool.scale(dry_run=True)
+    assert (result.desired_before, result.desired_after, len(result.terminated_spares)) == (3, 1, 2)
+    assert len(backend.boxes) == 3
+    result = await pool.scale()
+    assert result.desired_after == 1 and len(result.terminated_spares) == 2
+    assert len(backend.boxes) == 1 and backend.desired == 1
+    backend.calls.clear()
+    result = await pool.scale()
+    assert not result.changed
+    assert [c[0] for c in backend.calls] == ["list"]
+
+
+async def test_reconcile_rebuilds_a_lost_store_with_a_grace_period(
+    make_pool: Callable[..., CodePool],
+    backend: MemoryBackend,
+    clock: Clock,
+    tmp_path: Path,
+) -> None:
+    pool = make_pool(SQLiteStore(str(tmp_path / "a.db")), backend, clock)
+    alice = (await pool.assign("alice")).workspace
+    bob = (await pool.assign("bob")).workspace
+    await pool.release("bob")
+    clock.advance(60 * MIN)
+    lost = make_pool(SQLiteStore(str(tmp_path / "empty.db")), backend, clock)  # Redis flushed
+    dry = await lost.reconcile(dry_run=True)
+    assert {(a.kind, a.subject) for a in dry} >= {("rebuild", "alice"), ("rebuild", "bob")}
+    assert await lost.store.get_workspace("alice") is None
+    await lost.reconcile()
+    a = await lost.store.get_workspace("alice")
+    b = await lost.store.get_workspace("bob")
+    assert a is not None and a.instance_id == alice.instance_id
+    assert a.state is WorkspaceState.RUNNING and a.last_seen_ms == clock.now
+    assert b is not None and b.instance_id == bob.instance_id and b.state is WorkspaceState.STOPPED
+    assert await lost.reap() == []  # grace: nothing reaped right after the rebuild
+    spare = [x.instance_id for x in backend.boxes.values() if x.is_spare]
+    assert await lost.store.spares() == set(spare)
+    assert await lost.reconcile() == []  # and then it is settled
+
+
+async def test_reconcile_clears_vanished_and_resolves_two_boxes_without_losing_either(
+    pool: CodePool, backend: MemoryBackend
+) -> None:
+    first = (await pool.assign("alice")).workspace.instance_id
+    # A crash mid-assign left alice a second box (tagged, never recorded).
+    spare = next(b.instance_id for b in backend.boxes.values() if b.is_spare)
+    await backend.claim(spare, "alice")
+    actions = await pool.reconcile()
+    dup = [a for a in actions if a.kind == "duplicate"]
+    assert len(dup) == 1 and spare in dup[0].detail and dup[0].done
+    assert backend.boxes[spare].owner == "alice"  # disk kept
+    assert backend.boxes[spare].lifecycle is Lifecycle.STANDBY  # no longer running
+    assert backend.boxes[first].state is InstanceState.RUNNING
+    assert running_boxes(backend, "alice") == [first]
+    # A box that vanished (deleted outside codepool) is cleared from the store.
+    del backend.boxes[first]
+    actions = await pool.reconcile()
+    assert ("rebuild", "alice") in [(a.kind, a.subject) for a in actions] or (
+        "fix",
+        "alice",
+    ) in [(a.kind, a.subject) for a in actions]
+    ws = await pool.store.get_workspace("alice")
+    assert ws is not None and ws.instance_id == spare and ws.state is WorkspaceState.STOPPED
+
+
+async def test_crash_between_tag_and_store_write_is_finished_by_the_next_assign(
+    pool: CodePool, backend: MemoryBackend, sqlite: SQLiteStore
+) -> None:
+    await pool.assign("bob")
+    spare = next(b.instance_id for b in backend.boxes.values() if b.is_spare)
+    await sqlite.claim_spare("alice", 60_000)
+    await backend.claim(spare, "alice")  # ...and the process died here
+    a = await pool.assign("alice")
+    assert a.workspace.instance_id == spare and a.how == "running"
+    assert running_boxes(backend, "alice") == [spare]
+
+
+async def test_status_counts_and_warnings(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    backend = MemoryBackend(ready_address, max_size=3)
+    pool = make_pool(sqlite, backend)
+    await pool.assign("alice")
+    await pool.assign("bob")
+    await pool.release("bob")
+    s = await pool.status()
+    assert (s.capacity.desired, s.in_service, s.standby, s.spares) == (2, 2, 1, 1)
+    assert [w.user for w in s.workspaces] == ["alice", "bob"]
+    assert s.warnings == ()
+    await pool.assign("carol")
+    s = await pool.status()
+    assert any("90% of max" in w for w in s.warnings)
+    backend.desired += 1  # a launch that does not come up
+    s = await pool.status()
+    assert any("exceeds in service" in w for w in s.warnings)
+
+
+async def test_concurrent_assigns_give_each_user_exactly_one_box(
+    make_pool: Callable[..., CodePool], store: Store, ready_address: str
+) -> None:
+    """50 concurrent assigns for 10 users, on every store: one box per user, none shared."""
+    backend = SlowBackend(ready_address, delay_s=0.01, max_size=20)
+    pool = make_pool(store, backend)
+    users = [f"user{n}" for n in range(10)]
+    results = await asyncio.gather(*(pool.assign(users[n % 10]) for n in range(50)))
+    by_user: dict[str, set[str]] = {}
+    for r in results:
+        by_user.setdefault(r.workspace.user, set()).add(r.workspace.instance_id)
+    assert all(len(ids) == 1 for ids in by_user.values()), by_user
+    owners = [b.owner for b in backend.boxes.values() if b.owner]
+    assert sorted(owners) == sorted(users)  # nobody holds two, no box has two owners
+    ids = [next(iter(v)) for v in by_user.values()]
+    assert len(set(ids)) == 10
+
+
+async def test_store_record_matches_the_backend_after_assign(
+    pool: CodePool, backend: MemoryBackend
+) -> None:
+    ws = (await pool.assign("alice")).workspace
+    stored = await pool.store.get_workspace("alice")
+    assert stored == replace(ws)
+    assert backend.boxes[ws.instance_id].owner == "alice"
