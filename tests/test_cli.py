@@ -1,0 +1,148 @@
+"""The CLI through Typer's CliRunner, on the local backend with the stand-in workspace."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from codepool.cli.app import app
+from codepool.cli.render import EXIT_CODES
+from codepool.core.errors import NoWorkspace
+from tests.conftest import standin_command
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(state_dir: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "codepool.toml"
+    command = ", ".join(json.dumps(part) for part in standin_command())
+    path.write_text(
+        f'[local]\nstate_dir = "{state_dir}"\nmax_size = 3\ncommand = [{command}]\n'
+        "[pool]\nassign_timeout_s = 20\n"
+    )
+    return path
+
+
+def cli(config: Path, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["--config", str(config), *args])
+    return result.exit_code, result.output
+
+
+def cli_json(config: Path, *args: str) -> dict[str, Any]:
+    code, output = cli(config, *args, "--json")
+    assert code == 0, output
+    body: dict[str, Any] = json.loads(output)
+    return body
+
+
+def test_assign_status_reap_release_assign(config: Path, state_dir: Path) -> None:
+    a = cli_json(config, "assign", "alice")
+    assert a["user"] == "alice" and a["state"] == "running" and a["how"] == "launched"
+    assert str(a["url"]).startswith("http://127.0.0.1:")
+    (state_dir / "slots" / str(a["instance_id"]) / "home" / "f.txt").write_text("kept")
+
+    status = cli_json(config, "status")
+    rows = status["workspaces"]
+    assert isinstance(rows, list) and [r["user"] for r in rows] == ["alice"]
+    assert status["spares"] == 1
+
+    code, out = cli(config, "status")
+    assert code == 0 and "alice" in out and str(a["instance_id"]) in out
+
+    reap = cli_json(config, "reap", "--dry-run", "--idle-timeout", "1")
+    assert reap["dry_run"] is True and reap["decisions"] == []
+    code, out = cli(config, "reap", "--dry-run")
+    assert code == 0 and "nothing idle" in out
+
+    released = cli_json(config, "release", "alice")
+    assert released == {"user": "alice", "instance_id": a["instance_id"], "terminated": False}
+
+    again = cli_json(config, "assign", "alice")
+    assert again["instance_id"] == a["instance_id"] and again["how"] == "resumed"
+    assert (state_dir / "slots" / str(a["instance_id"]) / "home" / "f.txt").read_text() == "kept"
+
+    code, out = cli(config, "extend", "alice", "--for", "2h")
+    assert code == 0 and "held open for" in out
+    code, out = cli(config, "reconcile", "--dry-run")
+    assert code == 0 and "agree" in out
+    code, out = cli(config, "scale", "--dry-run")
+    assert code == 0 and "no change" in out
+
+
+def test_reap_dry_run_says_what_would_stop_and_why(config: Path) -> None:
+    cli_json(config, "assign", "alice")
+    time.sleep(1.2)
+    code, out = cli(config, "reap", "--dry-run", "--idle-timeout", "1")
+    assert code == 0
+    assert "would stop" in out and "alice" in out and "> 1s" in out
+    status = cli_json(config, "status")
+    assert [r["state"] for r in status["workspaces"]] == ["running"]
+
+
+@pytest.mark.parametrize("bad", ["Alice", "../x", "a b", "x;reboot", "", "-x"])
+def test_bad_user_names_are_refused_and_nothing_is_written(
+    config: Path, state_dir: Path, bad: str
+) -> None:
+    for command in (["assign", bad], ["release", bad], ["extend", bad, "--for", "1h"]):
+        code, out = cli(config, *command)
+        assert code == 2, out
+        assert "invalid user name" in out or "No such option" in out or "Usage" in out
+    assert not state_dir.exists()
+
+
+def test_bad_user_with_json_gives_a_json_error(config: Path) -> None:
+    code, out = cli(config, "assign", "Bad Name", "--json")
+    assert code == 2
+    body = json.loads(out)
+    assert body["error"]["kind"] == "invalid-input"
+    assert "invalid user name" in body["error"]["message"]
+
+
+def test_bad_duration(config: Path) -> None:
+    code, out = cli(config, "extend", "alice", "--for", "soon")
+    assert code == 2 and "invalid duration 'soon'" in out
+
+
+def test_bad_config_value_names_file_key_value_and_what_is_allowed(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[pool]\non_idle = "explode"\n')
+    code, out = cli(bad, "status")
+    assert code == 2
+    assert str(bad) in out and "pool.on_idle = 'explode'" in out
+    assert "allowed: stop, terminate" in out
+
+
+def test_unknown_key_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pool]\nidle_timout_s = 30\n")
+    code, out = cli(bad, "status")
+    assert code == 2 and "unknown key pool.idle_timout_s" in out
+    code, out = cli(tmp_path / "missing.toml", "status")
+    assert code == 2 and "no such file" in out
+
+
+def test_release_without_workspace(config: Path) -> None:
+    code, out = cli(config, "release", "nobody")
+    assert code == EXIT_CODES[NoWorkspace][0] == 3
+    assert "nobody has no workspace" in out
+
+
+def test_watch_and_json_conflict(config: Path) -> None:
+    code, out = cli(config, "status", "--watch", "--json")
+    assert code == 2 and "cannot be combined" in out
+
+
+def test_help_has_examples_and_version() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "codepool assign alice" in result.output
+    for command in ("assign", "release", "reap", "scale", "status", "extend", "reconcile"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output, command
+    result = runner.invoke(app, ["version", "--json"])
+    assert json.loads(result.output) == {"version": "0.1.0"}

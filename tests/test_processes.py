@@ -1,0 +1,77 @@
+"""Concurrency across real processes: many `codepool assign` commands at once, sharing one
+store (SQLite on disk, or a real Redis) and one local backend with real workspace processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import standin_command
+
+
+def _drop_keys(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=prefix + "*", count=500):
+        client.delete(key)
+    client.close()
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
+def test_concurrent_cli_assigns_give_each_user_one_workspace(
+    state_dir: Path, store_kind: str, request: pytest.FixtureRequest
+) -> None:
+    env = dict(os.environ)
+    env.update(
+        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
+        CODEPOOL_LOCAL_COMMAND=" ".join(standin_command()),
+        CODEPOOL_LOCAL_MAX_SIZE="20",
+        CODEPOOL_POOL_ASSIGN_TIMEOUT_S="60",
+    )
+    if store_kind == "redis":
+        env["CODEPOOL_STORE_URL"] = request.getfixturevalue("redis_url")
+        env["CODEPOOL_STORE_KEY_PREFIX"] = f"codepool-proc-{secrets.token_hex(4)}:"
+        request.addfinalizer(
+            lambda: _drop_keys(env["CODEPOOL_STORE_URL"], env["CODEPOOL_STORE_KEY_PREFIX"])
+        )
+    users = [f"user{n}" for n in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "codepool", "assign", users[n % len(users)], "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(24)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    by_user: dict[str, set[str]] = {}
+    for r in results:
+        by_user.setdefault(r["user"], set()).add(r["instance_id"])
+    assert sorted(by_user) == sorted(users)
+    assert all(len(ids) == 1 for ids in by_user.values()), by_user
+    assert len({next(iter(ids)) for ids in by_user.values()}) == len(users)
+    owners = [json.loads(m.read_text())["owner"] for m in (state_dir / "slots").glob("*/meta.json")]
+    assert sorted(o for o in owners if o) == sorted(users)  # no box owned twice, none lost
+    status = subprocess.run(
+        [sys.executable, "-m", "codepool", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = json.loads(status.stdout)["workspaces"]
+    assert sorted(r["user"] for r in rows) == sorted(users)
+    assert all(r["state"] == "running" for r in rows)

@@ -1,0 +1,87 @@
+"""Settings: lookup order, validation messages, environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codepool.core.errors import ConfigError
+from codepool.core.settings import EMBEDDED, load_settings, settings_from_mapping
+
+
+def test_embedded_default_needs_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None, {})
+    assert s.source == EMBEDDED
+    assert s.pool.backend == "local" and s.store_url.startswith("sqlite:///")
+    assert s.pool.idle_timeout_s == 300 and s.pool.on_idle == "stop"
+    assert s.local.command[0] == "code-server" and "--auth" in s.local.command
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "codepool.toml").write_text("[pool]\nwarm_spares = 2\n")
+    env_file = tmp_path / "env.toml"
+    env_file.write_text("[pool]\nwarm_spares = 3\n")
+    flag_file = tmp_path / "flag.toml"
+    flag_file.write_text("[pool]\nwarm_spares = 4\n")
+    assert load_settings(None, {}).pool.warm_spares == 2
+    assert load_settings(None, {"CODEPOOL_CONFIG": str(env_file)}).pool.warm_spares == 3
+    s = load_settings(str(flag_file), {"CODEPOOL_CONFIG": str(env_file)})
+    assert s.pool.warm_spares == 4 and s.source == str(flag_file)
+
+
+def test_environment_overrides_every_type(tmp_path: Path) -> None:
+    s = settings_from_mapping(
+        {"pool": {"warm_spares": 2}},
+        environ={
+            "CODEPOOL_POOL_WARM_SPARES": "5",
+            "CODEPOOL_STORE_URL": "redis://localhost:6379/1",
+            "CODEPOOL_LOCAL_COMMAND": "python -m x --port {port}",
+            "CODEPOOL_CONFIG": "ignored here",
+            "CODEPOOL_TEST_REDIS_URL": "not a setting",
+            "HOME": "/root",
+        },
+    )
+    assert s.pool.warm_spares == 5
+    assert s.store_url == "redis://localhost:6379/1"
+    assert s.local.command == ("python", "-m", "x", "--port", "{port}")
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "message"),
+    [
+        ({"pool": {"idle_timeout_s": 0}}, {}, "f.toml: pool.idle_timeout_s = 0: must be >= 1"),
+        ({"pool": {"idle_timeout_s": "5m"}}, {}, "pool.idle_timeout_s = '5m': must be a whole"),
+        ({"pool": {"idle_timeout_s": True}}, {}, "must be a whole number"),
+        ({"pool": {"on_idle": "nuke"}}, {}, "pool.on_idle = 'nuke': allowed: stop, terminate"),
+        ({"pool": {"backend": "k8s"}}, {}, "pool.backend = 'k8s': allowed: local"),
+        ({"pool": {"warm_spares": 5000}}, {}, "must be from 0 to 1000"),
+        ({"pool": {"idle": 1}}, {}, "unknown key pool.idle; allowed: assign_timeout_s"),
+        ({"poool": {}}, {}, "unknown section [poool]"),
+        ({"pool": 3}, {}, "pool must be a table"),
+        ({"local": {"command": []}}, {}, "must be a non-empty list of strings"),
+        ({"local": {"min_size": 5, "max_size": 2}}, {}, "local.min_size = 5: must be <= local"),
+        ({}, {"CODEPOOL_POOL_WARM_SPARES": "many"}, "CODEPOOL_POOL_WARM_SPARES = 'many'"),
+        ({}, {"CODEPOOL_POOL_SPARES": "1"}, "CODEPOOL_POOL_SPARES: unknown key pool.spares"),
+        ({}, {"CODEPOOL_POOL_ON_IDLE": "x"}, "environment CODEPOOL_POOL_ON_IDLE: pool.on_idle"),
+    ],
+)
+def test_bad_values_name_where_what_and_what_is_allowed(
+    data: dict[str, object], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(data, "f.toml", env)
+    assert message in str(info.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[pool\n")
+    with pytest.raises(ConfigError, match=r"broken.toml: not valid TOML"):
+        load_settings(str(broken), {})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(str(tmp_path / "nope.toml"), {})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(None, {"CODEPOOL_CONFIG": str(tmp_path / "nope.toml")})
