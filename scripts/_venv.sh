@@ -1,0 +1,30 @@
+# Sourced by the other scripts: make .venv with the project and its test tools installed.
+# Idempotent and quick when nothing changed (a stamp holds the hash of pyproject.toml).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+pick_python() {
+  for py in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [[ -n "$py" ]] && command -v "$py" >/dev/null || continue
+    if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "error: codepool needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  py=$(pick_python)
+  echo "==> creating $VENV with $py" >&2
+  "$py" -m venv "$VENV"
+fi
+stamp="$VENV/.codepool-installed"
+want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  echo "==> installing codepool and its test tools into .venv" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]" >&2
+  echo "$want" > "$stamp"
+fi
