@@ -1,0 +1,49 @@
+"""The docs cannot drift from the code: every setting is in config/example.toml (at its
+default) and in docs/configuration.md, and nothing else is; exit codes match docs/cli.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+from codepool.cli.app import app
+from codepool.cli.render import EXIT_CODES
+from codepool.core.settings import SECTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_settings() -> dict[str, object]:
+    return {
+        f"{section}.{f.name}": f.default
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }
+
+
+def test_example_toml_has_every_setting_at_its_default() -> None:
+    example = tomllib.loads((ROOT / "config" / "example.toml").read_text())
+    found = {
+        f"{section}.{key}": tuple(v) if isinstance(v, list) else v
+        for section, values in example.items()
+        for key, v in values.items()
+    }
+    assert found == code_settings()
+
+
+def test_configuration_reference_has_every_setting_and_no_other() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", text, re.MULTILINE))
+    assert documented == set(code_settings())
+
+
+def test_cli_doc_lists_every_command_and_exit_code() -> None:
+    text = (ROOT / "docs" / "cli.md").read_text()
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    for name in names:
+        assert f"`codepool {name}" in text, name
+    rows = set(re.findall(r"^\| (\d) \| ([a-z, -]*) \|", text, re.MULTILINE))
+    for code, kind in EXIT_CODES.values():
+        assert any(c == str(code) and kind in kinds for c, kinds in rows), (code, kind)
