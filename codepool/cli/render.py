@@ -77,6 +77,14 @@ def print_json(obj: Any) -> None:
     print(json.dumps(jsonable(obj), indent=2, sort_keys=True))
 
 
+def _table(title: str | None, *columns: str) -> Table:
+    """A table whose cells wrap instead of being cut (URLs and ids must stay whole)."""
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    return table
+
+
 def url_of(ws: Workspace) -> str:
     return ws.address.rstrip("/") + "/"
 
@@ -113,11 +121,8 @@ def reap(decisions: Sequence[ReapDecision], dry_run: bool, as_json: bool) -> Non
     if not decisions:
         out.print("nothing idle: no workspace would be stopped" if dry_run else "nothing idle")
         return
-    table = Table(
-        title="reap (dry run: nothing changed)" if dry_run else "reap", title_justify="left"
-    )
-    for col in ("user", "instance", "action", "idle", "reason"):
-        table.add_column(col, overflow="fold")
+    title = "reap (dry run: nothing changed)" if dry_run else "reap"
+    table = _table(title, "user", "instance", "action", "idle", "reason")
     for d in decisions:
         action = d.action.value
         if d.action is not ReapAction.KEEP:
@@ -158,9 +163,7 @@ def reconcile(actions: Sequence[ReconcileAction], dry_run: bool, as_json: bool) 
         out.print("store and backend agree: nothing to do")
         return
     title = "reconcile (dry run: nothing changed)" if dry_run else "reconcile"
-    table = Table(title=title, title_justify="left")
-    for col in ("action", "subject", "detail", "done"):
-        table.add_column(col, overflow="fold")
+    table = _table(title, "action", "subject", "detail", "done")
     for a in actions:
         table.add_row(a.kind, a.subject, a.detail, "yes" if a.done else "no")
     out.print(table)
@@ -192,9 +195,7 @@ def status_view(s: PoolStatus) -> RenderableType:
     )
     parts: list[RenderableType] = [head]
     if s.workspaces:
-        table = Table(title_justify="left")
-        for col in ("user", "instance", "state", "address", "idle", "held", "assigned"):
-            table.add_column(col, overflow="fold")
+        table = _table(None, "user", "instance", "state", "address", "idle", "held", "assigned")
         for w in s.workspaces:
             held = (
                 format_duration((w.hold_until_ms - s.now_ms) / 1000)

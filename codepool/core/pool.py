@@ -26,11 +26,13 @@ from codepool.core.errors import (
     InvalidInput,
     NoWorkspace,
     PoolFull,
+    StoreUnavailable,
 )
 from codepool.core.models import (
     Assignment,
     Instance,
     InstanceState,
+    Lifecycle,
     PoolStatus,
     ReapAction,
     ReapDecision,
@@ -96,7 +98,10 @@ class CodePool:
         async def renew() -> None:
             while True:
                 await asyncio.sleep(LOCK_TTL_MS / 3000)
-                await self.store.acquire_lease(name, holder, LOCK_TTL_MS)
+                try:
+                    await self.store.acquire_lease(name, holder, LOCK_TTL_MS)
+                except StoreUnavailable as exc:  # the step itself will meet the outage
+                    log.warning("could not renew %s: %s", name, exc)
 
         renewer = asyncio.create_task(renew())
         try:
@@ -152,7 +157,7 @@ class CodePool:
     async def _resume(
         self, user: str, inst: Instance, ws: Workspace | None, instances: list[Instance]
     ) -> Instance:
-        if not inst.in_service:
+        if inst.lifecycle is Lifecycle.STANDBY:  # returning to service raises desired
             await self._make_room(user, instances)
         if ws is not None and ws.instance_id == inst.instance_id:
             await self.store.put_workspace(replace(ws, state=WorkspaceState.STARTING))
@@ -491,7 +496,7 @@ class CodePool:
             capacity=cap,
             in_service=in_service,
             pending=sum(1 for i in instances if i.state is InstanceState.PENDING),
-            standby=sum(1 for i in instances if not i.in_service),
+            standby=sum(1 for i in instances if i.lifecycle is Lifecycle.STANDBY),
             running=sum(1 for i in instances if i.state is InstanceState.RUNNING),
             stopped=sum(1 for i in instances if i.state is InstanceState.STOPPED),
             spares=sum(1 for i in instances if i.is_spare),

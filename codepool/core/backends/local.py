@@ -26,7 +26,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -305,31 +305,33 @@ class LocalBackend:
 
         return await asyncio.to_thread(run)
 
-    async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
-        def run() -> BatchResult:
-            done: list[str] = []
-            failed: dict[str, str] = {}
-            for iid in instance_ids:
-                with self._locked():
-                    meta = self._read(iid)
-                    if meta is None:
-                        failed[iid] = "no such slot"
-                        continue
-                    if meta.lifecycle == Lifecycle.IN_SERVICE.value:
-                        # EnterStandby with ShouldDecrementDesiredCapacity
-                        self._set_desired_file(max(0, self._desired() - 1))
-                    meta = replace(
-                        meta,
-                        lifecycle=Lifecycle.STANDBY.value,
-                        want="stopped",
-                        stopped_at_ms=meta.stopped_at_ms if meta.want == "stopped" else _now_ms(),
-                    )
-                    self._write(meta)
-                self._kill(meta)
-                done.append(iid)
-            return BatchResult(tuple(done), failed)
+    def _leave_service(
+        self, instance_ids: Sequence[str], step: Callable[[SlotMeta], None]
+    ) -> BatchResult:
+        """Take each slot out of service (desired drops by one for each that was in it, as
+        ShouldDecrementDesiredCapacity does), then apply step to it; report per slot."""
+        done: list[str] = []
+        failed: dict[str, str] = {}
+        for iid in instance_ids:
+            with self._locked():
+                meta = self._read(iid)
+                if meta is None:
+                    failed[iid] = "no such slot"
+                    continue
+                if meta.lifecycle == Lifecycle.IN_SERVICE.value:
+                    self._set_desired_file(max(0, self._desired() - 1))
+                step(meta)
+            done.append(iid)
+        return BatchResult(tuple(done), failed)
 
-        return await asyncio.to_thread(run)
+    async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
+        def standby_and_stop(meta: SlotMeta) -> None:
+            stopped_at = meta.stopped_at_ms if meta.want == "stopped" else _now_ms()
+            standby = Lifecycle.STANDBY.value
+            self._write(replace(meta, lifecycle=standby, want="stopped", stopped_at_ms=stopped_at))
+            self._kill(meta)
+
+        return await asyncio.to_thread(self._leave_service, instance_ids, standby_and_stop)
 
     async def start(self, instance_id: str) -> Instance:
         s = self.settings
@@ -357,23 +359,11 @@ class LocalBackend:
         return await asyncio.to_thread(run)
 
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
-        def run() -> BatchResult:
-            done: list[str] = []
-            failed: dict[str, str] = {}
-            for iid in instance_ids:
-                with self._locked():
-                    meta = self._read(iid)
-                    if meta is None:
-                        failed[iid] = "no such slot"
-                        continue
-                    if meta.lifecycle == Lifecycle.IN_SERVICE.value:
-                        self._set_desired_file(max(0, self._desired() - 1))
-                    self._kill(meta)
-                    shutil.rmtree(self.slots / iid, ignore_errors=True)
-                done.append(iid)
-            return BatchResult(tuple(done), failed)
+        def delete(meta: SlotMeta) -> None:
+            self._kill(meta)
+            shutil.rmtree(self.slots / meta.instance_id, ignore_errors=True)
 
-        return await asyncio.to_thread(run)
+        return await asyncio.to_thread(self._leave_service, instance_ids, delete)
 
     async def close(self) -> None:
         return None
