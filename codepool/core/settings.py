@@ -123,7 +123,8 @@ def find_config(path: str | None, environ: Mapping[str, str]) -> Path | None:
     if explicit:
         p = Path(explicit).expanduser()
         if not p.is_file():
-            raise ConfigError(f"config error: {p}: no such file")
+            why = "not a regular file" if p.exists() else "no such file"
+            raise ConfigError(f"config error: {p}: {why}")
         return p
     for candidate in SEARCH_PATHS:
         if candidate.is_file():

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from codepool.core.errors import BackendError
 from codepool.core.models import BatchResult, Capacity, Instance, InstanceState, Lifecycle
@@ -41,6 +41,7 @@ INSTALL_HINT = (
     f"{CODE_SERVER_VERSION} from npm), put `code-server` on PATH, or set local.command"
 )
 STOP_GRACE_S = 5.0
+T = TypeVar("T")
 
 
 def code_server_candidates() -> list[Path]:
@@ -132,6 +133,14 @@ class LocalBackend:
         self.slots = self.root / "slots"
 
     # -- plumbing -------------------------------------------------------------------------
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking file and process work off the event loop; OS errors (a full disk, a
+        state_dir without permission) become BackendErrors that name the problem."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except OSError as exc:
+            raise BackendError(f"local backend ({self.root}): {exc}") from None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -248,11 +257,11 @@ class LocalBackend:
     # -- the protocol ---------------------------------------------------------------------
 
     async def list_instances(self) -> list[Instance]:
-        return await asyncio.to_thread(lambda: [self._instance(m) for m in self._all()])
+        return await self._thread(lambda: [self._instance(m) for m in self._all()])
 
     async def capacity(self) -> Capacity:
         s = self.settings
-        return await asyncio.to_thread(lambda: Capacity(s.min_size, s.max_size, self._desired()))
+        return await self._thread(lambda: Capacity(s.min_size, s.max_size, self._desired()))
 
     def _in_service(self) -> int:
         return sum(1 for m in self._all() if m.lifecycle == Lifecycle.IN_SERVICE.value)
@@ -277,7 +286,7 @@ class LocalBackend:
                     self._set_desired_file(max(s.min_size, self._in_service()))
                     raise
 
-        await asyncio.to_thread(run)
+        await self._thread(run)
 
     def _launch(self) -> None:
         iid = f"slot-{secrets.token_hex(4)}"
@@ -303,7 +312,7 @@ class LocalBackend:
                 self._write(meta)
                 return self._instance(meta)
 
-        return await asyncio.to_thread(run)
+        return await self._thread(run)
 
     def _leave_service(
         self, instance_ids: Sequence[str], step: Callable[[SlotMeta], None]
@@ -331,7 +340,7 @@ class LocalBackend:
             self._write(replace(meta, lifecycle=standby, want="stopped", stopped_at_ms=stopped_at))
             self._kill(meta)
 
-        return await asyncio.to_thread(self._leave_service, instance_ids, standby_and_stop)
+        return await self._thread(self._leave_service, instance_ids, standby_and_stop)
 
     async def start(self, instance_id: str) -> Instance:
         s = self.settings
@@ -356,14 +365,14 @@ class LocalBackend:
                 self._write(meta)
                 return self._instance(meta)
 
-        return await asyncio.to_thread(run)
+        return await self._thread(run)
 
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
         def delete(meta: SlotMeta) -> None:
             self._kill(meta)
             shutil.rmtree(self.slots / meta.instance_id, ignore_errors=True)
 
-        return await asyncio.to_thread(self._leave_service, instance_ids, delete)
+        return await self._thread(self._leave_service, instance_ids, delete)
 
     async def close(self) -> None:
         return None

@@ -19,7 +19,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from codepool.core.errors import StoreUnavailable
+from codepool.core.errors import ConfigError, StoreUnavailable
 from codepool.core.models import Workspace, WorkspaceState
 from codepool.core.store import PingResult
 
@@ -147,9 +147,12 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "", batch_size: int = 500) -> RedisStore:
-        client = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
-        )
+        try:
+            client = aioredis.Redis.from_url(
+                url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+            )
+        except ValueError as exc:
+            raise ConfigError(f"config error: store.url = {url!r}: {exc}") from None
         return cls(client, key_prefix=key_prefix, batch_size=batch_size)
 
     def _ws_key(self, user: str) -> str:

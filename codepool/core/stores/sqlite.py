@@ -59,9 +59,9 @@ class SQLiteStore:
     def __init__(self, path: str, *, batch_size: int = 500) -> None:
         self.path = path
         self.batch_size = batch_size
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             # One connection, used from worker threads one at a time (the lock below).
             self._db = sqlite3.connect(
                 path, timeout=30, isolation_level=None, check_same_thread=False
@@ -70,7 +70,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"store unavailable: sqlite {path}: {exc}") from None
         self._lock = threading.Lock()
 
