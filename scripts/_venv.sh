@@ -24,7 +24,9 @@ stamp="$VENV/.codepool-installed"
 want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "==> installing codepool and its test tools into .venv" >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]" >&2
+  # (pip's notes about unused local index folders of this machine's pip config are noise)
+  quiet() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2> >(quiet)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]" 2> >(quiet)
   echo "$want" > "$stamp"
 fi

@@ -67,11 +67,13 @@ async def _cleanup_redis(store: RedisStore) -> None:
         await store.r.delete(key)
 
 
-@pytest.fixture(params=["sqlite", "fakeredis", "redis"])
+@pytest.fixture(params=["sqlite", "memory", "fakeredis", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """The store contract runs on every implementation: SQLite, fakeredis, a real Redis."""
-    if request.param == "sqlite":
-        s: Store = SQLiteStore(str(tmp_path / "store.db"), batch_size=10)
+    """The store contract runs on every implementation: SQLite (on disk and memory://),
+    fakeredis, and a real Redis server."""
+    if request.param in ("sqlite", "memory"):
+        url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'store.db'}"
+        s: Store = SQLiteStore.from_url(url, batch_size=10)
         yield s
         await s.close()
     elif request.param == "fakeredis":

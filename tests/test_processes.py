@@ -3,11 +3,13 @@ store (SQLite on disk, or a real Redis) and one local backend with real workspac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,41 @@ def test_concurrent_cli_assigns_give_each_user_one_workspace(
     rows = json.loads(status.stdout)["workspaces"]
     assert sorted(r["user"] for r in rows) == sorted(users)
     assert all(r["state"] == "running" for r in rows)
+
+
+def test_a_killed_assign_is_finished_by_the_next_one(state_dir: Path) -> None:
+    """SIGKILL `codepool assign` while the box it claimed is still booting: the next assign
+    gives the user that same box, and nobody ends up with two."""
+    env = dict(os.environ)
+    env.update(
+        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
+        CODEPOOL_LOCAL_COMMAND=" ".join(standin_command(delay_s=3.0)),
+        CODEPOOL_POOL_WARM_SPARES="0",
+    )
+    codepool = [sys.executable, "-m", "codepool"]
+    first = subprocess.Popen(
+        [*codepool, "assign", "alice"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 30
+    claimed = None
+    while claimed is None and time.monotonic() < deadline:
+        for meta in (state_dir / "slots").glob("*/meta.json"):
+            with contextlib.suppress(ValueError, OSError):
+                if json.loads(meta.read_text())["owner"] == "alice":
+                    claimed = meta.parent.name
+        time.sleep(0.05)
+    assert claimed is not None, "the first assign never claimed a box"
+    first.kill()  # mid-assign: tagged, store says starting, box not yet answering
+    first.communicate(timeout=10)
+
+    again = subprocess.run(
+        [*codepool, "assign", "alice", "--json"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["instance_id"] == claimed
+    owners = [json.loads(m.read_text())["owner"] for m in (state_dir / "slots").glob("*/meta.json")]
+    assert owners.count("alice") == 1
+    check = subprocess.run(
+        [*codepool, "reconcile", "--dry-run", "--json"], env=env, capture_output=True, text=True
+    )
+    assert json.loads(check.stdout)["actions"] == []

@@ -49,7 +49,7 @@ log = logging.getLogger("codepool")
 
 Progress = Callable[[str], None]
 
-LOCK_TTL_MS = 30_000  # a user lock lives this long unless renewed; renewed every third of it
+LOCK_TTL_MS = 10_000  # a user lock lives this long unless renewed; renewed every third of it
 CLAIM_TTL_MS = 600_000  # a popped spare is not re-added to the pool for this long
 POLL_S = 0.25  # how often to look again while waiting for a box
 POOL_FULL_RETRY_S = 60
@@ -85,14 +85,21 @@ class CodePool:
     # -- the per-user lock ----------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def user_lock(self, user: str, wait_s: float) -> AsyncIterator[None]:
-        """Hold the user's lock (a renewed lease in the store) so that one assignment, stop
-        or extension of that user runs at a time across every process and router."""
+    async def user_lock(
+        self, user: str, wait_s: float, progress: Progress = _quiet
+    ) -> AsyncIterator[None]:
+        """Hold the user's lock (a renewed lease in the store) so that one assignment or
+        stop of that user runs at a time across every process and router. A holder that
+        dies releases it within LOCK_TTL_MS."""
         name, holder = f"lock:{user}", secrets.token_hex(8)
         deadline = time.monotonic() + wait_s
+        waited = False
         while not await self.store.acquire_lease(name, holder, LOCK_TTL_MS):
             if time.monotonic() >= deadline:
                 raise Busy(f"{user}: another assignment or stop of this workspace is under way")
+            if not waited:
+                progress(f"waiting for another assignment or stop of {user} to finish")
+                waited = True
             await asyncio.sleep(POLL_S)
 
         async def renew() -> None:
@@ -120,7 +127,7 @@ class CodePool:
         policy.check_user(user)
         say = progress or _quiet
         timeout_s = self.settings.pool.assign_timeout_s
-        async with self.user_lock(user, wait_s=timeout_s):
+        async with self.user_lock(user, timeout_s, say):
             ws = await self.store.get_workspace(user)
             if (
                 ws is not None
