@@ -144,7 +144,7 @@ class CodePool:
                 inst, how = owned, "running"
             elif owned is not None:
                 say(f"resuming {user}'s workspace {owned.instance_id}")
-                inst, how = await self._resume(user, owned, ws, instances), "resumed"
+                inst, how = await self._resume(user, owned, instances), "resumed"
             else:
                 inst, how = await self._claim_box(user, instances, say)
             now = self.clock()
@@ -161,13 +161,9 @@ class CodePool:
         await self._scale_after(f"assign of {user}")
         return Assignment(ready, how)
 
-    async def _resume(
-        self, user: str, inst: Instance, ws: Workspace | None, instances: list[Instance]
-    ) -> Instance:
+    async def _resume(self, user: str, inst: Instance, instances: list[Instance]) -> Instance:
         if inst.lifecycle is Lifecycle.STANDBY:  # returning to service raises desired
             await self._make_room(user, instances)
-        if ws is not None and ws.instance_id == inst.instance_id:
-            await self.store.put_workspace(replace(ws, state=WorkspaceState.STARTING))
         return await self.backend.start(inst.instance_id)
 
     async def _make_room(self, user: str, instances: list[Instance]) -> None:
