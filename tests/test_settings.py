@@ -47,6 +47,9 @@ def test_environment_overrides_every_type(tmp_path: Path) -> None:
     assert s.pool.warm_spares == 5
     assert s.store_url == "redis://localhost:6379/1"
     assert s.local.command == ("python", "-m", "x", "--port", "{port}")
+    on = settings_from_mapping({}, environ={"CODEPOOL_ROUTER_ADMINS_ENTER_WORKSPACES": "yes"})
+    assert on.router.admins_enter_workspaces is True
+    assert on.public_url == "http://127.0.0.1:8000"
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,9 @@ def test_environment_overrides_every_type(tmp_path: Path) -> None:
         ({}, {"CODEPOOL_POOL_WARM_SPARES": "many"}, "CODEPOOL_POOL_WARM_SPARES = 'many'"),
         ({}, {"CODEPOOL_POOL_SPARES": "1"}, "CODEPOOL_POOL_SPARES: unknown key pool.spares"),
         ({}, {"CODEPOOL_POOL_ON_IDLE": "x"}, "environment CODEPOOL_POOL_ON_IDLE: pool.on_idle"),
+        ({"router": {"admins_enter_workspaces": 1}}, {}, "must be true or false"),
+        ({}, {"CODEPOOL_ROUTER_ADMINS_ENTER_WORKSPACES": "maybe"}, "must be true or false"),
+        ({"router": {"port": 70000}}, {}, "router.port = 70000: must be from 1 to 65535"),
     ],
 )
 def test_bad_values_name_where_what_and_what_is_allowed(

@@ -95,10 +95,36 @@ class LocalSettings:
 
 
 @dataclass(frozen=True)
+class RouterSettings:
+    host: str = setting("127.0.0.1", "address `codepool serve` listens on")
+    port: int = setting(8000, "port `codepool serve` listens on", minimum=1, maximum=65535)
+    public_url: str = setting(
+        "", "URL users browse to (origin checks, Secure cookies); empty: http://<host>:<port>"
+    )
+    auth: str = setting("local", "how users log in", choices=("local",))
+    users_file: str = setting("", "local accounts (scrypt hashes); empty: <state_dir>/users.json")
+    secret_file: str = setting("", "key that signs session cookies; empty: <state_dir>/session.key")
+    session_lifetime_s: int = setting(43200, "seconds a login lasts", minimum=60)
+    login_attempts_per_minute: int = setting(
+        10, "failed logins allowed per client and per user name each minute", minimum=1
+    )
+    heartbeat_interval_s: int = setting(
+        30, "seconds between pings from a visible workspace tab", minimum=1
+    )
+    reap_interval_s: int = setting(
+        60, "seconds between reconcile, reap and scale cycles (leader only)", minimum=1
+    )
+    admins_enter_workspaces: bool = setting(
+        False, "whether admin users may open other users' workspaces"
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
     source: str = EMBEDDED  # the file these came from, for messages
 
     @property
@@ -108,6 +134,27 @@ class Settings:
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.state_dir / 'codepool.db'}"
+
+    @property
+    def public_url(self) -> str:
+        r = self.router
+        return (r.public_url or f"http://{r.host}:{r.port}").rstrip("/")
+
+    @property
+    def users_file(self) -> Path:
+        return (
+            Path(self.router.users_file).expanduser()
+            if self.router.users_file
+            else (self.state_dir / "users.json")
+        )
+
+    @property
+    def secret_file(self) -> Path:
+        return (
+            Path(self.router.secret_file).expanduser()
+            if self.router.secret_file
+            else (self.state_dir / "session.key")
+        )
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -200,9 +247,14 @@ def _env_target(key: str) -> tuple[str | None, str]:
 
 def _from_env(f: dataclasses.Field[Any], raw: str, key: str) -> Any:
     """Env values are strings: turn them into the setting's type (lists split like a shell)."""
-    kind = type(f.default)
+    kind: type[Any] = type(f.default)
     if kind is tuple:
         return tuple(shlex.split(raw))
+    if kind is bool:
+        words = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+        if raw.strip().lower() not in words:
+            raise ConfigError(f"config error: environment: {key} = {raw!r}: must be true or false")
+        return words[raw.strip().lower()]
     if kind is int:
         try:
             return int(raw)
@@ -235,7 +287,11 @@ def _build(
 
 def _check(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
     meta = f.metadata
-    kind = type(f.default)
+    kind: type[Any] = type(f.default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config error: {where}: must be true or false")
+        return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config error: {where}: must be a whole number")
