@@ -13,7 +13,7 @@ import typer
 from rich.live import Live
 
 from codepool import __version__
-from codepool.cli import render
+from codepool.cli import render, serve, users
 from codepool.core import policy
 from codepool.core.errors import CodepoolError, InvalidInput
 from codepool.core.pool import CodePool, build_pool
@@ -256,6 +256,10 @@ def version(as_json: JsonOpt = False) -> None:
         render.print_json({"version": __version__})
     else:
         render.out.print(f"codepool {__version__}")
+
+
+app.command()(serve.serve)
+app.add_typer(users.users_app, name="users")
 
 
 def main() -> None:

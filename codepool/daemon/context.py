@@ -1,0 +1,35 @@
+"""The router's shared state, handed to every request handler through the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from codepool.core.pool import CodePool
+from codepool.core.settings import Settings
+from codepool.daemon.auth import LoginLimiter, Sessions, Users
+from codepool.daemon.dispatch import Dispatcher
+from codepool.daemon.loops import Loops
+from codepool.daemon.metrics import Metrics
+from codepool.daemon.proxy import WorkspaceProxy
+
+
+@dataclass
+class Router:
+    """Everything a request handler needs, built once per app."""
+
+    pool: CodePool
+    settings: Settings
+    users: Users
+    sessions: Sessions
+    limiter: LoginLimiter
+    dispatcher: Dispatcher
+    proxy: WorkspaceProxy
+    loops: Loops
+    metrics: Metrics
+    origin: str  # scheme://host[:port] of the public URL: what Origin headers must say
+    secure_cookies: bool
+
+
+ROUTER = web.AppKey("router", Router)

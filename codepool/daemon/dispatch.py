@@ -1,0 +1,86 @@
+"""Assignments running in the background of the router, one per user, so a browser can
+watch their progress (the "starting your workspace" page) and double clicks, two tabs or
+a page reload join the same assignment instead of starting another."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from codepool.core.errors import CodepoolError
+from codepool.core.models import Assignment
+from codepool.core.pool import CodePool
+
+log = logging.getLogger("codepool.dispatch")
+
+KEEP_FINISHED_S = 60.0  # a finished job answers status polls this long
+
+
+@dataclass
+class Job:
+    user: str
+    task: asyncio.Task[None] | None = None
+    messages: list[str] = field(default_factory=list)
+    result: Assignment | None = None
+    error: CodepoolError | None = None
+    finished_at: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at > 0
+
+
+class Dispatcher:
+    """Runs pool.assign for users in the background, at most one job per user here.
+    Across routers the store's per-user lock makes a second job wait for the first."""
+
+    def __init__(self, pool: CodePool) -> None:
+        self.pool = pool
+        self.jobs: dict[str, Job] = {}
+
+    def start(self, user: str) -> Job:
+        """The user's running job, or a new one. A finished job is never reused: the
+        workspace it found may have stopped since."""
+        self._forget_old()
+        job = self.jobs.get(user)
+        if job is not None and not job.done:
+            return job
+        job = Job(user)
+        job.task = asyncio.create_task(self._run(job), name=f"assign {user}")
+        self.jobs[user] = job
+        return job
+
+    async def _run(self, job: Job) -> None:
+        """Run the assignment; its outcome is kept on the job, for the status polls."""
+        try:
+            job.result = await self.pool.assign(job.user, job.messages.append)
+        except CodepoolError as exc:
+            job.error = exc
+        except Exception as exc:  # a bug: logged with its traceback, reported plainly
+            log.exception("assign of %s failed", job.user)
+            job.error = CodepoolError(f"could not start the workspace: {exc}")
+        finally:
+            job.finished_at = time.monotonic()
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for user, job in list(self.jobs.items()):
+            if job.done and now - job.finished_at > KEEP_FINISHED_S:
+                del self.jobs[user]
+
+    def current(self, user: str) -> Job | None:
+        """The user's job, running or recently finished (for status polls)."""
+        self._forget_old()
+        return self.jobs.get(user)
+
+    async def close(self) -> None:
+        for job in self.jobs.values():
+            if job.task is not None and not job.task.done():
+                job.task.cancel()
+        for job in self.jobs.values():
+            if job.task is not None:
+                with contextlib.suppress(BaseException):
+                    await job.task

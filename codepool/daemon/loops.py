@@ -1,0 +1,98 @@
+"""The background loops: reconcile, reap and scale every `router.reap_interval_s` (with
+jitter), run only by the router holding the leader lease, so several routers behind one
+load balancer never reap twice. A failing cycle is logged and the next one runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+
+from codepool.core.errors import CodepoolError
+from codepool.core.models import ReapAction
+from codepool.core.pool import CodePool
+from codepool.daemon.metrics import Metrics
+
+log = logging.getLogger("codepool.loops")
+
+LEADER = "leader"
+
+
+class Loops:
+    def __init__(self, pool: CodePool, metrics: Metrics, interval_s: float) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.holder = f"{socket.gethostname()}:{secrets.token_hex(4)}"
+        self.is_leader = False
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def lease_ms(self) -> int:
+        # Outlives a slow cycle, expires soon after a dead leader: another takes over.
+        return int(self.interval_s * 3 * 1000)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="codepool loops")
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            await self.cycle()
+            pause = self.interval_s * random.uniform(0.9, 1.1)  # routers drift apart
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause)
+
+    async def cycle(self) -> bool:
+        """One cycle if this router is (or becomes) the leader; True if it ran."""
+        try:
+            self.is_leader = await self.pool.store.acquire_lease(LEADER, self.holder, self.lease_ms)
+        except CodepoolError as exc:
+            log.warning("leader lease: %s", exc)
+            self.is_leader = False
+        self.metrics.leader.set(1 if self.is_leader else 0)
+        if not self.is_leader:
+            return False
+        ok = await self._step("reconcile", self.pool.reconcile)
+        # Reaping on a store that failed to reconcile could act on stale data: skip it.
+        ok = ok and await self._step("reap", self._reap)
+        ok = await self._step("scale", self.pool.scale) and ok
+        ok = await self._step("status", self._observe) and ok
+        self.metrics.cycles.labels("ok" if ok else "error").inc()
+        return True
+
+    async def _step(self, name: str, fn: Callable[[], Awaitable[object]]) -> bool:
+        try:
+            await fn()
+        except Exception as exc:  # one failing step must not stop the loop
+            self.metrics.backend_errors.labels(name).inc()
+            if isinstance(exc, CodepoolError):
+                log.warning("%s failed: %s", name, exc)
+            else:
+                log.exception("%s failed", name)
+            return False
+        return True
+
+    async def _reap(self) -> None:
+        for d in await self.pool.reap():
+            if d.action is not ReapAction.KEEP and d.done:
+                self.metrics.reaps.labels(d.action.value).inc()
+
+    async def _observe(self) -> None:
+        self.metrics.observe_status(await self.pool.status())
+
+    async def stop(self) -> None:
+        """Finish the cycle under way, then give the lease back so another router leads."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.is_leader:
+            with contextlib.suppress(CodepoolError):
+                await self.pool.store.release_lease(LEADER, self.holder)
+            self.is_leader = False
+            self.metrics.leader.set(0)

@@ -1,0 +1,59 @@
+"""Prometheus metrics (DESIGN §6), one registry per app so tests and several apps in one
+process do not share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from codepool.core.models import PoolStatus, WorkspaceState
+
+disable_created_metrics()  # the *_created series only double what scrapers store
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.workspaces = Gauge("codepool_workspaces", "Workspaces by state", ["state"], registry=r)
+        self.spares = Gauge("codepool_spares", "Running unowned boxes", registry=r)
+        self.desired = Gauge("codepool_desired_capacity", "Desired capacity", registry=r)
+        self.max_size = Gauge("codepool_max_size", "The group's maximum size", registry=r)
+        self.in_service = Gauge("codepool_in_service", "Boxes in service", registry=r)
+        self.leader = Gauge(
+            "codepool_leader", "1 if this router runs the background loops", registry=r
+        )
+        self.assign_seconds = Histogram(
+            "codepool_assign_seconds",
+            "Time from dispatch to a ready workspace",
+            ["how"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.pings = Counter("codepool_pings", "Pings by result", ["result"], registry=r)
+        self.reaps = Counter(
+            "codepool_reaps", "Workspaces reaped, by action", ["action"], registry=r
+        )
+        self.backend_errors = Counter(
+            "codepool_backend_errors", "Failed backend or store steps", ["step"], registry=r
+        )
+        self.cycles = Counter(
+            "codepool_loop_cycles", "Background cycles by outcome", ["outcome"], registry=r
+        )
+        for state in WorkspaceState:
+            self.workspaces.labels(state.value)
+
+    def observe_status(self, status: PoolStatus) -> None:
+        counts = {s.value: 0 for s in WorkspaceState}
+        for w in status.workspaces:
+            counts[w.state.value] += 1
+        for state, n in counts.items():
+            self.workspaces.labels(state).set(n)
+        self.spares.set(status.spares)
+        self.desired.set(status.capacity.desired)
+        self.max_size.set(status.capacity.max_size)
+        self.in_service.set(status.in_service)

@@ -1,0 +1,111 @@
+"""The router's HTML pages: small, server-rendered, no external assets (works offline and
+behind strict CSPs). Every value is escaped where it is put in."""
+
+from __future__ import annotations
+
+from html import escape
+
+from codepool.core.models import PoolStatus
+from codepool.core.policy import format_duration
+
+
+def _page(title: str, body: str, *, scripts: str = "") -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)} · codepool</title>
+<link rel="stylesheet" href="/assets/style.css">
+</head><body><main>
+<h1 class="brand">codepool</h1>
+{body}
+</main>{scripts}</body></html>
+"""
+
+
+def login(csrf: str, next_path: str, error: str = "", user: str = "") -> str:
+    message = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    return _page(
+        "Log in",
+        f"""<h2>Log in to your workspace</h2>
+{message}
+<form method="post" action="/login" class="card">
+<input type="hidden" name="csrf" value="{escape(csrf)}">
+<input type="hidden" name="next" value="{escape(next_path)}">
+<label>User name <input name="user" autocomplete="username" required autofocus
+  value="{escape(user)}"></label>
+<label>Password <input name="password" type="password" autocomplete="current-password"
+  required></label>
+<button type="submit">Log in</button>
+</form>""",
+    )
+
+
+def starting(user: str) -> str:
+    return _page(
+        "Starting your workspace",
+        f"""<h2>Starting your workspace, {escape(user)}</h2>
+<div class="card" id="progress" aria-live="polite">
+<div class="spinner" aria-hidden="true"></div>
+<p id="status">Finding your workspace…</p>
+<ol id="steps"></ol>
+</div>
+<p class="hint">This page continues by itself. A resumed workspace takes a few seconds;
+a new one up to a few minutes.</p>""",
+        scripts='<script src="/assets/starting.js" defer></script>',
+    )
+
+
+def problem(title: str, message: str, *, action: str = "", action_label: str = "") -> str:
+    button = (
+        f'<p><a class="button" href="{escape(action)}">{escape(action_label)}</a></p>'
+        if action
+        else ""
+    )
+    return _page(
+        title, f'<h2>{escape(title)}</h2><div class="card"><p>{escape(message)}</p>{button}</div>'
+    )
+
+
+def admin(status: PoolStatus, csrf: str, notice: str = "") -> str:
+    c = status.capacity
+    rows = []
+    for w in status.workspaces:
+        idle = format_duration((status.now_ms - w.last_seen_ms) / 1000)
+        held = (
+            format_duration((w.hold_until_ms - status.now_ms) / 1000)
+            if w.hold_until_ms > status.now_ms
+            else ""
+        )
+        actions = ""
+        if w.state.value == "running":
+            actions = f"""<form method="post" action="/admin/stop">
+<input type="hidden" name="csrf" value="{escape(csrf)}">
+<input type="hidden" name="user" value="{escape(w.user)}">
+<button type="submit">Stop</button></form>
+<form method="post" action="/admin/extend">
+<input type="hidden" name="csrf" value="{escape(csrf)}">
+<input type="hidden" name="user" value="{escape(w.user)}">
+<select name="for" aria-label="extend by"><option>1h</option><option>2h</option>
+<option>4h</option><option>8h</option></select>
+<button type="submit">Extend</button></form>"""
+        rows.append(
+            f"<tr><td>{escape(w.user)}</td><td><code>{escape(w.instance_id)}</code></td>"
+            f'<td><span class="state {escape(w.state.value)}">{escape(w.state.value)}</span>'
+            f'</td><td>{idle}</td><td>{held}</td><td class="actions">{actions}</td></tr>'
+        )
+    warnings = "".join(f'<p class="warning">{escape(w)}</p>' for w in status.warnings)
+    note = f'<p class="notice" role="status">{escape(notice)}</p>' if notice else ""
+    table = (
+        "<table><thead><tr><th>user</th><th>instance</th><th>state</th><th>idle</th>"
+        "<th>held</th><th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        if rows
+        else "<p>No workspaces.</p>"
+    )
+    return _page(
+        "Pool",
+        f"""<h2>Pool</h2>{note}
+<p class="numbers">desired <b>{c.desired}</b> (min {c.min_size}, max {c.max_size}) ·
+in service <b>{status.in_service}</b> · standby <b>{status.standby}</b> ·
+spares <b>{status.spares}</b></p>
+{warnings}{table}""",
+    )
