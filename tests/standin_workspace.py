@@ -1,20 +1,106 @@
 """A small stand-in for code-server, started by the local backend in tests.
 
-It answers /healthz like code-server, lists the files of its folder on /, and
-reads and writes files under /files/<name>, so tests can prove a resumed workspace
-has the same disk. Usage: python standin_workspace.py --port N --home DIR [--delay S]
+It answers /healthz like code-server, lists the files of its folder on /, reads and writes
+files under /files/<name> (so tests can prove a resumed workspace has the same disk), and
+has what the proxy tests need: a WebSocket echo, a gzip asset, a large streamed body, an
+upload counter, a header echo and an absolute redirect.
+Usage: python standin_workspace.py --port N --home DIR [--delay S]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
+import gzip
 import os
-import signal
-import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+GZIP_JS = gzip.compress(b"console.log('compressed');\n" * 200, mtime=0)
+
+
+def make_app(home: Path) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "pid": os.getpid()})
+
+    async def index(_: web.Request) -> web.Response:
+        names = sorted(p.name for p in home.iterdir())
+        body = "".join(f"<p>{n}</p>" for n in names)
+        html = f"<html><head><title>stand-in</title></head><body>{body}</body></html>"
+        return web.Response(text=html, content_type="text/html")
+
+    async def nohead(_: web.Request) -> web.Response:
+        return web.Response(text="<p>no head here</p>", content_type="text/html")
+
+    async def get_file(request: web.Request) -> web.Response:
+        f = home / Path(request.match_info["name"]).name
+        if not f.is_file():
+            raise web.HTTPNotFound(text="no such file")
+        return web.Response(body=f.read_bytes())
+
+    async def put_file(request: web.Request) -> web.Response:
+        (home / Path(request.match_info["name"]).name).write_bytes(await request.read())
+        return web.Response(status=201, text="written")
+
+    async def echo_headers(request: web.Request) -> web.Response:
+        return web.json_response({"headers": dict(request.headers), "path_qs": request.raw_path})
+
+    async def gzip_js(_: web.Request) -> web.Response:
+        return web.Response(
+            body=GZIP_JS,
+            headers={"Content-Encoding": "gzip", "Content-Type": "text/javascript"},
+        )
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("mb", "5")) * 1024 * 1024
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        for _ in range(size // len(chunk)):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def upload(request: web.Request) -> web.Response:
+        n = 0
+        async for chunk in request.content.iter_any():
+            n += len(chunk)
+        return web.json_response({"received": n})
+
+    async def redirect(_: web.Request) -> web.Response:
+        raise web.HTTPFound("/files/target.txt")
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response(text=str(time.time()))
+
+    async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("echo",))
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+    app.router.add_get("/nohead", nohead)
+    app.router.add_get("/files/{name}", get_file)
+    app.router.add_put("/files/{name}", put_file)
+    app.router.add_get("/echo-headers", echo_headers)
+    app.router.add_get("/gzip.js", gzip_js)
+    app.router.add_get("/big", big)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/ws", ws_echo)
+    return app
 
 
 def main() -> None:
@@ -24,44 +110,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before listening")
     args = parser.parse_args()
-    home = Path(args.home)
     time.sleep(args.delay)
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *a: object) -> None:
-            return
-
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                body = json.dumps({"status": "alive", "pid": os.getpid()}).encode()
-                self._send(200, body, "application/json")
-            elif self.path.startswith("/files/"):
-                f = home / Path(self.path[len("/files/") :]).name
-                if f.is_file():
-                    self._send(200, f.read_bytes())
-                else:
-                    self._send(404, b"no such file")
-            else:
-                names = sorted(p.name for p in home.iterdir())
-                html = "<html><head><title>stand-in</title></head><body>"
-                html += "".join(f"<p>{n}</p>" for n in names) + "</body></html>"
-                self._send(200, html.encode(), "text/html")
-
-        def do_PUT(self) -> None:
-            length = int(self.headers.get("Content-Length", "0"))
-            (home / Path(self.path[len("/files/") :]).name).write_bytes(self.rfile.read(length))
-            self._send(201, b"written")
-
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.serve_forever()
+    web.run_app(make_app(Path(args.home)), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

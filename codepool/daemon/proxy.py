@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
+from yarl import URL
 
 from codepool.core.models import Workspace, WorkspaceState
 from codepool.core.pool import CodePool
@@ -150,7 +151,8 @@ class WorkspaceProxy:
         wants_html = "text/html" in request.headers.get("Accept", "")
         if wants_html:
             headers.pop("Accept-Encoding", None)  # HTML must arrive readable for injection
-        url = ws.address.rstrip("/") + path
+        # encoded=True: the path and query go upstream byte for byte as the browser sent them
+        url = URL(ws.address.rstrip("/") + path, encoded=True)
         try:
             upstream = await self.client.request(
                 request.method,
@@ -217,7 +219,7 @@ class WorkspaceProxy:
         protocols = [
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
         ]
-        url = "ws" + ws.address.rstrip("/").removeprefix("http") + path
+        url = URL("ws" + ws.address.rstrip("/").removeprefix("http") + path, encoded=True)
         try:
             upstream = await self.client.ws_connect(
                 url,

@@ -1,0 +1,554 @@
+"""The router in process (aiohttp's test client) against the local backend running the
+stand-in workspace: every route, each bad input, and someone else's workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+
+from codepool.core.models import WorkspaceState
+from codepool.core.pool import CodePool, build_pool
+from codepool.core.settings import Settings
+from codepool.daemon.app import create_app
+from codepool.daemon.auth import SESSION_COOKIE, Users
+from codepool.daemon.context import ROUTER, Router
+from tests.conftest import make_settings
+from tests.standin_workspace import GZIP_JS
+
+PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "root": "root-password"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    settings: Settings
+    pool: CodePool
+    router: Router
+    origin: str
+    make_client: Callable[[], Any]
+
+    async def client(self, user: str | None = None) -> TestClient[Any, Any]:
+        c: TestClient[Any, Any] = await self.make_client()
+        if user is not None:
+            resp = await login(c, user, PASSWORDS[user])
+            assert resp.status == 302, await resp.text()
+        return c
+
+
+async def login(
+    c: TestClient[Any, Any], user: str, password: str, next_path: str = "/dispatch"
+) -> aiohttp.ClientResponse:
+    page = await (await c.get("/login")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    return await c.post(
+        "/login",
+        data={"csrf": csrf.group(1), "user": user, "password": password, "next": next_path},
+        allow_redirects=False,
+    )
+
+
+@pytest.fixture
+async def make_served(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
+    clients: list[TestClient[Any, Any]] = []
+    pools: list[CodePool] = []
+
+    async def build(**sections: dict[str, Any]) -> Served:
+        port = free_port()
+        origin = f"http://127.0.0.1:{port}"
+        sections.setdefault("pool", {}).setdefault("warm_spares", 0)
+        sections.setdefault("router", {})["public_url"] = origin
+        settings = make_settings(state_dir, **sections)
+        users = Users(settings.users_file)
+        for name, password in PASSWORDS.items():
+            if users.get(name) is None:
+                users.add(name, password, admin=name == "root")
+        pool = build_pool(settings)
+        pools.append(pool)
+        app = create_app(pool, settings, run_loops=False)
+        server = TestServer(app, host="127.0.0.1", port=port)
+
+        async def make_client() -> TestClient[Any, Any]:
+            c: TestClient[Any, Any] = TestClient(server, auto_decompress=False)
+            await c.start_server()
+            clients.append(c)
+            return c
+
+        await server.start_server()
+        return Served(settings, pool, app[ROUTER], origin, make_client)
+
+    yield build
+    for c in clients:
+        await c.close()
+    for p in pools:
+        await p.close()
+
+
+@pytest.fixture
+async def served(make_served: Callable[..., Any]) -> Served:
+    result: Served = await make_served()
+    return result
+
+
+async def dispatched(c: TestClient[Any, Any], user: str) -> None:
+    """Follow /dispatch until it sends the user to their workspace."""
+    for _ in range(100):
+        resp = await c.get("/dispatch", allow_redirects=False)
+        if resp.status == 302:
+            assert resp.headers["Location"] == f"/w/{user}/"
+            return
+        assert resp.status == 200, await resp.text()
+        status = await (await c.get("/dispatch/status")).json()
+        assert status["state"] in ("starting", "ready"), status
+        await asyncio.sleep(0.2)
+    raise AssertionError("never dispatched")
+
+
+# -- open and closed routes -------------------------------------------------------------------
+
+
+async def test_health_and_metrics_need_no_login(served: Served) -> None:
+    c = await served.client()
+    resp = await c.get("/health")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "ok" and body["checks"] == {"store": "ok", "backend": "ok"}
+    resp = await c.get("/metrics")
+    assert resp.status == 200 and "codepool_pings_total" in await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/dispatch"), ("GET", "/admin"), ("GET", "/w/alice/"), ("GET", "/")],
+)
+async def test_pages_need_login(served: Served, method: str, path: str) -> None:
+    c = await served.client()
+    resp = await c.request(method, path, allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"].startswith("/login")
+
+
+async def test_apis_answer_401_without_login(served: Served) -> None:
+    c = await served.client()
+    assert (await c.get("/dispatch/status")).status == 401
+    resp = await c.post("/ping", json={"instanceId": "x"})
+    assert resp.status == 401 and (await resp.json())["error"] == "unauthenticated"
+
+
+async def test_assets(served: Served) -> None:
+    c = await served.client()
+    resp = await c.get("/assets/heartbeat.js")
+    assert resp.status == 200 and resp.content_type == "text/javascript"
+    assert "visibilitychange" in await resp.text()
+    for bad in ("/assets/nope.js", "/assets/..%2fapp.py", "/assets/.hidden.js", "/assets/x.py"):
+        assert (await c.get(bad)).status == 404, bad
+
+
+# -- login --------------------------------------------------------------------------------------
+
+
+async def test_login_sets_a_hardened_cookie_and_rotates_the_session(served: Served) -> None:
+    c = await served.client()
+    resp = await login(c, "alice", PASSWORDS["alice"])
+    assert resp.status == 302 and resp.headers["Location"] == "/dispatch"
+    cookie = resp.cookies[SESSION_COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and not cookie["secure"]
+    first = cookie.value
+    resp = await c.get("/login?next=/admin", allow_redirects=False)  # logged in: sent on
+    assert resp.status == 302 and resp.headers["Location"] == "/admin"
+    c.session.cookie_jar.clear()
+    resp = await login(c, "alice", PASSWORDS["alice"])
+    assert resp.cookies[SESSION_COOKIE].value != first  # a new session id at every login
+
+
+async def test_wrong_password_and_unknown_user(served: Served) -> None:
+    c = await served.client()
+    for user, password in (("alice", "wrong-password"), ("nobody", "whatever123")):
+        resp = await login(c, user, password)
+        assert resp.status == 401
+        assert "Wrong user name or password." in await resp.text()
+        assert SESSION_COOKIE not in resp.cookies
+
+
+async def test_login_rate_limit_answers_429_and_recovers(served: Served) -> None:
+    served.router.limiter.window_s = 1.0
+    c = await served.client()
+    for _ in range(served.settings.router.login_attempts_per_minute):
+        assert (await login(c, "alice", "wrong-password")).status == 401
+    resp = await login(c, "alice", PASSWORDS["alice"])  # right password, still limited
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+    assert "Too many failed logins" in await resp.text()
+    await asyncio.sleep(1.1)
+    assert (await login(c, "alice", PASSWORDS["alice"])).status == 302
+
+
+async def test_login_refuses_cross_site_posts(served: Served) -> None:
+    c = await served.client()
+    await c.get("/login")
+    form = {"user": "alice", "password": PASSWORDS["alice"], "csrf": "forged"}
+    assert (await c.post("/login", data=form, allow_redirects=False)).status == 403
+    page = await (await c.get("/login")).text()
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    form["csrf"] = token.group(1)
+    resp = await c.post(
+        "/login", data=form, headers={"Origin": "https://evil.example"}, allow_redirects=False
+    )
+    assert resp.status == 403
+
+
+@pytest.mark.parametrize(
+    ("next_path", "landing"),
+    [
+        ("/admin", "/admin"),
+        ("//evil.example/x", "/dispatch"),
+        ("https://evil.example/", "/dispatch"),
+        ("/\\evil.example", "/dispatch"),
+        ("javascript:alert(1)", "/dispatch"),
+        ("", "/dispatch"),
+    ],
+)
+async def test_login_next_goes_only_to_local_paths(
+    served: Served, next_path: str, landing: str
+) -> None:
+    c = await served.client()
+    resp = await login(c, "root", PASSWORDS["root"], next_path)
+    assert resp.status == 302 and resp.headers["Location"] == landing
+
+
+async def test_forged_and_expired_sessions_are_refused(served: Served) -> None:
+    c = await served.client("alice")
+    cookie = next(m for m in c.session.cookie_jar if m.key == SESSION_COOKIE).value
+    body, sig = cookie.rsplit(".", 1)
+    forged = body[:-2] + ("AA" if body[-2:] != "AA" else "BB") + "." + sig
+    for value in (forged, "garbage", cookie + "x"):
+        c.session.cookie_jar.clear()
+        c.session.cookie_jar.update_cookies({SESSION_COOKIE: value}, URL(served.origin))
+        resp = await c.get("/dispatch", allow_redirects=False)
+        assert resp.status == 302 and resp.headers["Location"].startswith("/login")
+    assert served.router.sessions.read(cookie, now_s=10**12) is None  # expired
+
+
+async def test_logout_needs_the_csrf_token(served: Served) -> None:
+    c = await served.client("alice")
+    assert (await c.post("/logout", data={"csrf": "nope"}, allow_redirects=False)).status == 403
+    cookie = next(m for m in c.session.cookie_jar if m.key == SESSION_COOKIE).value
+    session = served.router.sessions.read(cookie)
+    assert session is not None
+    resp = await c.post("/logout", data={"csrf": session.csrf}, allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "/login"
+    resp = await c.get("/dispatch", allow_redirects=False)
+    assert resp.headers["Location"].startswith("/login")
+
+
+# -- dispatch ----------------------------------------------------------------------------------
+
+
+async def test_dispatch_lands_in_the_workspace(served: Served) -> None:
+    c = await served.client("alice")
+    await dispatched(c, "alice")
+    ws = await served.pool.store.get_workspace("alice")
+    assert ws is not None and ws.state is WorkspaceState.RUNNING
+    resp = await c.get("/w/alice", allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "/w/alice/"
+
+
+async def test_concurrent_dispatches_of_one_user_make_one_workspace(served: Served) -> None:
+    clients = [await served.client("alice") for _ in range(3)]
+    await asyncio.gather(*(dispatched(c, "alice") for c in clients for _ in range(3)))
+    owned = [i for i in await served.pool.backend.list_instances() if i.owner == "alice"]
+    assert len(owned) == 1
+
+
+async def test_pool_full_page_and_status(make_served: Callable[..., Any]) -> None:
+    served: Served = await make_served(local={"max_size": 1})
+    alice = await served.client("alice")
+    await dispatched(alice, "alice")
+    bob = await served.client("bob")
+    resp = await bob.get("/dispatch", allow_redirects=False)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "60"
+    assert "The pool is full" in await resp.text()
+    status = await (await bob.get("/dispatch/status")).json()
+    assert status["state"] == "error" and status["kind"] == "pool-full"
+    assert status["retry_after_s"] == 60
+
+
+# -- the proxy ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def alice(served: Served) -> TestClient[Any, Any]:
+    c = await served.client("alice")
+    await dispatched(c, "alice")
+    return c
+
+
+async def test_html_gets_the_heartbeat_once(served: Served, alice: TestClient[Any, Any]) -> None:
+    ws = await served.pool.store.get_workspace("alice")
+    assert ws is not None
+    resp = await alice.get("/w/alice/", headers={"Accept": "text/html"})
+    html = await resp.text()
+    assert resp.status == 200
+    assert html.count("/assets/heartbeat.js") == 1
+    assert f'data-instance-id="{ws.instance_id}"' in html
+    assert html.index("heartbeat.js") < html.index("</head>")
+    nohead = await (await alice.get("/w/alice/nohead", headers={"Accept": "text/html"})).text()
+    assert nohead.startswith('<script defer src="/assets/heartbeat.js')
+
+
+async def test_compressed_assets_pass_through_untouched(alice: TestClient[Any, Any]) -> None:
+    resp = await alice.get("/w/alice/gzip.js", headers={"Accept-Encoding": "gzip"})
+    assert resp.headers["Content-Encoding"] == "gzip"
+    body = await resp.read()
+    assert body == GZIP_JS and b"heartbeat" not in gzip.decompress(body)
+
+
+async def test_forwarded_headers_and_no_router_cookie_upstream(
+    served: Served, alice: TestClient[Any, Any]
+) -> None:
+    alice.session.cookie_jar.update_cookies({"theme": "dark"}, URL(served.origin))
+    resp = await alice.get(
+        "/w/alice/echo-headers?x=a%26b%20c",
+        headers={"Connection": "keep-alive, X-Secret", "TE": "trailers"},
+    )
+    echoed = await resp.json()
+    headers = {k.lower(): v for k, v in echoed["headers"].items()}
+    assert echoed["path_qs"] == "/echo-headers?x=a%26b%20c"  # prefix stripped, encoding kept
+    assert SESSION_COOKIE not in headers.get("cookie", "") and "theme=dark" in headers["cookie"]
+    assert headers["x-forwarded-prefix"] == "/w/alice"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["host"] == served.origin.removeprefix("http://")
+    assert "te" not in headers
+
+
+async def test_redirects_stay_inside_the_prefix(alice: TestClient[Any, Any]) -> None:
+    resp = await alice.get("/w/alice/redirect", allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "/w/alice/files/target.txt"
+
+
+async def test_large_bodies_stream_both_ways(alice: TestClient[Any, Any]) -> None:
+    resp = await alice.get("/w/alice/big?mb=6")
+    assert resp.status == 200 and resp.content_length == 6 * 1024 * 1024
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+    assert total == 6 * 1024 * 1024
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(128):
+            yield b"y" * 65536
+
+    resp = await alice.post("/w/alice/upload", data=body())
+    assert (await resp.json())["received"] == 128 * 65536
+
+
+async def test_websocket_echo_and_origin_check(served: Served, alice: TestClient[Any, Any]) -> None:
+    async with alice.ws_connect(
+        "/w/alice/ws", headers={"Origin": served.origin}, protocols=("echo",)
+    ) as ws:
+        assert ws.protocol == "echo"
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "hello"
+        await ws.send_bytes(b"\x00\x01" * 1000)
+        assert await ws.receive_bytes() == b"\x00\x01" * 1000
+    for origin in ("https://evil.example", served.origin.replace("127.0.0.1", "localhost")):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await alice.ws_connect("/w/alice/ws", headers={"Origin": origin})
+        assert info.value.status == 403
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await alice.ws_connect("/w/alice/ws")  # no Origin at all
+
+
+async def test_other_users_workspaces_are_refused(
+    make_served: Callable[..., Any],
+) -> None:
+    served: Served = await make_served()
+    alice = await served.client("alice")
+    await dispatched(alice, "alice")
+    bob = await served.client("bob")
+    root = await served.client("root")
+    for c in (bob, root):
+        assert (await c.get("/w/alice/", allow_redirects=False)).status == 403
+        resp = await c.get(
+            "/w/alice/ws",
+            headers={"Origin": served.origin, "Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+        assert resp.status == 403
+    for path in ("/w/%61lice/", "/w/alice%2F/", "/w/Alice/"):
+        assert (await bob.get(path, allow_redirects=False)).status in (403, 404), path
+
+
+async def test_admins_enter_workspaces_only_when_configured(
+    make_served: Callable[..., Any],
+) -> None:
+    served: Served = await make_served(router={"admins_enter_workspaces": True})
+    alice = await served.client("alice")
+    await dispatched(alice, "alice")
+    root = await served.client("root")
+    assert (await root.get("/w/alice/healthz")).status == 200
+
+
+async def test_a_stopped_workspace_offers_to_resume(
+    served: Served, alice: TestClient[Any, Any]
+) -> None:
+    await served.pool.release("alice")
+    served.router.proxy.forget("alice")
+    resp = await alice.get("/w/alice/", headers={"Accept": "text/html"})
+    assert resp.status == 409 and "Resume my workspace" in await resp.text()
+    assert (await alice.get("/w/alice/gzip.js")).status == 409
+    await dispatched(alice, "alice")
+    assert (await alice.get("/w/alice/healthz")).status == 200
+
+
+# -- ping --------------------------------------------------------------------------------------
+
+
+async def test_ping_moves_last_seen(served: Served, alice: TestClient[Any, Any]) -> None:
+    ws = await served.pool.store.get_workspace("alice")
+    assert ws is not None
+    await asyncio.sleep(0.01)
+    resp = await alice.post("/ping", json={"instanceId": ws.instance_id})
+    assert resp.status == 204
+    after = await served.pool.store.get_workspace("alice")
+    assert after is not None and after.last_seen_ms > ws.last_seen_ms
+    resp = await alice.post("/ping", json={"instanceId": ws.instance_id, "user": "alice"})
+    assert resp.status == 204
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "kind"),
+    [
+        ("{not json", {"Content-Type": "application/json"}, 400, "bad-json"),
+        ("[1, 2]", {"Content-Type": "application/json"}, 400, "bad-fields"),
+        ('{"instanceId": 5}', {"Content-Type": "application/json"}, 400, "bad-fields"),
+        ('{"instanceId": ""}', {"Content-Type": "application/json"}, 400, "bad-fields"),
+        ('{"instanceId": "x", "evil": 1}', {"Content-Type": "application/json"}, 400, "bad-fields"),
+        (
+            '{"instanceId": "i", "user": "bob"}',
+            {"Content-Type": "application/json"},
+            403,
+            "forbidden",
+        ),
+        (
+            '{"instanceId": "i-someone-else"}',
+            {"Content-Type": "application/json"},
+            409,
+            "stale-instance",
+        ),
+        (
+            '{"instanceId": "' + "x" * 1100 + '"}',
+            {"Content-Type": "application/json"},
+            413,
+            "too-large",
+        ),
+        ('{"instanceId": "x"}', {"Content-Type": "text/plain"}, 415, "unsupported-media-type"),
+        (
+            '{"instanceId": "x"}',
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            '{"instanceId": "x"}',
+            {"Content-Type": "application/json", "Origin": "https://evil.example"},
+            403,
+            "forbidden",
+        ),
+    ],
+)
+async def test_bad_pings_are_refused_and_write_nothing(
+    served: Served,
+    alice: TestClient[Any, Any],
+    body: str,
+    headers: dict[str, str],
+    status: int,
+    kind: str,
+) -> None:
+    before = await served.pool.store.get_workspace("alice")
+    resp = await alice.post("/ping", data=body.encode(), headers=headers)
+    assert resp.status == status
+    assert (await resp.json())["error"] == kind
+    assert await served.pool.store.get_workspace("alice") == before
+
+
+async def test_ping_after_stop_is_409(served: Served, alice: TestClient[Any, Any]) -> None:
+    ws = await served.pool.store.get_workspace("alice")
+    assert ws is not None
+    await served.pool.release("alice")
+    resp = await alice.post("/ping", json={"instanceId": ws.instance_id})
+    assert resp.status == 409 and (await resp.json())["error"] == "stopped"
+
+
+# -- admin -------------------------------------------------------------------------------------
+
+
+async def test_admin_page_and_actions(served: Served, alice: TestClient[Any, Any]) -> None:
+    root = await served.client("root")
+    bob = await served.client("bob")
+    assert (await bob.get("/admin")).status == 403
+    page = await (await root.get("/admin")).text()
+    assert "alice" in page and "running" in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    token = csrf.group(1)
+    resp = await root.post(
+        "/admin/extend", data={"user": "alice", "for": "2h"}, allow_redirects=False
+    )
+    assert resp.status == 403  # no CSRF token
+    resp = await root.post(
+        "/admin/extend", data={"csrf": token, "user": "alice", "for": "2h"}, allow_redirects=False
+    )
+    assert resp.status == 303
+    ws = await served.pool.store.get_workspace("alice")
+    assert ws is not None and ws.hold_until_ms > ws.last_seen_ms + 7000 * 1000
+    resp = await root.post(
+        "/admin/stop",
+        data={"csrf": token, "user": "../x"},
+        allow_redirects=False,
+        headers={"Accept": "application/json"},
+    )
+    assert resp.status == 400
+    resp = await root.post(
+        "/admin/stop", data={"csrf": token, "user": "alice"}, allow_redirects=False
+    )
+    assert resp.status == 303
+    ws = await served.pool.store.get_workspace("alice")
+    assert ws is not None and ws.state is WorkspaceState.STOPPED
+    # bob holds no admin rights, with or without a token
+    assert (await bob.post("/admin/stop", data={"csrf": token, "user": "alice"})).status == 403
+
+
+# -- loops -------------------------------------------------------------------------------------
+
+
+async def test_one_leader_runs_the_cycle_and_reaps(make_served: Callable[..., Any]) -> None:
+    served: Served = await make_served(pool={"idle_timeout_s": 1})
+    alice = await served.client("alice")
+    await dispatched(alice, "alice")
+    other: Served = await make_served(pool={"idle_timeout_s": 1})
+    await asyncio.sleep(1.2)
+    assert await served.router.loops.cycle()
+    assert not await other.router.loops.cycle()  # the lease is taken
+    ws = await served.pool.store.get_workspace("alice")
+    assert ws is not None and ws.state is WorkspaceState.STOPPED
+    metrics = await (await alice.get("/metrics")).text()
+    assert 'codepool_reaps_total{action="stop"} 1.0' in metrics
+    assert "codepool_leader 1.0" in metrics
+    await served.router.loops.stop()  # gives the lease back
+    assert await other.router.loops.cycle()
