@@ -1,0 +1,191 @@
+"""`codepool serve` as a real process: first start, clean shutdown, and two routers on one
+real Redis sharing the work (one leader; one workspace per user across both)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from codepool.daemon.auth import Users
+from tests.conftest import standin_command
+from tests.test_router import free_port
+
+
+def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
+        CODEPOOL_LOCAL_COMMAND=" ".join(standin_command()),
+        CODEPOOL_POOL_WARM_SPARES="0",
+        CODEPOOL_ROUTER_REAP_INTERVAL_S="1",
+        **extra,
+    )
+    return env
+
+
+class Server:
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "codepool", "serve", "--port", str(port)],
+            env={**env, "CODEPOOL_ROUTER_PUBLIC_URL": self.url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_up(self) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.proc.kill()
+        raise AssertionError("server did not come up: " + (self.proc.communicate()[0] or ""))
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.communicate()
+
+
+def test_first_start_prints_the_admin_password_once(state_dir: Path, servers: list[Server]) -> None:
+    env = serve_env(state_dir)
+    first = Server(env, free_port())
+    servers.append(first)
+    first.wait_up()
+    out = first.stop()
+    assert first.proc.returncode == 0, out
+    match = re.search(r"user admin\s+password (\S+)", out)
+    assert match is not None, out
+    account = Users(state_dir / "users.json").verify("admin", match.group(1))
+    assert account is not None and account.admin
+    second = Server(env, free_port())
+    servers.append(second)
+    second.wait_up()
+    out = second.stop()
+    assert "password" not in out and second.proc.returncode == 0
+
+
+def test_port_in_use_is_a_clear_error(state_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "codepool", "serve", "--port", str(port)],
+            env=serve_env(state_dir),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def _login_and_dispatch(base: str, user: str, password: str) -> str:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        page = await (await http.get(base + "/login")).text()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        resp = await http.post(
+            base + "/login",
+            data={"csrf": csrf.group(1), "user": user, "password": password},
+            allow_redirects=False,
+        )
+        assert resp.status == 302, await resp.text()
+        for _ in range(200):
+            resp = await http.get(base + "/dispatch", allow_redirects=False)
+            if resp.status == 302:
+                location = resp.headers["Location"]
+                probe = await http.get(base + location + "healthz")
+                assert probe.status == 200
+                return location
+            assert resp.status == 200, await resp.text()
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{user} never dispatched")
+
+
+async def test_two_routers_on_one_redis(
+    state_dir: Path, servers: list[Server], redis_url: str
+) -> None:
+    prefix = f"codepool-serve-{secrets.token_hex(4)}:"
+    env = serve_env(
+        state_dir,
+        CODEPOOL_STORE_URL=redis_url,
+        CODEPOOL_STORE_KEY_PREFIX=prefix,
+        CODEPOOL_LOCAL_MAX_SIZE="20",
+    )
+    users = Users(state_dir / "users.json")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"dev{n}" for n in range(6)]
+    for name in names:
+        users.add(name, f"{name}-password")
+    a, b = Server(env, free_port()), Server(env, free_port())
+    servers.extend([a, b])
+    a.wait_up()
+    b.wait_up()
+    try:
+        await asyncio.sleep(1.5)  # a loop cycle on each
+        async with aiohttp.ClientSession() as http:
+            leaders = [(await (await http.get(s.url + "/health")).json())["leader"] for s in (a, b)]
+        assert sorted(leaders) == [False, True]
+        # Every user logs in on both routers at once, twice: still one workspace each.
+        tasks = [
+            _login_and_dispatch(s.url, name, f"{name}-password")
+            for name in names
+            for s in (a, b, a, b)
+        ]
+        locations = await asyncio.gather(*tasks)
+        assert sorted(set(locations)) == sorted(f"/w/{n}/" for n in names)
+        slots = [m.read_text() for m in (state_dir / "slots").glob("*/meta.json")]
+        for name in names:
+            assert sum(f'"owner": "{name}"' in s for s in slots) == 1, name
+        out_a = a.stop()
+        assert a.proc.returncode == 0, out_a
+        # The survivor takes over the loops once the lease is free.
+        async with aiohttp.ClientSession() as http:
+            for _ in range(50):
+                if (await (await http.get(b.url + "/health")).json())["leader"]:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the second router never became leader")
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()
