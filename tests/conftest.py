@@ -154,3 +154,14 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     from tests.helpers import kill_slots
 
     kill_slots(path)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Any]]:
+    """`codepool serve` processes a test started; killed if still running at the end."""
+    started: list[Any] = []
+    yield started
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.communicate()

@@ -433,3 +433,18 @@ async def test_store_record_matches_the_backend_after_assign(
     stored = await pool.store.get_workspace("alice")
     assert stored == replace(ws)
     assert backend.boxes[ws.instance_id].owner == "alice"
+
+
+async def test_scale_keeps_a_just_launched_spare_an_assignment_is_about_to_claim(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, backend: MemoryBackend, clock: Clock
+) -> None:
+    pool = make_pool(sqlite, backend, clock, pool={"warm_spares": 0})
+    backend.now_ms = clock.now  # boxes launch "now" on the pool's clock
+    await backend.set_desired(1)  # an assign asked for a box for its user...
+    result = await pool.scale()  # ...and the leader's scale runs before the claim
+    assert result.terminated_spares == ()
+    assert len(backend.boxes) == 1 and backend.desired == 1
+    clock.advance(pool.settings.pool.assign_timeout_s * 1000 + 1)  # nobody claimed it
+    result = await pool.scale()
+    assert len(result.terminated_spares) == 1 and backend.boxes == {}
+    assert backend.desired == 0

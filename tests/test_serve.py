@@ -11,11 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from codepool.daemon.auth import Users
 from tests.conftest import standin_command
@@ -29,8 +27,8 @@ def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:
         CODEPOOL_LOCAL_COMMAND=" ".join(standin_command()),
         CODEPOOL_POOL_WARM_SPARES="0",
         CODEPOOL_ROUTER_REAP_INTERVAL_S="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -64,16 +62,6 @@ class Server:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=30)
         return out
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.communicate()
 
 
 def test_first_start_prints_the_admin_password_once(state_dir: Path, servers: list[Server]) -> None:

@@ -333,26 +333,34 @@ class CodePool:
         terminated explicitly (every box is protected, so lowering desired alone would
         terminate nothing). No backend call is made when nothing changes."""
         instances = await self.backend.list_instances()
-        free = [i.instance_id for i in instances if i.is_spare]
-        await self.store.add_spares(free)
+        free = [i for i in instances if i.is_spare]
+        await self.store.add_spares(i.instance_id for i in free)
         pool = await self.store.spares()
-        spares = [iid for iid in free if iid in pool]
+        spares = [i for i in free if i.instance_id in pool]
+        in_service = sum(1 for i in instances if i.in_service)
         # Unowned boxes not in the pool are being claimed right now: count them as assigned.
-        assigned = sum(1 for i in instances if i.in_service) - len(spares)
+        assigned = in_service - len(spares)
         cap = await self.backend.capacity()
         p = self.settings.pool
         target = policy.desired_capacity(assigned, p.warm_spares, cap.min_size, cap.max_size)
-        excess = max(0, len(spares) - max(0, target - assigned))
+        # A spare launched moments ago is likely an assignment's box about to be claimed:
+        # culling it would make that user wait for another. Only older spares are excess.
+        young_after = self.clock() - p.assign_timeout_s * 1000
+        old = [i.instance_id for i in spares if i.launched_at_ms < young_after]
+        excess = old[: max(0, len(spares) - max(0, target - assigned))]
         if dry_run:
-            return ScaleResult(cap.desired, target, tuple(spares[:excess]), dry_run=True)
-        taken = [iid for iid in spares[:excess] if await self.store.take_spare(iid)]
+            desired = min(max(target, in_service - len(excess)), cap.max_size)
+            return ScaleResult(cap.desired, desired, tuple(excess), dry_run=True)
+        taken = [iid for iid in excess if await self.store.take_spare(iid)]
         if taken:
             await self.backend.terminate(taken)
             cap = await self.backend.capacity()
-        if cap.desired != target:
-            await self.backend.set_desired(target)
-            log.info("scale desired=%d->%d", cap.desired, target)
-        return ScaleResult(cap.desired, target, tuple(taken))
+        # Kept boxes stay counted: desired never drops below what is left in service.
+        desired = min(max(target, in_service - len(taken)), cap.max_size)
+        if cap.desired != desired:
+            await self.backend.set_desired(desired)
+            log.info("scale desired=%d->%d", cap.desired, desired)
+        return ScaleResult(cap.desired, desired, tuple(taken))
 
     async def _scale_after(self, why: str) -> None:
         """Scale after a lifecycle step; its failure must not undo the step that succeeded."""

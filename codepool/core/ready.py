@@ -52,6 +52,6 @@ async def wait_ready(
                 f"workspace at {address} did not answer {path} within {timeout_s:.0f}s"
             )
         if progress and not said:
-            progress(f"waiting for the workspace at {address} to answer")
+            progress("waiting for the workspace to answer")
             said = True
         await asyncio.sleep(poll_s)
