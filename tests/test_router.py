@@ -67,6 +67,7 @@ async def login(
 @pytest.fixture
 async def make_served(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
     clients: list[TestClient[Any, Any]] = []
+    servers: list[TestServer] = []
     pools: list[CodePool] = []
 
     async def build(**sections: dict[str, Any]) -> Served:
@@ -91,11 +92,14 @@ async def make_served(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
             return c
 
         await server.start_server()
+        servers.append(server)
         return Served(settings, pool, app[ROUTER], origin, make_client)
 
     yield build
     for c in clients:
         await c.close()
+    for server in servers:
+        await server.close()  # runs the app's cleanup: loops, dispatcher, proxy client
     for p in pools:
         await p.close()
 

@@ -104,25 +104,27 @@ def test_port_in_use_is_a_clear_error(state_dir: Path) -> None:
 async def _login_and_dispatch(base: str, user: str, password: str) -> str:
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
-        page = await (await http.get(base + "/login")).text()
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        async with http.get(base + "/login") as resp:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
         assert csrf is not None
-        resp = await http.post(
-            base + "/login",
-            data={"csrf": csrf.group(1), "user": user, "password": password},
-            allow_redirects=False,
-        )
-        assert resp.status == 302, await resp.text()
+        form = {"csrf": csrf.group(1), "user": user, "password": password}
+        async with http.post(base + "/login", data=form, allow_redirects=False) as resp:
+            assert resp.status == 302, await resp.text()
         for _ in range(200):
-            resp = await http.get(base + "/dispatch", allow_redirects=False)
-            if resp.status == 302:
-                location = resp.headers["Location"]
-                probe = await http.get(base + location + "healthz")
-                assert probe.status == 200
-                return location
-            assert resp.status == 200, await resp.text()
+            async with http.get(base + "/dispatch", allow_redirects=False) as resp:
+                if resp.status == 302:
+                    location = resp.headers["Location"]
+                    async with http.get(base + location + "healthz") as probe:
+                        assert probe.status == 200
+                    return location
+                assert resp.status == 200, await resp.text()
             await asyncio.sleep(0.2)
     raise AssertionError(f"{user} never dispatched")
+
+
+async def _leader(server: Server) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/health") as resp:
+        return bool((await resp.json())["leader"])
 
 
 async def test_two_routers_on_one_redis(
@@ -146,8 +148,7 @@ async def test_two_routers_on_one_redis(
     b.wait_up()
     try:
         await asyncio.sleep(1.5)  # a loop cycle on each
-        async with aiohttp.ClientSession() as http:
-            leaders = [(await (await http.get(s.url + "/health")).json())["leader"] for s in (a, b)]
+        leaders = [await _leader(s) for s in (a, b)]
         assert sorted(leaders) == [False, True]
         # Every user logs in on both routers at once, twice: still one workspace each.
         tasks = [
@@ -163,13 +164,12 @@ async def test_two_routers_on_one_redis(
         out_a = a.stop()
         assert a.proc.returncode == 0, out_a
         # The survivor takes over the loops once the lease is free.
-        async with aiohttp.ClientSession() as http:
-            for _ in range(50):
-                if (await (await http.get(b.url + "/health")).json())["leader"]:
-                    break
-                await asyncio.sleep(0.2)
-            else:
-                raise AssertionError("the second router never became leader")
+        for _ in range(50):
+            if await _leader(b):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the second router never became leader")
     finally:
         import redis
 
