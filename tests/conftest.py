@@ -26,6 +26,8 @@ from codepool.core.stores.redis import RedisStore
 from codepool.core.stores.sqlite import SQLiteStore
 from tests.fakes import MemoryBackend
 
+pytest_plugins = ["tests.router_fixtures"]
+
 STANDIN = Path(__file__).with_name("standin_workspace.py")
 REQUIRE_REAL = os.environ.get("CODEPOOL_REQUIRE_REAL") == "1"
 

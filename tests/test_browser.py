@@ -26,7 +26,7 @@ except ImportError:  # the fixture below says what is missing
     PlaywrightError = Exception  # type: ignore[misc,assignment]
 from codepool.daemon.auth import Users
 from tests.conftest import need
-from tests.test_router import free_port
+from tests.router_fixtures import free_port
 from tests.test_serve import Server, serve_env
 
 pytestmark = pytest.mark.browser

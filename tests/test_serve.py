@@ -17,7 +17,7 @@ import aiohttp
 
 from codepool.daemon.auth import Users
 from tests.conftest import standin_command
-from tests.test_router import free_port
+from tests.router_fixtures import free_port
 
 
 def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:

@@ -101,7 +101,7 @@ class RouterSettings:
     public_url: str = setting(
         "", "URL users browse to (origin checks, Secure cookies); empty: http://<host>:<port>"
     )
-    auth: str = setting("local", "how users log in", choices=("local",))
+    auth: str = setting("local", "how users log in", choices=("local", "jwt"))
     users_file: str = setting("", "local accounts (scrypt hashes); empty: <state_dir>/users.json")
     secret_file: str = setting("", "key that signs session cookies; empty: <state_dir>/session.key")
     session_lifetime_s: int = setting(43200, "seconds a login lasts", minimum=60)
@@ -120,11 +120,26 @@ class RouterSettings:
 
 
 @dataclass(frozen=True)
+class JwtSettings:
+    jwks_url: str = setting(
+        "", "the identity provider's JWKS URL (required with router.auth = jwt)"
+    )
+    issuer: str = setting("", "required `iss` of tokens; empty: not checked")
+    audience: str = setting("", "required `aud` of tokens; empty: not checked")
+    user_claim: str = setting("preferred_username", "claim that holds the user name")
+    cookie: str = setting("codepool_token", "cookie that may carry the token (besides Bearer)")
+    login_url: str = setting("", "where /login sends people to get a token; empty: a notice")
+    admin_users: tuple[str, ...] = setting((), "user names that get the admin page")
+    leeway_s: int = setting(30, "clock skew allowed on exp and nbf, in seconds", minimum=0)
+
+
+@dataclass(frozen=True)
 class Settings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     router: RouterSettings = field(default_factory=RouterSettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
     source: str = EMBEDDED  # the file these came from, for messages
 
     @property
@@ -227,6 +242,11 @@ def settings_from_mapping(
         for name, cls in SECTIONS.items()
     }
     settings = Settings(**built, source=source)
+    if settings.router.auth == "jwt" and not settings.jwt.jwks_url:
+        raise ConfigError(
+            f"config error: {source}: router.auth = 'jwt' needs jwt.jwks_url "
+            "(your identity provider's JWKS URL)"
+        )
     if settings.local.min_size > settings.local.max_size:
         raise ConfigError(
             f"config error: {source}: local.min_size = {settings.local.min_size}: "
@@ -301,9 +321,15 @@ def _check(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
             raise ConfigError(f"config error: {where}: must be {bounds}")
         return value
     if kind is tuple:
-        if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        may_be_empty = not f.default  # a list that defaults to empty may be empty
+        if (
+            isinstance(value, list | tuple)
+            and (value or may_be_empty)
+            and all(isinstance(v, str) for v in value)
+        ):
             return tuple(value)
-        raise ConfigError(f"config error: {where}: must be a non-empty list of strings")
+        what = "a list of strings" if may_be_empty else "a non-empty list of strings"
+        raise ConfigError(f"config error: {where}: must be {what}")
     if not isinstance(value, str):
         raise ConfigError(f"config error: {where}: must be a string")
     if meta["choices"] and value not in meta["choices"]:

@@ -12,7 +12,15 @@ from aiohttp import web
 from codepool.core.pool import CodePool
 from codepool.core.settings import Settings
 from codepool.daemon import routes
-from codepool.daemon.auth import LoginLimiter, Sessions, Users, load_or_create_secret
+from codepool.daemon.auth import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    JwtVerifier,
+    LoginLimiter,
+    Sessions,
+    Users,
+    load_or_create_secret,
+)
 from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.dispatch import Dispatcher
 from codepool.daemon.loops import Loops
@@ -28,14 +36,23 @@ def origin_of(url: str) -> str:
 def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) -> web.Application:
     r = settings.router
     metrics = Metrics()
+    key = load_or_create_secret(settings.secret_file)
+    jwt = JwtVerifier(settings.jwt, key) if r.auth == "jwt" else None
+    # Credentials of the router that must never reach a workspace.
+    private_cookies = {SESSION_COOKIE, LOGIN_CSRF_COOKIE} | (
+        {settings.jwt.cookie} if jwt else set()
+    )
     router = Router(
         pool=pool,
         settings=settings,
         users=Users(settings.users_file),
-        sessions=Sessions(load_or_create_secret(settings.secret_file), r.session_lifetime_s),
+        sessions=Sessions(key, r.session_lifetime_s),
+        jwt=jwt,
         limiter=LoginLimiter(r.login_attempts_per_minute),
         dispatcher=Dispatcher(pool),
-        proxy=WorkspaceProxy(pool, r.heartbeat_interval_s),
+        proxy=WorkspaceProxy(
+            pool, r.heartbeat_interval_s, frozenset(private_cookies), strip_authorization=bool(jwt)
+        ),
         loops=Loops(pool, metrics, r.reap_interval_s),
         metrics=metrics,
         origin=origin_of(settings.public_url),

@@ -4,23 +4,28 @@ which is one HMAC."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from codepool.core.errors import ConfigError, InvalidInput
 from codepool.core.policy import check_user
+from codepool.core.settings import JwtSettings
+
+log = logging.getLogger("codepool.auth")
 
 SESSION_COOKIE = "codepool_session"
 LOGIN_CSRF_COOKIE = "codepool_login_csrf"
@@ -257,3 +262,76 @@ class LoginLimiter:
     def forget(self, keys: list[str]) -> None:
         for key in keys:
             self.failures.pop(key, None)
+
+
+class JwtVerifier:
+    """Sessions from JSON Web Tokens signed by an identity provider (Cognito or any OIDC
+    issuer): signature against the provider's JWKS, expiry, and issuer and audience when
+    configured. Verified tokens are cached until they expire, so the proxy's hot path
+    pays for the signature check once per token, not once per request."""
+
+    def __init__(self, settings: JwtSettings, key: bytes) -> None:
+        import jwt
+
+        self.settings = settings
+        self.key = key
+        self.jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        self._cache: dict[str, Session] = {}
+
+    def token_of(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
+        auth = headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return auth[7:].strip() or None
+        return cookies.get(self.settings.cookie) or None
+
+    async def session(self, token: str, now_s: float | None = None) -> Session | None:
+        now = time.time() if now_s is None else now_s
+        hit = self._cache.get(token)
+        if hit is not None:
+            return hit if hit.expires_s > now else None
+        if len(token) > 8192:
+            return None
+        session = await asyncio.to_thread(self._verify, token)
+        if session is not None:
+            if len(self._cache) > 10_000:
+                self._cache = {t: s for t, s in self._cache.items() if s.expires_s > now}
+            self._cache[token] = session
+        return session
+
+    def _verify(self, token: str) -> Session | None:
+        import jwt
+
+        s = self.settings
+        try:
+            signing_key = self.jwks.get_signing_key_from_jwt(token)
+            claims = jwt.decode(
+                token,
+                signing_key.key,
+                algorithms=["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"],
+                audience=s.audience or None,
+                issuer=s.issuer or None,
+                leeway=s.leeway_s,
+                options={"require": ["exp"], "verify_aud": bool(s.audience)},
+            )
+        except jwt.PyJWKClientError as exc:
+            log.warning("jwt: cannot get the signing key: %s", exc)
+            return None
+        except jwt.PyJWTError as exc:
+            log.info("jwt refused: %s", exc)
+            return None
+        raw_user = claims.get(s.user_claim)
+        try:
+            user = check_user(str(raw_user).lower()) if isinstance(raw_user, str) else None
+        except InvalidInput:
+            user = None
+        if user is None:
+            log.warning("jwt refused: claim %r is not a usable user name", s.user_claim)
+            return None
+        digest = hmac.new(self.key, token.encode(), hashlib.sha256).digest()
+        return Session(
+            user=user,
+            admin=user in s.admin_users,
+            sid=_b64(digest[:12]),
+            csrf=_b64(digest[12:28]),
+            expires_s=int(claims["exp"]),
+        )

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from codepool.core.pool import CodePool
 from codepool.core.settings import Settings
-from codepool.daemon.auth import LoginLimiter, Sessions, Users
+from codepool.daemon.auth import JwtVerifier, LoginLimiter, Sessions, Users
 from codepool.daemon.dispatch import Dispatcher
 from codepool.daemon.loops import Loops
 from codepool.daemon.metrics import Metrics
@@ -23,6 +23,7 @@ class Router:
     settings: Settings
     users: Users
     sessions: Sessions
+    jwt: JwtVerifier | None  # set when router.auth = "jwt"
     limiter: LoginLimiter
     dispatcher: Dispatcher
     proxy: WorkspaceProxy

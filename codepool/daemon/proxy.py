@@ -28,7 +28,6 @@ from yarl import URL
 
 from codepool.core.models import Workspace, WorkspaceState
 from codepool.core.pool import CodePool
-from codepool.daemon.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
 
 log = logging.getLogger("codepool.proxy")
 
@@ -50,7 +49,6 @@ HOP_BY_HOP = frozenset(
         "Sec-WebSocket-Accept",
     )
 )
-ROUTER_COOKIES = frozenset({SESSION_COOKIE, LOGIN_CSRF_COOKIE})
 MAX_HTML_BYTES = 8 * 1024 * 1024  # bigger "HTML" streams through untouched
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 CACHE_S = 2.0  # how long a workspace's address is trusted without asking the store
@@ -76,19 +74,28 @@ def inject(html: bytes, tag: bytes) -> bytes:
     return html[: match.start()] + tag + html[match.start() :]
 
 
-def strip_router_cookies(header: str) -> str:
+def strip_cookies(header: str, private: frozenset[str]) -> str:
+    """The Cookie header without the router's own cookies."""
     jar: SimpleCookie = SimpleCookie()
     try:
         jar.load(header)
     except Exception:  # an unparsable Cookie header goes upstream as it came
         return header
-    return "; ".join(f"{k}={m.coded_value}" for k, m in jar.items() if k not in ROUTER_COOKIES)
+    return "; ".join(f"{k}={m.coded_value}" for k, m in jar.items() if k not in private)
 
 
 class WorkspaceProxy:
-    def __init__(self, pool: CodePool, heartbeat_interval_s: int) -> None:
+    def __init__(
+        self,
+        pool: CodePool,
+        heartbeat_interval_s: int,
+        private_cookies: frozenset[str],
+        strip_authorization: bool = False,
+    ) -> None:
         self.pool = pool
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.private_cookies = private_cookies  # the router's credentials: never upstream
+        self.strip_authorization = strip_authorization
         self._cache: dict[str, tuple[Workspace, float]] = {}
         self._client: aiohttp.ClientSession | None = None
 
@@ -130,8 +137,10 @@ class WorkspaceProxy:
             low = name.lower()
             if low in HOP_BY_HOP or low.startswith("x-forwarded-"):
                 continue
+            if low == "authorization" and self.strip_authorization:
+                continue  # the user's JWT is for the router, not for the workspace
             if low == "cookie":
-                value = strip_router_cookies(value)
+                value = strip_cookies(value, self.private_cookies)
                 if not value:
                     continue
             headers.add(name, value)

@@ -98,13 +98,18 @@ async def error_pages(
 # -- sessions -------------------------------------------------------------------------------
 
 
-def session_of(request: web.Request) -> Session | None:
-    return request.app[ROUTER].sessions.read(request.cookies.get(SESSION_COOKIE))
+async def session_of(request: web.Request) -> Session | None:
+    """Who is asking: the signed session cookie (local accounts), or a verified JWT."""
+    router = request.app[ROUTER]
+    if router.jwt is not None:
+        token = router.jwt.token_of(request.headers, request.cookies)
+        return await router.jwt.session(token) if token else None
+    return router.sessions.read(request.cookies.get(SESSION_COOKIE))
 
 
-def require_session(request: web.Request) -> Session:
+async def require_session(request: web.Request) -> Session:
     """The caller's session; otherwise 401 (JSON) or a redirect to the login page."""
-    session = session_of(request)
+    session = await session_of(request)
     if session is not None:
         return session
     if wants_json(request) or request.method != "GET":
@@ -158,8 +163,17 @@ def set_session_cookie(router: Router, response: web.StreamResponse, value: str)
 async def login_page(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     next_path = safe_next(request.query.get("next"))
-    if session_of(request) is not None:
+    if await session_of(request) is not None:
         raise web.HTTPFound(next_path)
+    if router.jwt is not None:  # people log in at the identity provider, not here
+        if router.settings.jwt.login_url:
+            raise web.HTTPFound(router.settings.jwt.login_url)
+        text = pages.problem(
+            "Log in through your organisation",
+            "This router accepts tokens from your identity provider. Open codepool from "
+            "your organisation's portal, or ask an administrator for its address.",
+        )
+        return web.Response(text=text, status=401, content_type="text/html")
     token = secrets.token_urlsafe(16)
     response = web.Response(text=pages.login(token, next_path), content_type="text/html")
     response.set_cookie(
@@ -176,6 +190,8 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
+    if router.jwt is not None:
+        raise web.HTTPNotFound(text="local login is off (router.auth = jwt)")
     form = await request.post()
     check_form(request, form, request.cookies.get(LOGIN_CSRF_COOKIE))
     user = str(form.get("user", "")).strip()
@@ -211,15 +227,17 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    session = require_session(request)
+    session = await require_session(request)
     check_form(request, await request.post(), session.csrf)
     response = web.HTTPFound("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
+    if request.app[ROUTER].jwt is not None:
+        response.del_cookie(request.app[ROUTER].settings.jwt.cookie, path="/")
     raise response
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/dispatch" if session_of(request) else "/login")
+    raise web.HTTPFound("/dispatch" if await session_of(request) else "/login")
 
 
 # -- dispatch ------------------------------------------------------------------------------
@@ -229,7 +247,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     """Send the user to their workspace: at once if it is running, else through the
     'starting' page while it resumes or boots."""
     router = request.app[ROUTER]
-    session = require_session(request)
+    session = await require_session(request)
     job = router.dispatcher.start(session.user)
     assert job.task is not None
     started = time.monotonic()
@@ -247,7 +265,7 @@ async def dispatch_status(request: web.Request) -> web.StreamResponse:
     """Progress of the user's assignment, for the 'starting' page's polls. A poll that
     reaches another router (behind a load balancer) starts or joins one there."""
     router = request.app[ROUTER]
-    session = require_session(request)
+    session = await require_session(request)
     job = router.dispatcher.current(session.user) or router.dispatcher.start(session.user)
     body: dict[str, Any] = {"messages": job.messages}
     if job.result is not None:
@@ -274,7 +292,7 @@ async def ping(request: web.Request) -> web.StreamResponse:
         return json_error(413, "too-large", f"a ping is at most {MAX_PING_BYTES} bytes")
     if not same_origin(request):
         return json_error(403, "forbidden", "cross-site ping refused")
-    session = session_of(request)
+    session = await session_of(request)
     if session is None:
         return json_error(401, "unauthenticated", "log in first")
     raw = await request.content.read(MAX_PING_BYTES + 1)
@@ -310,7 +328,7 @@ async def workspace(request: web.Request) -> web.StreamResponse:
     prefix = f"/w/{owner}"
     if not raw.startswith(prefix + "/") and raw != prefix:
         raise web.HTTPNotFound()
-    session = require_session(request)
+    session = await require_session(request)
     if session.user != owner and not (
         session.admin and router.settings.router.admins_enter_workspaces
     ):
@@ -342,16 +360,21 @@ async def workspace(request: web.Request) -> web.StreamResponse:
 # -- admin ----------------------------------------------------------------------------------
 
 
-def require_admin(request: web.Request) -> Session:
-    session = require_session(request)
-    account = request.app[ROUTER].users.get(session.user)
-    if account is None or not account.admin:  # re-checked: a revoked admin loses it at once
+async def require_admin(request: web.Request) -> Session:
+    router = request.app[ROUTER]
+    session = await require_session(request)
+    if router.jwt is not None:
+        admin = session.admin  # from jwt.admin_users, checked when the token was verified
+    else:  # re-read: an admin whose rights were revoked loses them at once
+        account = router.users.get(session.user)
+        admin = account is not None and account.admin
+    if not admin:
         raise web.HTTPForbidden(text="admins only")
     return session
 
 
 async def admin_page(request: web.Request) -> web.StreamResponse:
-    session = require_admin(request)
+    session = await require_admin(request)
     status = await request.app[ROUTER].pool.status()
     notice = request.query.get("notice", "")[:200]
     return web.Response(text=pages.admin(status, session.csrf, notice), content_type="text/html")
@@ -359,7 +382,7 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
 
 async def admin_action(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
-    session = require_admin(request)
+    session = await require_admin(request)
     form = await request.post()
     check_form(request, form, session.csrf)
     user = policy.check_user(str(form.get("user", "")))
