@@ -159,7 +159,22 @@ async def test_stand_in_workspace_lifecycle_in_a_browser(
     assert "notes.txt" in await page.content()  # the same disk
     row = workspace_row(env, "alice")
     assert row is not None and row["state"] == "running"
+
+    # The session ends (here: its cookie is gone): the next ping sends the tab to log in.
+    await page.context.clear_cookies()
+    await page.wait_for_url("**/login?next=*", timeout=10_000)
+    assert "next=%2Fw%2Falice%2F" in page.url
     await page.close()
+
+    # An admin sees the pool page with alice's workspace and the stop and extend buttons.
+    Users(state_dir / "users.json").add("root", "root-password", admin=True)
+    admin = await browser.new_page()
+    await log_in(admin, server.url, "root", "root-password")
+    await admin.wait_for_url("**/w/root/", timeout=30_000)
+    await admin.goto(server.url + "/admin")
+    assert await admin.locator("td", has_text="alice").count() == 1
+    await admin.screenshot(path=str(SHOTS / "admin.png"), full_page=True)
+    await admin.close()
 
 
 @pytest.mark.code_server
@@ -172,6 +187,9 @@ async def test_real_code_server_workbench_through_the_proxy(
         state_dir,
         CODEPOOL_LOCAL_COMMAND=command,
         CODEPOOL_POOL_ASSIGN_TIMEOUT_S="120",
+        CODEPOOL_ROUTER_HEARTBEAT_INTERVAL_S="1",
+        CODEPOOL_POOL_IDLE_TIMEOUT_S="5",
+        CODEPOOL_ROUTER_REAP_INTERVAL_S="1",
     )
     state_dir.mkdir(parents=True, exist_ok=True)
     Users(state_dir / "users.json").add("alice", "alice-password")
@@ -199,4 +217,21 @@ async def test_real_code_server_workbench_through_the_proxy(
     await page.screenshot(path=str(SHOTS / "workbench.png"))
     assert any("/w/alice/" in url for url in sockets), sockets
     assert await page.locator("script[src^='/assets/heartbeat.js']").count() == 1
+
+    # Hide the tab: VS Code's own connections stay open, yet the workspace stops.
+    await set_hidden(page, True)
+    await wait_for(
+        lambda: (r := workspace_row(env, "alice")) and r["state"] == "stopped",
+        30,
+        "the idle code-server to be stopped",
+    )
+    await set_hidden(page, False)
+    banner = page.locator("#codepool-stopped")
+    await banner.wait_for(timeout=15_000)
+    await banner.locator("a").click()
+    await page.wait_for_url("**/w/alice/**", timeout=120_000)
+    await page.locator(".monaco-workbench").wait_for(timeout=60_000)
+    await page.get_by_text("hello_codepool.py").first.wait_for(timeout=60_000)  # same disk
+    row = workspace_row(env, "alice")
+    assert row is not None and row["state"] == "running"
     await page.close()

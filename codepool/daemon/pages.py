@@ -101,9 +101,12 @@ def admin(status: PoolStatus, csrf: str, notice: str = "") -> str:
         if rows
         else "<p>No workspaces.</p>"
     )
+    nav = f"""<nav class="nav"><a href="/dispatch">My workspace</a>
+<form method="post" action="/logout"><input type="hidden" name="csrf" value="{escape(csrf)}">
+<button type="submit" class="link">Log out</button></form></nav>"""
     return _page(
         "Pool",
-        f"""<h2>Pool</h2>{note}
+        f"""{nav}<h2>Pool</h2>{note}
 <p class="numbers">desired <b>{c.desired}</b> (min {c.min_size}, max {c.max_size}) ·
 in service <b>{status.in_service}</b> · standby <b>{status.standby}</b> ·
 spares <b>{status.spares}</b></p>
