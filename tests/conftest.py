@@ -25,6 +25,7 @@ from codepool.core.store import Store
 from codepool.core.stores.redis import RedisStore
 from codepool.core.stores.sqlite import SQLiteStore
 from tests.fakes import MemoryBackend
+from tests.helpers import serve_app
 
 pytest_plugins = ["tests.router_fixtures"]
 
@@ -108,13 +109,8 @@ async def ready_address() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/healthz", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 @pytest.fixture

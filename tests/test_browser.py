@@ -102,21 +102,29 @@ async def set_hidden(page: Any, hidden: bool) -> None:
     )
 
 
-async def test_stand_in_workspace_lifecycle_in_a_browser(
-    browser: Any, state_dir: Path, servers: list[Server]
-) -> None:
+async def start_router(
+    state_dir: Path, servers: list[Server], **env_extra: str
+) -> tuple[Server, dict[str, str]]:
+    """`codepool serve` with a quick heartbeat and reaper, and the account alice."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     env = serve_env(
         state_dir,
         CODEPOOL_ROUTER_HEARTBEAT_INTERVAL_S="1",
-        CODEPOOL_POOL_IDLE_TIMEOUT_S="4",
         CODEPOOL_ROUTER_REAP_INTERVAL_S="1",
+        **env_extra,
     )
     state_dir.mkdir(parents=True, exist_ok=True)
     Users(state_dir / "users.json").add("alice", "alice-password")
     server = Server(env, free_port())
     servers.append(server)
     await asyncio.to_thread(server.wait_up)
+    return server, env
+
+
+async def test_stand_in_workspace_lifecycle_in_a_browser(
+    browser: Any, state_dir: Path, servers: list[Server]
+) -> None:
+    server, env = await start_router(state_dir, servers, CODEPOOL_POOL_IDLE_TIMEOUT_S="4")
 
     page = await browser.new_page()
     await page.goto(server.url + "/")
@@ -181,21 +189,13 @@ async def test_stand_in_workspace_lifecycle_in_a_browser(
 async def test_real_code_server_workbench_through_the_proxy(
     browser: Any, state_dir: Path, servers: list[Server], code_server: str
 ) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    command = " ".join([code_server, *DEFAULT_COMMAND[1:]])
-    env = serve_env(
+    server, env = await start_router(
         state_dir,
-        CODEPOOL_LOCAL_COMMAND=command,
+        servers,
+        CODEPOOL_LOCAL_COMMAND=" ".join([code_server, *DEFAULT_COMMAND[1:]]),
         CODEPOOL_POOL_ASSIGN_TIMEOUT_S="120",
-        CODEPOOL_ROUTER_HEARTBEAT_INTERVAL_S="1",
         CODEPOOL_POOL_IDLE_TIMEOUT_S="5",
-        CODEPOOL_ROUTER_REAP_INTERVAL_S="1",
     )
-    state_dir.mkdir(parents=True, exist_ok=True)
-    Users(state_dir / "users.json").add("alice", "alice-password")
-    server = Server(env, free_port())
-    servers.append(server)
-    await asyncio.to_thread(server.wait_up)
 
     page = await browser.new_page(viewport={"width": 1280, "height": 800})
     sockets: list[str] = []

@@ -146,3 +146,31 @@ def test_help_has_examples_and_version() -> None:
         assert result.exit_code == 0 and "Example" in result.output, command
     result = runner.invoke(app, ["version", "--json"])
     assert json.loads(result.output) == {"version": "0.1.0"}
+
+
+def test_users_commands(config: Path, state_dir: Path) -> None:
+    def users(*args: str, stdin: str = "") -> tuple[int, str]:
+        result = runner.invoke(app, ["--config", str(config), "users", *args], input=stdin)
+        return result.exit_code, result.output
+
+    assert users("add", "alice", "--password-stdin", stdin="a-good-password\n")[0] == 0
+    code, out = users("add", "alice", "--password-stdin", stdin="another-password\n")
+    assert code == 2 and "already exists" in out
+    code, out = users("add", "bob", "--password-stdin", stdin="short\n")
+    assert code == 2 and "at least 8 characters" in out
+    code, out = users("add", "Bad Name", "--password-stdin", stdin="a-good-password\n")
+    assert code == 2 and "invalid user name" in out
+    assert users("add", "root", "--admin", "--password-stdin", stdin="root-password\n")[0] == 0
+    code, out = users("list", "--json")
+    assert code == 0 and json.loads(out) == [
+        {"admin": False, "name": "alice"},
+        {"admin": True, "name": "root"},
+    ]
+    assert users("passwd", "alice", "--password-stdin", stdin="new-password\n")[0] == 0
+    from codepool.daemon.auth import Users
+
+    assert Users(state_dir / "users.json").verify("alice", "new-password") is not None
+    assert users("remove", "alice")[0] == 0
+    code, out = users("remove", "alice")
+    assert code == 2 and "no user 'alice'" in out
+    assert (state_dir / "users.json").stat().st_mode & 0o777 == 0o600

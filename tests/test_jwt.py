@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from codepool.core.errors import ConfigError
 from codepool.core.settings import settings_from_mapping
+from tests.helpers import serve_app
 from tests.router_fixtures import Served
 
 ISSUER = "https://idp.example/pool"
@@ -39,13 +40,8 @@ async def jwks_url(keys: dict[str, Any]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/.well-known/jwks.json", jwks)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/.well-known/jwks.json"
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url + "/.well-known/jwks.json"
 
 
 def token(keys: dict[str, Any], *, key: str = "good", kid: str = "k1", **claims: Any) -> str:

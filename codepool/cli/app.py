@@ -15,7 +15,7 @@ from rich.live import Live
 from codepool import __version__
 from codepool.cli import render, serve, users
 from codepool.core import policy
-from codepool.core.errors import CodepoolError, InvalidInput
+from codepool.core.errors import InvalidInput
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import Settings, load_settings
 
@@ -69,7 +69,7 @@ def _run(
     ctx: typer.Context, as_json: bool, step: Callable[[CodePool], Awaitable[T]]
 ) -> tuple[T, Settings]:
     """Load settings, build the pool, run one core step; a CodepoolError becomes its exit code."""
-    try:
+    with render.exits_on_error(as_json):
         settings = load_settings(ctx.obj)
 
         async def go() -> T:
@@ -80,16 +80,12 @@ def _run(
                 await pool.close()
 
         return asyncio.run(go()), settings
-    except CodepoolError as exc:
-        raise typer.Exit(render.error(exc, as_json)) from None
 
 
 def _check_user(user: str, as_json: bool) -> None:
     """Refuse a bad name before anything is built or written."""
-    try:
+    with render.exits_on_error(as_json):
         policy.check_user(user)
-    except InvalidInput as exc:
-        raise typer.Exit(render.error(exc, as_json)) from None
 
 
 class _Progress:
@@ -231,10 +227,8 @@ def extend(
     Example: codepool extend alice --for 2h
     """
     _check_user(user, as_json)
-    try:
+    with render.exits_on_error(as_json):
         seconds = policy.parse_duration(duration)
-    except InvalidInput as exc:
-        raise typer.Exit(render.error(exc, as_json)) from None
     ws, _ = _run(ctx, as_json, lambda pool: pool.extend(user, seconds))
     render.extended(ws, int(time.time() * 1000), as_json)
 

@@ -3,12 +3,14 @@ place where core errors become exit codes."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import typer
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -41,15 +43,9 @@ EXIT_CODES: dict[type[errors.CodepoolError], tuple[int, str]] = {
 }
 
 
-def exit_code(exc: errors.CodepoolError) -> tuple[int, str]:
-    for cls in type(exc).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 1, "error"
-
-
 def error(exc: errors.CodepoolError, as_json: bool) -> int:
-    code, kind = exit_code(exc)
+    """Say what went wrong (a line on stderr, or JSON on stdout); return the exit code."""
+    code, kind = errors.classify(exc, EXIT_CODES, (1, "error"))
     if as_json:
         body: dict[str, Any] = {"error": {"kind": kind, "message": str(exc), "exit_code": code}}
         if isinstance(exc, errors.PoolFull):
@@ -58,6 +54,15 @@ def error(exc: errors.CodepoolError, as_json: bool) -> int:
     else:
         err.print(Text(f"error: {exc}", style="bold red"))
     return code
+
+
+@contextlib.contextmanager
+def exits_on_error(as_json: bool) -> Iterator[None]:
+    """Turn a CodepoolError raised inside into its message and exit code."""
+    try:
+        yield
+    except errors.CodepoolError as exc:
+        raise typer.Exit(error(exc, as_json)) from None
 
 
 def jsonable(obj: Any) -> Any:

@@ -13,7 +13,7 @@ import typer
 from aiohttp import web
 
 from codepool.cli import render
-from codepool.core.errors import CodepoolError, InvalidInput
+from codepool.core.errors import InvalidInput
 from codepool.core.pool import build_pool
 from codepool.core.settings import Settings, load_settings
 from codepool.daemon.app import create_app
@@ -77,11 +77,9 @@ def serve(
     With no config it serves on http://127.0.0.1:8000 with local accounts. Example:
     codepool serve --port 8080
     """
-    if log_format not in ("text", "json"):
-        raise typer.Exit(
-            render.error(InvalidInput(f"--log-format {log_format!r}: use text or json"), False)
-        )
-    try:
+    with render.exits_on_error(False):
+        if log_format not in ("text", "json"):
+            raise InvalidInput(f"--log-format {log_format!r}: use text or json")
         settings = load_settings(ctx.obj)
         router = dataclasses.replace(
             settings.router,
@@ -93,8 +91,6 @@ def serve(
         first_admin(settings)
         pool = build_pool(settings)
         app = create_app(pool, settings)
-    except CodepoolError as exc:
-        raise typer.Exit(render.error(exc, False)) from None
 
     async def close_pool(_: web.Application) -> None:
         await pool.close()

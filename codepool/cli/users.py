@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from codepool.cli import render
-from codepool.core.errors import CodepoolError
 from codepool.core.settings import load_settings
 from codepool.daemon.auth import Users
 
@@ -24,10 +23,8 @@ StdinOpt = Annotated[
 
 
 def _users(ctx: typer.Context, as_json: bool) -> Users:
-    try:
+    with render.exits_on_error(as_json):
         return Users(load_settings(ctx.obj if ctx.parent is None else ctx.parent.obj).users_file)
-    except CodepoolError as exc:
-        raise typer.Exit(render.error(exc, as_json)) from None
 
 
 def _password(from_stdin: bool) -> str:
@@ -47,10 +44,8 @@ def add(
 ) -> None:
     """Add an account. Example: codepool users add alice"""
     users = _users(ctx, as_json)
-    try:
+    with render.exits_on_error(as_json):
         account = users.add(name, _password(password_stdin), admin)
-    except CodepoolError as exc:
-        raise typer.Exit(render.error(exc, as_json)) from None
     if as_json:
         render.print_json(account)
     else:
@@ -66,10 +61,8 @@ def passwd(
 ) -> None:
     """Set an account's password. Example: codepool users passwd admin"""
     users = _users(ctx, as_json)
-    try:
+    with render.exits_on_error(as_json):
         users.set_password(name, _password(password_stdin))
-    except CodepoolError as exc:
-        raise typer.Exit(render.error(exc, as_json)) from None
     if as_json:
         render.print_json({"name": name, "password_set": True})
     else:
@@ -84,10 +77,8 @@ def remove(
 ) -> None:
     """Remove an account; its workspace is left alone. Example: codepool users remove bob"""
     users = _users(ctx, as_json)
-    try:
+    with render.exits_on_error(as_json):
         users.remove(name)
-    except CodepoolError as exc:
-        raise typer.Exit(render.error(exc, as_json)) from None
     if as_json:
         render.print_json({"name": name, "removed": True})
     else:
@@ -98,10 +89,8 @@ def remove(
 def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List accounts. Example: codepool users list"""
     users = _users(ctx, as_json)
-    try:
+    with render.exits_on_error(as_json):
         accounts = users.accounts()
-    except CodepoolError as exc:
-        raise typer.Exit(render.error(exc, as_json)) from None
     if as_json:
         render.print_json(accounts)
         return

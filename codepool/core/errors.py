@@ -3,6 +3,11 @@ the CLI to exit codes (cli/render.py), the daemon to HTTP statuses."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class CodepoolError(Exception):
     """Base of every error meant for a person: its message is the whole story."""
@@ -42,3 +47,11 @@ class BackendError(CodepoolError):
 
 class StoreUnavailable(CodepoolError):
     """The store (SQLite or Redis) failed or cannot be reached."""
+
+
+def classify(exc: CodepoolError, table: Mapping[type[CodepoolError], T], default: T) -> T:
+    """The entry for the most specific class of exc in a front door's table."""
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return default

@@ -49,10 +49,7 @@ ERROR_TITLES = {
 
 
 def http_error(exc: errors.CodepoolError) -> tuple[int, str]:
-    for cls in type(exc).__mro__:
-        if cls in HTTP_ERRORS:
-            return HTTP_ERRORS[cls]
-    return 500, "error"
+    return errors.classify(exc, HTTP_ERRORS, (500, "error"))
 
 
 def json_error(status: int, kind: str, message: str, **extra: Any) -> web.Response:
