@@ -451,3 +451,43 @@ async def test_one_leader_runs_the_cycle_and_reaps(make_served: Callable[..., An
     assert "codepool_leader 1.0" in metrics
     await served.router.loops.stop()  # gives the lease back
     assert await other.router.loops.cycle()
+
+
+async def _failed_logins(c: TestClient[Any, Any], user: str, xff: str, n: int) -> int:
+    """Fail n logins as `user` coming through a proxy that says the client is xff;
+    return the status of one more attempt."""
+    status = 0
+    for _ in range(n + 1):
+        page = await (await c.get("/login")).text()
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert token is not None
+        resp = await c.post(
+            "/login",
+            data={"csrf": token.group(1), "user": user, "password": "wrong-password"},
+            headers={"X-Forwarded-For": xff},
+            allow_redirects=False,
+        )
+        status = resp.status
+        await resp.release()
+    return status
+
+
+async def test_rate_limit_counts_clients_behind_a_trusted_proxy(
+    make_served: Callable[..., Any],
+) -> None:
+    served: Served = await make_served(router={"trusted_proxies": ["127.0.0.1/32"]})
+    c = await served.client()
+    limit = served.settings.router.login_attempts_per_minute
+    assert await _failed_logins(c, "alice", "203.0.113.5", limit) == 429
+    # Another client behind the same load balancer, trying another name, is not locked out.
+    assert await _failed_logins(c, "bob", "198.51.100.7", 0) == 401
+    # A client cannot escape its count by prepending addresses of its own choosing.
+    assert await _failed_logins(c, "carol", "1.2.3.4, 203.0.113.5", 0) == 429
+
+
+async def test_forwarded_for_is_ignored_from_untrusted_peers(served: Served) -> None:
+    c = await served.client()
+    limit = served.settings.router.login_attempts_per_minute
+    for n in range(limit):  # each "client" claims another address: all count as the peer
+        await _failed_logins(c, f"user{n}", f"192.0.2.{n}", 0)
+    assert await _failed_logins(c, "bob", "192.0.2.200", 0) == 429

@@ -117,6 +117,9 @@ class RouterSettings:
     admins_enter_workspaces: bool = setting(
         False, "whether admin users may open other users' workspaces"
     )
+    trusted_proxies: tuple[str, ...] = setting(
+        (), "addresses or CIDRs of load balancers whose X-Forwarded-For is believed"
+    )
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,12 @@ with it (SIGTERM finishes the cycle under way and gives the leader lease back)."
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from codepool.core.errors import ConfigError
 from codepool.core.pool import CodePool
 from codepool.core.settings import Settings
 from codepool.daemon import routes
@@ -31,6 +33,18 @@ from codepool.daemon.proxy import WorkspaceProxy
 def origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def trusted_networks(entries: tuple[str, ...]) -> tuple[IPv4Network | IPv6Network, ...]:
+    nets = []
+    for entry in entries:
+        try:
+            nets.append(ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"config error: router.trusted_proxies: {entry!r} is not an address or CIDR"
+            ) from None
+    return tuple(nets)
 
 
 def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) -> web.Application:
@@ -57,6 +71,7 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         metrics=metrics,
         origin=origin_of(settings.public_url),
         secure_cookies=settings.public_url.startswith("https://"),
+        trusted_proxies=trusted_networks(r.trusted_proxies),
     )
     app = web.Application(middlewares=[routes.error_pages], client_max_size=1024**2)
     app[ROUTER] = router

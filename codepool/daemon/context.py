@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 
 from aiohttp import web
 
@@ -31,6 +32,7 @@ class Router:
     metrics: Metrics
     origin: str  # scheme://host[:port] of the public URL: what Origin headers must say
     secure_cookies: bool
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]  # whose X-Forwarded-For counts
 
 
 ROUTER = web.AppKey("router", Router)

@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -88,7 +89,8 @@ async def error_pages(
     try:
         return await handler(request)
     except errors.CodepoolError as exc:
-        request.app[ROUTER].metrics.backend_errors.labels("request").inc()
+        if isinstance(exc, errors.BackendError | errors.StoreUnavailable):
+            request.app[ROUTER].metrics.backend_errors.labels("request").inc()
         return error_response(request, exc)
 
 
@@ -140,6 +142,29 @@ def safe_next(value: str | None) -> str:
     if parts.scheme or parts.netloc or any(ord(c) < 32 for c in value):
         return "/dispatch"
     return value
+
+
+def client_address(request: web.Request) -> str:
+    """The browser's address: the peer, or, when the peer is a trusted load balancer, the
+    nearest address in X-Forwarded-For that is not one of ours (an untrusted client can
+    put anything at the start of that header)."""
+    trusted = request.app[ROUTER].trusted_proxies
+    peer = request.remote or ""
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _is_trusted(address: str, trusted: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
 
 
 def set_session_cookie(router: Router, response: web.StreamResponse, value: str) -> None:
@@ -194,7 +219,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     user = str(form.get("user", "")).strip()
     password = str(form.get("password", ""))
     next_path = safe_next(str(form.get("next", "")))
-    keys = [f"client:{request.remote}", f"user:{user}"]
+    keys = [f"client:{client_address(request)}", f"user:{user}"]
     wait = router.limiter.retry_after(keys)
     if wait:
         text = pages.login(
@@ -211,7 +236,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         account = await asyncio.to_thread(router.users.verify, user, password)
     if account is None:
         router.limiter.fail(keys)
-        log.info("login failed user=%r client=%s", user[:64], request.remote)
+        log.info("login failed user=%r client=%s", user[:64], keys[0][7:])
         text = pages.login(str(form.get("csrf")), next_path, "Wrong user name or password.", user)
         return web.Response(text=text, status=401, content_type="text/html")
     router.limiter.forget([f"user:{user}"])
@@ -219,7 +244,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     response = web.HTTPFound(next_path)
     set_session_cookie(router, response, cookie)
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
-    log.info("login user=%s client=%s", account.name, request.remote)
+    log.info("login user=%s client=%s", account.name, keys[0][7:])
     raise response
 
 
