@@ -27,7 +27,7 @@ from codepool.core.stores.sqlite import SQLiteStore
 from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
 
-pytest_plugins = ["tests.router_fixtures"]
+pytest_plugins = ["tests.router_fixtures", "tests.aws_fixtures"]
 
 STANDIN = Path(__file__).with_name("standin_workspace.py")
 REQUIRE_REAL = os.environ.get("CODEPOOL_REQUIRE_REAL") == "1"

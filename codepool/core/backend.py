@@ -52,4 +52,10 @@ def create_backend(settings: Settings) -> Backend:
         from codepool.core.backends.local import LocalBackend
 
         return LocalBackend(settings.local)
-    raise ConfigError(f"config error: pool.backend = {settings.pool.backend!r}: allowed: local")
+    if settings.pool.backend == "aws":
+        from codepool.core.backends.aws import AwsBackend
+
+        return AwsBackend(settings.aws)
+    raise ConfigError(
+        f"config error: pool.backend = {settings.pool.backend!r}: allowed: local, aws"
+    )

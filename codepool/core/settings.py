@@ -51,7 +51,7 @@ DEFAULT_COMMAND = (
 
 @dataclass(frozen=True)
 class PoolSettings:
-    backend: str = setting("local", "where workspaces run", choices=("local",))
+    backend: str = setting("local", "where workspaces run", choices=("local", "aws"))
     warm_spares: int = setting(1, "started, unowned boxes kept ready", minimum=0, maximum=1000)
     idle_timeout_s: int = setting(
         300, "seconds without a ping before a workspace is stopped", minimum=1
@@ -92,6 +92,27 @@ class LocalSettings:
     )
     host: str = setting("127.0.0.1", "address workspaces bind to and the router dials")
     ready_path: str = setting("/healthz", "HTTP path that answers 200 once a workspace is ready")
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    group_name: str = setting("", "the Auto Scaling Group (required with pool.backend = aws)")
+    region: str = setting("", "AWS region; empty: from the environment or AWS config")
+    endpoint_url: str = setting("", "override the AWS endpoint (tests, compatible clouds)")
+    address: str = setting(
+        "private", "which address of a box the router dials", choices=("private", "public")
+    )
+    workspace_port: int = setting(
+        8080, "port the workspace (nginx or code-server) listens on", minimum=1, maximum=65535
+    )
+    workspace_scheme: str = setting("http", "scheme to reach a box", choices=("http", "https"))
+    ready_path: str = setting("/healthz", "HTTP path that answers 200 once a box serves")
+    max_attempts: int = setting(
+        8, "attempts per AWS call, with botocore's standard retries", minimum=1, maximum=20
+    )
+    wait_timeout_s: int = setting(
+        300, "longest wait for a box to reach Standby or running", minimum=1
+    )
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,7 @@ class Settings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    aws: AwsSettings = field(default_factory=AwsSettings)
     router: RouterSettings = field(default_factory=RouterSettings)
     jwt: JwtSettings = field(default_factory=JwtSettings)
     source: str = EMBEDDED  # the file these came from, for messages
@@ -245,6 +267,11 @@ def settings_from_mapping(
         for name, cls in SECTIONS.items()
     }
     settings = Settings(**built, source=source)
+    if settings.pool.backend == "aws" and not settings.aws.group_name:
+        raise ConfigError(
+            f"config error: {source}: pool.backend = 'aws' needs aws.group_name "
+            "(the Auto Scaling Group of workspace boxes)"
+        )
     if settings.router.auth == "jwt" and not settings.jwt.jwks_url:
         raise ConfigError(
             f"config error: {source}: router.auth = 'jwt' needs jwt.jwks_url "

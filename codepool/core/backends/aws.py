@@ -1,0 +1,343 @@
+"""The `aws` backend: an Auto Scaling Group of workspace boxes, driven the way AWS
+documents as safe (DESIGN §3).
+
+- Every box is protected from scale-in, so lowering desired capacity never picks a
+  victim; boxes leave only by the calls below.
+- Idle stop: EnterStandby (desired - 1), wait for Standby, then StopInstances. A stopped
+  InService box would fail its health check and be replaced, losing its disk.
+- Resume: StartInstances, wait running and status ok, then ExitStandby (desired + 1).
+- Terminate: EnterStandby for boxes in service (desired - 1), then TerminateInstances;
+  batched, unlike TerminateInstanceInAutoScalingGroup, which takes one id per call.
+- Calls that take lists are batched within AWS limits; per-instance failures are
+  reported, never hidden, and a batch that fails as a whole is retried one by one so
+  one bad box does not stop the others. botocore retries throttling (standard mode).
+
+boto3 is imported here only, and its blocking calls run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from codepool.core.errors import BackendError
+from codepool.core.models import BatchResult, Capacity, Instance, InstanceState, Lifecycle
+from codepool.core.settings import AwsSettings
+
+if TYPE_CHECKING:  # the stubs are a development dependency only
+    from mypy_boto3_autoscaling.type_defs import AutoScalingGroupTypeDef
+    from mypy_boto3_ec2.type_defs import InstanceTypeDef
+
+T = TypeVar("T")
+
+UNASSIGNED = "UNASSIGNED"
+OWNER_TAG = "Owner"
+STANDBY_BATCH = 20  # EnterStandby / ExitStandby take at most 20 ids
+PROTECTION_BATCH = 50  # SetInstanceProtection takes at most 50
+EC2_BATCH = 500  # Stop/Start/TerminateInstances and CreateTags take many; keep calls modest
+POLL_S = 2.0
+
+_LIFECYCLE = {
+    "InService": Lifecycle.IN_SERVICE,
+    "Standby": Lifecycle.STANDBY,
+    "EnteringStandby": Lifecycle.STANDBY,
+    "Pending": Lifecycle.PENDING,
+    "Pending:Wait": Lifecycle.PENDING,
+    "Pending:Proceed": Lifecycle.PENDING,
+}
+_STATES = {
+    "pending": InstanceState.PENDING,
+    "running": InstanceState.RUNNING,
+    "stopping": InstanceState.STOPPING,
+    "stopped": InstanceState.STOPPED,
+    "shutting-down": InstanceState.TERMINATED,
+    "terminated": InstanceState.TERMINATED,
+}
+_STOP_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+def batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def _stopped_at_ms(reason: str) -> int:
+    """EC2 says when a box stopped only in words: 'User initiated (2026-11-27 10:00:00 GMT)'."""
+    m = _STOP_TIME.search(reason or "")
+    if m is None:
+        return 0
+    return int(time.mktime(time.strptime(m.group(1) + " UTC", "%Y-%m-%d %H:%M:%S %Z")) * 1000)
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    return str(exc)
+
+
+class AwsBackend:
+    """An Auto Scaling Group as a pool of workspace boxes."""
+
+    def __init__(self, settings: AwsSettings, session: boto3.Session | None = None) -> None:
+        self.settings = settings
+        self.group = settings.group_name
+        self.ready_path = settings.ready_path
+        config = Config(
+            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            connect_timeout=5,
+            read_timeout=30,
+        )
+        session = session or boto3.Session()
+        kwargs: dict[str, Any] = {"config": config}
+        if settings.region:
+            kwargs["region_name"] = settings.region
+        if settings.endpoint_url:
+            kwargs["endpoint_url"] = settings.endpoint_url
+        try:
+            self.asg = session.client("autoscaling", **kwargs)
+            self.ec2 = session.client("ec2", **kwargs)
+        except BotoCoreError as exc:
+            raise BackendError(f"aws: cannot make a client: {exc}") from None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking boto3 work in a thread; AWS errors become BackendErrors."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except (ClientError, BotoCoreError) as exc:
+            raise BackendError(f"aws: {_why(exc)}") from None
+
+    def _group(self) -> AutoScalingGroupTypeDef:
+        groups = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group])
+        if not groups["AutoScalingGroups"]:
+            raise BackendError(f"aws: no Auto Scaling Group named {self.group!r}")
+        return groups["AutoScalingGroups"][0]
+
+    def _address(self, ec2_instance: InstanceTypeDef) -> str:
+        """The base URL the router dials for a box."""
+        s = self.settings
+        key = "PrivateIpAddress" if s.address == "private" else "PublicIpAddress"
+        ip = ec2_instance.get(key, "")
+        return f"{s.workspace_scheme}://{ip}:{s.workspace_port}" if ip else ""
+
+    def _describe(self, ids: Iterable[str] | None = None) -> list[InstanceTypeDef]:
+        """EC2's view of the group's boxes (all of them, or these ids), paged."""
+        paginator = self.ec2.get_paginator("describe_instances")
+        if ids is None:
+            pages = paginator.paginate(
+                Filters=[{"Name": "tag:aws:autoscaling:groupName", "Values": [self.group]}]
+            )
+        else:
+            pages = paginator.paginate(InstanceIds=list(ids))
+        return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def _instances(self) -> list[Instance]:
+        group = self._group()
+        lifecycle = {i["InstanceId"]: i["LifecycleState"] for i in group["Instances"]}
+        found = []
+        for i in self._describe():
+            state = _STATES.get(i["State"]["Name"], InstanceState.TERMINATED)
+            stage = _LIFECYCLE.get(lifecycle.get(i["InstanceId"], ""))
+            if state is InstanceState.TERMINATED or stage is None:
+                continue  # terminating, detached or gone: not part of the pool
+            owner = next((t["Value"] for t in i.get("Tags", []) if t["Key"] == OWNER_TAG), None)
+            found.append(
+                Instance(
+                    instance_id=i["InstanceId"],
+                    state=state,
+                    lifecycle=stage,
+                    owner=None if owner in (None, UNASSIGNED) else owner,
+                    address=self._address(i),
+                    launched_at_ms=_ms(i["LaunchTime"]),
+                    stopped_at_ms=_stopped_at_ms(i.get("StateTransitionReason", ""))
+                    if state is InstanceState.STOPPED
+                    else 0,
+                )
+            )
+        return found
+
+    def _wait(self, ids: Sequence[str], done: Callable[[list[Instance]], bool], what: str) -> None:
+        deadline = time.monotonic() + self.settings.wait_timeout_s
+        while True:
+            boxes = [i for i in self._instances() if i.instance_id in ids]
+            if done(boxes):
+                return
+            if time.monotonic() > deadline:
+                raise BackendError(f"aws: {', '.join(ids)} did not {what} in time")
+            time.sleep(POLL_S)
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def list_instances(self) -> list[Instance]:
+        return await self._call(self._instances)
+
+    async def capacity(self) -> Capacity:
+        def run() -> Capacity:
+            g = self._group()
+            return Capacity(g["MinSize"], g["MaxSize"], g["DesiredCapacity"])
+
+        return await self._call(run)
+
+    async def set_desired(self, desired: int) -> None:
+        def run() -> None:
+            g = self._group()
+            if not g["MinSize"] <= desired <= g["MaxSize"]:
+                raise BackendError(
+                    f"desired capacity {desired} outside the group's limits "
+                    f"[{g['MinSize']}, {g['MaxSize']}]"
+                )
+            self.asg.set_desired_capacity(
+                AutoScalingGroupName=self.group, DesiredCapacity=desired, HonorCooldown=False
+            )
+
+        await self._call(run)
+
+    async def claim(self, instance_id: str, owner: str) -> Instance:
+        def run() -> Instance:
+            box = next((i for i in self._instances() if i.instance_id == instance_id), None)
+            if box is None or not box.is_spare or box.state is not InstanceState.RUNNING:
+                raise BackendError(f"{instance_id}: not an unowned running spare")
+            # Protected first: from here on no scale-in can pick this box.
+            self.asg.set_instance_protection(
+                AutoScalingGroupName=self.group,
+                InstanceIds=[instance_id],
+                ProtectedFromScaleIn=True,
+            )
+            self.ec2.create_tags(Resources=[instance_id], Tags=[{"Key": OWNER_TAG, "Value": owner}])
+            return Instance(
+                box.instance_id, box.state, box.lifecycle, owner, box.address, box.launched_at_ms
+            )
+
+        return await self._call(run)
+
+    def _enter_standby(self, ids: Sequence[str], failed: dict[str, str]) -> list[str]:
+        """Take boxes out of service (desired drops by one each), 20 per call; a batch that
+        AWS refuses as a whole is retried one by one. Returns the ids now leaving service."""
+        left: list[str] = []
+        for batch in batches(ids, STANDBY_BATCH):
+            try:
+                self.asg.enter_standby(
+                    AutoScalingGroupName=self.group,
+                    InstanceIds=batch,
+                    ShouldDecrementDesiredCapacity=True,
+                )
+                left += batch
+            except ClientError:
+                for iid in batch:
+                    try:
+                        self.asg.enter_standby(
+                            AutoScalingGroupName=self.group,
+                            InstanceIds=[iid],
+                            ShouldDecrementDesiredCapacity=True,
+                        )
+                        left.append(iid)
+                    except ClientError as exc:
+                        failed[iid] = _why(exc)
+        return left
+
+    def _ec2_each(
+        self, call: Callable[..., Any], ids: Sequence[str], failed: dict[str, str]
+    ) -> list[str]:
+        """An EC2 call over many ids in batches; a refused batch is retried one by one."""
+        done: list[str] = []
+        for batch in batches(ids, EC2_BATCH):
+            try:
+                call(InstanceIds=batch)
+                done += batch
+            except ClientError:
+                for iid in batch:
+                    try:
+                        call(InstanceIds=[iid])
+                        done.append(iid)
+                    except ClientError as exc:
+                        failed[iid] = _why(exc)
+        return done
+
+    def _out_of_service(self, ids: Sequence[str], failed: dict[str, str]) -> list[str]:
+        """Make sure boxes are in Standby (entering it where they are in service), so that
+        stopping or terminating them cannot trigger a replacement or move desired twice."""
+        boxes = {i.instance_id: i for i in self._instances()}
+        for iid in ids:
+            if iid not in boxes:
+                failed[iid] = "not in the group"
+        serving = [i for i in ids if i in boxes and boxes[i].lifecycle is not Lifecycle.STANDBY]
+        ready = [i for i in ids if i in boxes and boxes[i].lifecycle is Lifecycle.STANDBY]
+        entering = self._enter_standby(serving, failed)
+        if entering:
+            self._wait(
+                entering,
+                lambda bs: all(b.lifecycle is Lifecycle.STANDBY for b in bs),
+                "enter Standby",
+            )
+        return ready + entering
+
+    async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
+        def run() -> BatchResult:
+            failed: dict[str, str] = {}
+            standby = self._out_of_service(instance_ids, failed)
+            stopped = self._ec2_each(self.ec2.stop_instances, standby, failed)
+            return BatchResult(tuple(stopped), failed)
+
+        return await self._call(run)
+
+    async def start(self, instance_id: str) -> Instance:
+        def run() -> Instance:
+            box = next((i for i in self._instances() if i.instance_id == instance_id), None)
+            if box is None:
+                raise BackendError(f"{instance_id}: not in the group")
+            if box.state is not InstanceState.RUNNING:
+                self.ec2.start_instances(InstanceIds=[instance_id])
+                self._wait(
+                    [instance_id],
+                    lambda bs: bool(bs) and bs[0].state is InstanceState.RUNNING,
+                    "start",
+                )
+                self._wait_status_ok(instance_id)
+            if box.lifecycle is Lifecycle.STANDBY:
+                # Only now, running and healthy, may it count again: ExitStandby (desired + 1).
+                self.asg.exit_standby(AutoScalingGroupName=self.group, InstanceIds=[instance_id])
+            found = next(i for i in self._instances() if i.instance_id == instance_id)
+            return found
+
+        return await self._call(run)
+
+    def _wait_status_ok(self, instance_id: str) -> None:
+        deadline = time.monotonic() + self.settings.wait_timeout_s
+        while True:
+            statuses = self.ec2.describe_instance_status(InstanceIds=[instance_id])
+            ok = [
+                s
+                for s in statuses["InstanceStatuses"]
+                if s["InstanceStatus"]["Status"] in ("ok", "not-applicable")
+            ]
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise BackendError(f"aws: {instance_id} status checks did not pass in time")
+            time.sleep(POLL_S)
+
+    async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
+        def run() -> BatchResult:
+            failed: dict[str, str] = {}
+            standby = self._out_of_service(instance_ids, failed)
+            gone = self._ec2_each(self.ec2.terminate_instances, standby, failed)
+            return BatchResult(tuple(gone), failed)
+
+        return await self._call(run)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,222 @@
+"""The AWS backend on moto: the whole lifecycle through the core, every call recorded and
+checked against the rules real AWS enforces, the API-call budget of a large reap,
+throttling and partial failures, and once over moto's real HTTP server."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse, HTTPHeaders
+
+from codepool.core.models import InstanceState, Lifecycle, ReapAction, Workspace, WorkspaceState
+from codepool.core.pool import CodePool
+from codepool.core.stores.sqlite import SQLiteStore
+from tests.aws_fixtures import (
+    GROUP,
+    REGION,
+    LoopbackAwsBackend,
+    aws_settings,
+    create_group,
+    record,
+)
+from tests.conftest import make_settings
+from tests.router_fixtures import free_port
+from tests.test_pool import Clock
+
+MIN = 60_000
+
+
+@pytest.fixture
+def clock() -> Clock:
+    import time
+
+    return Clock(int(time.time() * 1000))
+
+
+@pytest.fixture
+def backend(moto_aws: boto3.Session, ready_address: str) -> LoopbackAwsBackend:
+    return LoopbackAwsBackend(aws_settings(), ready_address, session=moto_aws)
+
+
+@pytest.fixture
+def pool(tmp_path: Path, backend: LoopbackAwsBackend, clock: Clock) -> CodePool:
+    settings = make_settings(tmp_path / "state", pool={"warm_spares": 1, "assign_timeout_s": 20})
+    return CodePool(settings, SQLiteStore(str(tmp_path / "pool.db")), backend, clock=clock)
+
+
+def owner_of(session: boto3.Session, iid: str) -> str:
+    ec2 = session.client("ec2", region_name=REGION)
+    inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    return next(t["Value"] for t in inst["Tags"] if t["Key"] == "Owner")
+
+
+async def test_lifecycle_on_moto(
+    pool: CodePool, backend: LoopbackAwsBackend, moto_aws: boto3.Session, clock: Clock
+) -> None:
+    calls = record(backend, moto_aws)
+    a = await pool.assign("alice")
+    iid = a.workspace.instance_id
+    assert a.how == "launched" and owner_of(moto_aws, iid) == "alice"
+    cap = await backend.capacity()
+    assert cap.desired == 2  # alice's box and a warm spare
+    b = await pool.assign("bob")
+    assert b.how == "spare"
+
+    # Idle stop: standby with decrement, then stop; alice keeps her box (and her disk).
+    clock.advance(6 * MIN)
+    await pool.ping("bob", b.workspace.instance_id)
+    decisions = {d.user: d for d in await pool.reap()}
+    assert decisions["alice"].action is ReapAction.STOP and decisions["alice"].done
+    assert "bob" not in decisions  # pinged: not even a candidate
+    box = next(i for i in await backend.list_instances() if i.instance_id == iid)
+    assert box.state is InstanceState.STOPPED and box.lifecycle is Lifecycle.STANDBY
+    assert owner_of(moto_aws, iid) == "alice"
+    ops = [op for op, _ in calls.calls]
+    assert ops.index("EnterStandby") < ops.index("StopInstances")
+
+    # Resume: start, wait running and healthy, then ExitStandby.
+    again = await pool.assign("alice")
+    assert again.how == "resumed" and again.workspace.instance_id == iid
+    box = next(i for i in await backend.list_instances() if i.instance_id == iid)
+    assert box.lifecycle is Lifecycle.IN_SERVICE and box.state is InstanceState.RUNNING
+
+    # Retention: a box stopped long ago is terminated.
+    await pool.release("alice")
+    clock.advance(31 * 86_400_000)
+    await pool.ping("bob", b.workspace.instance_id)
+    decisions = {d.user: d for d in await pool.reap()}
+    assert decisions["alice"].action is ReapAction.TERMINATE and decisions["alice"].done
+    assert iid not in {i.instance_id for i in await backend.list_instances()}
+
+    # Losing the store loses nothing: reconcile rebuilds bob from the Owner tags.
+    empty = CodePool(pool.settings, SQLiteStore(":memory:"), backend, clock=clock)
+    await empty.reconcile()
+    rebuilt = await empty.store.get_workspace("bob")
+    assert rebuilt is not None and rebuilt.instance_id == b.workspace.instance_id
+    assert rebuilt.state is WorkspaceState.RUNNING and rebuilt.last_seen_ms == clock.now
+    assert calls.count() > 0  # every call above passed the recorder's checks
+
+
+async def test_reaping_100_idle_workspaces_costs_calls_per_batch(
+    moto_aws: boto3.Session, ready_address: str, tmp_path: Path, clock: Clock
+) -> None:
+    asg = moto_aws.client("autoscaling", region_name=REGION)
+    asg.update_auto_scaling_group(AutoScalingGroupName=GROUP, MaxSize=120)
+    backend = LoopbackAwsBackend(aws_settings(), ready_address, session=moto_aws)
+    settings = make_settings(tmp_path / "state", pool={"warm_spares": 1})
+    store = SQLiteStore(str(tmp_path / "pool.db"))
+    pool = CodePool(settings, store, backend, clock=clock)
+    await backend.set_desired(100)
+    ec2 = moto_aws.client("ec2", region_name=REGION)
+    for n, inst in enumerate(await backend.list_instances()):
+        user = f"user{n:03d}"  # tagged directly: a hundred claims would only slow the test
+        ec2.create_tags(Resources=[inst.instance_id], Tags=[{"Key": "Owner", "Value": user}])
+        await store.put_workspace(
+            Workspace(
+                user, inst.instance_id, inst.address, WorkspaceState.RUNNING, clock.now, clock.now
+            )
+        )
+    clock.advance(10 * MIN)
+    calls = record(backend, moto_aws)
+    decisions = await pool.reap()
+    assert len(decisions) == 100 and all(d.done for d in decisions)
+    by_op = {op: calls.count(op) for op in sorted(calls.operations())}
+    print(f"\nreap of 100 idle workspaces + scale: {calls.count()} AWS calls {by_op}")
+    assert calls.count("EnterStandby") == math.ceil(100 / 20)
+    assert calls.count("StopInstances") == 1
+    assert calls.count() <= 20  # versus at least 200 with a call per workspace and step
+    stopped = [i for i in await backend.list_instances() if i.state is InstanceState.STOPPED]
+    assert len(stopped) == 100 and all(i.owner for i in stopped)
+
+
+async def test_throttling_is_retried(
+    pool: CodePool, backend: LoopbackAwsBackend, moto_aws: boto3.Session
+) -> None:
+    throttled: list[str] = []
+
+    class Raw:
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def stream(self, **_: Any) -> Any:
+            yield self.body
+
+    def throttle(request: Any, **_: Any) -> AWSResponse | None:
+        if len(throttled) < 2:
+            throttled.append(request.url)
+            body = (
+                b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>"
+                b"<Message>Rate exceeded</Message></Error><RequestId>1</RequestId></ErrorResponse>"
+            )
+            return AWSResponse(request.url, 400, HTTPHeaders(), Raw(body))
+        return None
+
+    events: Any = backend.asg.meta.events  # its stub wants handlers that return None
+    events.register_first("before-send.auto-scaling.SetDesiredCapacity", throttle)
+    await backend.set_desired(1)  # two throttles, then through
+    assert len(throttled) == 2
+    assert (await backend.capacity()).desired == 1
+
+
+async def test_one_bad_instance_does_not_stop_the_batch(
+    pool: CodePool, backend: LoopbackAwsBackend, moto_aws: boto3.Session, clock: Clock
+) -> None:
+    users = ["ann", "ben", "cat"]
+    ws = [(await pool.assign(u)).workspace for u in users]
+    # ben's box leaves service behind codepool's back: EnterStandby refuses it.
+    moto_aws.client("autoscaling", region_name=REGION).enter_standby(
+        AutoScalingGroupName=GROUP,
+        InstanceIds=[ws[1].instance_id],
+        ShouldDecrementDesiredCapacity=True,
+    )
+    moto_aws.client("ec2", region_name=REGION).terminate_instances(InstanceIds=[ws[1].instance_id])
+    clock.advance(10 * MIN)
+    decisions = {d.user: d for d in await pool.reap()}
+    assert decisions["ann"].done and decisions["cat"].done
+    assert not decisions["ben"].done and decisions["ben"].error
+    actions = await pool.reconcile()  # and reconcile finishes the story
+    assert ("clear", "ben") in [(a.kind, a.subject) for a in actions]
+
+
+async def test_lifecycle_through_motos_http_server(
+    ready_address: str, tmp_path: Path, clock: Clock
+) -> None:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        session = boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
+        create_group(session, endpoint_url=endpoint)
+        backend = LoopbackAwsBackend(
+            aws_settings(endpoint_url=endpoint), ready_address, session=session
+        )
+        calls = record(backend, session)
+        # the recorder's own checks must use the server too
+        calls.checker_asg = session.client("autoscaling", endpoint_url=endpoint)
+        calls.checker_ec2 = session.client("ec2", endpoint_url=endpoint)
+        settings = make_settings(tmp_path / "state", pool={"warm_spares": 0})
+        pool = CodePool(settings, SQLiteStore(str(tmp_path / "p.db")), backend, clock=clock)
+        a = await pool.assign("alice")
+        await pool.release("alice")
+        b = await pool.assign("alice")
+        assert b.how == "resumed" and b.workspace.instance_id == a.workspace.instance_id
+        assert calls.count("StartInstances") == 1 and calls.count("ExitStandby") == 1
+    finally:
+        server.stop()
+
+
+def test_aws_needs_a_group_name() -> None:
+    from codepool.core.errors import ConfigError
+    from codepool.core.settings import settings_from_mapping
+
+    with pytest.raises(ConfigError, match=r"needs aws\.group_name"):
+        settings_from_mapping({"pool": {"backend": "aws"}}, "f.toml")
