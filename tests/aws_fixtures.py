@@ -19,14 +19,16 @@ REGION = "us-east-1"
 GROUP = "codepool-workspaces"
 
 
-def create_group(session: boto3.Session, max_size: int = 10, **kw: Any) -> None:
+def create_group(
+    session: boto3.Session, max_size: int = 10, security_group: str = "", **kw: Any
+) -> None:
     ec2 = session.client("ec2", region_name=REGION, **kw)
     asg = session.client("autoscaling", region_name=REGION, **kw)
     ami = ec2.describe_images()["Images"][0]["ImageId"]
-    ec2.create_launch_template(
-        LaunchTemplateName="codepool-box",
-        LaunchTemplateData={"ImageId": ami, "InstanceType": "t3.medium"},
-    )
+    data: Any = {"ImageId": ami, "InstanceType": "t3.medium"}
+    if security_group:
+        data["SecurityGroupIds"] = [security_group]
+    ec2.create_launch_template(LaunchTemplateName="codepool-box", LaunchTemplateData=data)
     asg.create_auto_scaling_group(
         AutoScalingGroupName=GROUP,
         LaunchTemplate={"LaunchTemplateName": "codepool-box"},
@@ -54,6 +56,7 @@ class CallRecorder:
     checker_asg: Any
     checker_ec2: Any
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    services: set[tuple[str, str]] = field(default_factory=set)
 
     def count(self, operation: str | None = None) -> int:
         return sum(1 for op, _ in self.calls if operation is None or op == operation)
@@ -61,9 +64,14 @@ class CallRecorder:
     def operations(self) -> set[str]:
         return {op for op, _ in self.calls}
 
+    def iam_actions(self) -> set[str]:
+        """The IAM actions the recorded calls need (service prefix : operation)."""
+        return {f"{svc}:{op}" for op, svc in self.services}
+
     def __call__(self, model: Any, params: dict[str, Any], **_: Any) -> None:
         op = model.name
         self.calls.append((op, params))
+        self.services.add((op, model.service_model.endpoint_prefix))
         ids = params.get("InstanceIds", [])
         if op in ("StopInstances", "TerminateInstances"):
             # A stopped or terminated InService box is replaced (and desired would be off).

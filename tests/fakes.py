@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from codepool.core.errors import BackendError
-from codepool.core.models import BatchResult, Capacity, Instance, InstanceState, Lifecycle
+from codepool.core.models import BatchResult, Capacity, Check, Instance, InstanceState, Lifecycle
 
 
 class MemoryBackend:
@@ -97,6 +97,9 @@ class MemoryBackend:
                     self.desired -= 1
                 done.append(iid)
         return BatchResult(tuple(done))
+
+    async def checks(self) -> list[Check]:
+        return [Check("memory backend", True, "a test fake")]
 
     async def close(self) -> None:
         return None

@@ -220,3 +220,118 @@ def test_aws_needs_a_group_name() -> None:
 
     with pytest.raises(ConfigError, match=r"needs aws\.group_name"):
         settings_from_mapping({"pool": {"backend": "aws"}}, "f.toml")
+
+
+async def test_iam_policy_covers_exactly_the_calls_made(
+    pool: CodePool, backend: LoopbackAwsBackend, moto_aws: boto3.Session
+) -> None:
+    from codepool.core.backends.aws import iam_policy
+
+    calls = record(backend, moto_aws)
+    await pool.assign("alice")
+    await pool.release("alice")
+    await pool.assign("alice")  # resume
+    await pool.release("alice", terminate=True)
+    await pool.reconcile()
+    granted = {a for st in iam_policy(GROUP)["Statement"] for a in st["Action"]}
+    assert calls.iam_actions() == granted
+
+
+def test_guardrail_commands_against_motos_server(tmp_path: Path) -> None:
+    import json
+
+    from moto.server import ThreadedMotoServer
+    from typer.testing import CliRunner
+
+    from codepool.cli.app import app
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        session = boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
+        ec2 = session.client("ec2", endpoint_url=endpoint)
+        vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+        routers = ec2.create_security_group(GroupName="routers", Description="r", VpcId=vpc)
+        boxes = ec2.create_security_group(GroupName="boxes", Description="b", VpcId=vpc)
+        ec2.authorize_security_group_ingress(
+            GroupId=boxes["GroupId"],
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 8080,
+                    "ToPort": 8080,
+                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                }
+            ],
+        )
+        create_group(session, endpoint_url=endpoint, security_group=boxes["GroupId"])
+        config = tmp_path / "codepool.toml"
+        config.write_text(
+            f'[pool]\nbackend = "aws"\n[aws]\ngroup_name = "{GROUP}"\nregion = "{REGION}"\n'
+            f'endpoint_url = "{endpoint}"\n[local]\nstate_dir = "{tmp_path / "state"}"\n'
+        )
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+        runner = CliRunner(env=env)
+
+        def cli(*args: str) -> Any:
+            return runner.invoke(app, ["--config", str(config), *args])
+
+        result = cli("doctor", "--json")
+        assert result.exit_code == 1, result.output
+        found = {c["name"]: c for c in json.loads(result.output)["checks"]}
+        assert found["scale-in protection"]["ok"] and found["Owner tag"]["ok"]
+        assert (
+            not found["workspace port"]["ok"] and "0.0.0.0/0" in found["workspace port"]["detail"]
+        )
+        ec2.revoke_security_group_ingress(
+            GroupId=boxes["GroupId"],
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 8080,
+                    "ToPort": 8080,
+                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                }
+            ],
+        )
+        ec2.authorize_security_group_ingress(
+            GroupId=boxes["GroupId"],
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 8080,
+                    "ToPort": 8080,
+                    "UserIdGroupPairs": [{"GroupId": routers["GroupId"]}],
+                }
+            ],
+        )
+        result = cli("doctor")
+        assert result.exit_code == 0, result.output
+
+        result = cli("status", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["capacity"] == {
+            "desired": 0,
+            "max_size": 10,
+            "min_size": 0,
+        }
+
+        result = cli("alarms", "apply", "--dry-run", "--json")
+        assert result.exit_code == 0 and len(json.loads(result.output)["alarms"]) == 2
+        cloudwatch = session.client("cloudwatch", endpoint_url=endpoint)
+        assert cloudwatch.describe_alarms()["MetricAlarms"] == []
+        result = cli("alarms", "apply", "--topic-arn", f"arn:aws:sns:{REGION}:123456789012:ops")
+        assert result.exit_code == 0, result.output
+        names = sorted(a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"])
+        assert names == [f"codepool-{GROUP}-launch-lag", f"codepool-{GROUP}-near-max"]
+
+        result = cli("iam-policy")
+        assert result.exit_code == 0
+        policy = json.loads(result.output)
+        assert policy["Statement"][1]["Resource"].endswith(f"autoScalingGroupName/{GROUP}")
+    finally:
+        server.stop()

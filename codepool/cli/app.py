@@ -244,6 +244,53 @@ def reconcile(ctx: typer.Context, dry_run: DryRunOpt = False, as_json: JsonOpt =
 
 
 @app.command()
+def doctor(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Check a deployment: config, store, backend, and (AWS) the group's safety settings.
+
+    Exits 1 when a check fails. Example: codepool doctor
+    """
+    checks, _ = _run(ctx, as_json, lambda pool: pool.doctor())
+    render.checks(checks, as_json)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command("iam-policy")
+def iam_policy(ctx: typer.Context) -> None:
+    """Print the least-privilege IAM policy a router needs for the configured group.
+
+    Example: codepool iam-policy > codepool-router-policy.json
+    """
+    with render.exits_on_error(False):
+        settings = load_settings(ctx.obj)
+        if settings.pool.backend != "aws":
+            raise InvalidInput("iam-policy is for pool.backend = 'aws' (set aws.group_name)")
+        from codepool.core.backends.aws import iam_policy as policy_for
+
+        render.print_json(policy_for(settings.aws.group_name))
+
+
+alarms_app = typer.Typer(help="CloudWatch alarms of the pool (AWS backend).", no_args_is_help=True)
+app.add_typer(alarms_app, name="alarms")
+
+
+@alarms_app.command("apply")
+def alarms_apply(
+    ctx: typer.Context,
+    dry_run: DryRunOpt = False,
+    topic_arn: Annotated[
+        str, typer.Option("--topic-arn", metavar="ARN", help="SNS topic to notify.")
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or update the two alarms: desired >= 90% of max, and desired above in service
+    for 10 minutes. Example: codepool alarms apply --dry-run
+    """
+    alarms, _ = _run(ctx, as_json, lambda pool: pool.apply_alarms(topic_arn, dry_run))
+    render.alarms(alarms, dry_run, as_json)
+
+
+@app.command()
 def version(as_json: JsonOpt = False) -> None:
     """Print codepool's version."""
     if as_json:

@@ -18,6 +18,7 @@ from rich.text import Text
 from codepool.core import errors
 from codepool.core.models import (
     Assignment,
+    Check,
     PoolStatus,
     ReapAction,
     ReapDecision,
@@ -221,3 +222,21 @@ def status_view(s: PoolStatus) -> RenderableType:
         parts.append(Text("no workspaces", style="dim"))
     parts.extend(Text(f"warning: {w}", style="yellow") for w in s.warnings)
     return Group(*parts)
+
+
+def checks(found: Sequence[Check], as_json: bool) -> None:
+    if as_json:
+        print_json({"ok": all(c.ok for c in found), "checks": found})
+        return
+    for c in found:
+        mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
+        out.print(f"{mark} [bold]{c.name}[/]: {c.detail}")
+
+
+def alarms(defined: Sequence[dict[str, Any]], dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        print_json({"dry_run": dry_run, "alarms": list(defined)})
+        return
+    verb = "would create or update" if dry_run else "created or updated"
+    for a in defined:
+        out.print(f"{verb} [bold]{a['AlarmName']}[/]: {a['AlarmDescription']}")

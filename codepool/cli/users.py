@@ -24,7 +24,7 @@ StdinOpt = Annotated[
 
 def _users(ctx: typer.Context, as_json: bool) -> Users:
     with render.exits_on_error(as_json):
-        return Users(load_settings(ctx.obj if ctx.parent is None else ctx.parent.obj).users_file)
+        return Users(load_settings(ctx.obj).users_file)  # click hands ctx.obj down
 
 
 def _password(from_stdin: bool) -> str:

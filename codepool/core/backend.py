@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from codepool.core.errors import ConfigError
-from codepool.core.models import BatchResult, Capacity, Instance
+from codepool.core.models import BatchResult, Capacity, Check, Instance
 from codepool.core.settings import Settings
 
 
@@ -41,6 +41,9 @@ class Backend(Protocol):
 
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
         """Delete boxes and their disks; desired drops by one for each box in service."""
+
+    async def checks(self) -> list[Check]:
+        """Whether the backend is set up safely (for `codepool doctor`)."""
 
     async def close(self) -> None:
         """Release clients and connections."""

@@ -147,3 +147,12 @@ class PoolStatus:
     workspaces: tuple[Workspace, ...]
     warnings: tuple[str, ...]
     now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One finding of `codepool doctor`: what was checked, whether it holds, and what to do."""
+
+    name: str
+    ok: bool
+    detail: str

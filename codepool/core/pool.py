@@ -30,6 +30,7 @@ from codepool.core.errors import (
 )
 from codepool.core.models import (
     Assignment,
+    Check,
     Instance,
     InstanceState,
     Lifecycle,
@@ -491,6 +492,41 @@ class CodePool:
         if dead:
             await self.backend.terminate(dead)
         return [replace(a, done=True) for a in actions]
+
+    # -- doctor ---------------------------------------------------------------------------
+
+    async def doctor(self) -> list[Check]:
+        """Check a deployment: the store answers, the backend answers and is set up safely."""
+        found = [Check("config", True, self.settings.source)]
+        try:
+            await self.store.check()
+            found.append(Check("store", True, "answers"))
+        except StoreUnavailable as exc:
+            found.append(Check("store", False, str(exc)))
+        try:
+            cap = await self.backend.capacity()
+            found.append(
+                Check(
+                    "backend",
+                    True,
+                    f"desired {cap.desired} (min {cap.min_size}, max {cap.max_size})",
+                )
+            )
+            found += await self.backend.checks()
+        except BackendError as exc:
+            found.append(Check("backend", False, str(exc)))
+        return found
+
+    async def apply_alarms(self, topic_arn: str, dry_run: bool) -> list[dict[str, object]]:
+        """Create the two CloudWatch alarms of DESIGN §6 (AWS backend only)."""
+        apply = getattr(self.backend, "apply_alarms", None)
+        if apply is None:
+            raise InvalidInput(
+                f"alarms are CloudWatch alarms: they need pool.backend = 'aws' "
+                f"(this pool is {self.settings.pool.backend!r})"
+            )
+        result: list[dict[str, object]] = await apply(topic_arn, dry_run)
+        return result
 
     # -- status ---------------------------------------------------------------------------
 

@@ -29,7 +29,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from codepool.core.errors import BackendError
-from codepool.core.models import BatchResult, Capacity, Instance, InstanceState, Lifecycle
+from codepool.core.models import (
+    BatchResult,
+    Capacity,
+    Check,
+    Instance,
+    InstanceState,
+    Lifecycle,
+)
 from codepool.core.settings import AwsSettings
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
@@ -109,6 +116,7 @@ class AwsBackend:
         try:
             self.asg = session.client("autoscaling", **kwargs)
             self.ec2 = session.client("ec2", **kwargs)
+            self.cloudwatch = session.client("cloudwatch", **kwargs)
         except BotoCoreError as exc:
             raise BackendError(f"aws: cannot make a client: {exc}") from None
 
@@ -339,5 +347,218 @@ class AwsBackend:
 
         return await self._call(run)
 
+    async def checks(self) -> list[Check]:
+        """The group is set up the way docs/aws.md says, and only routers reach boxes."""
+
+        def run() -> list[Check]:
+            g = self._group()
+            found = [
+                Check(
+                    "scale-in protection",
+                    bool(g.get("NewInstancesProtectedFromScaleIn")),
+                    "NewInstancesProtectedFromScaleIn is on"
+                    if g.get("NewInstancesProtectedFromScaleIn")
+                    else "turn on NewInstancesProtectedFromScaleIn, or AWS may terminate a "
+                    "box with someone's work when desired drops",
+                ),
+            ]
+            tag = next((t for t in g.get("Tags", []) if t["Key"] == OWNER_TAG), None)
+            tag_ok = tag is not None and tag["Value"] == UNASSIGNED and tag["PropagateAtLaunch"]
+            found.append(
+                Check(
+                    "Owner tag",
+                    tag_ok,
+                    "Owner=UNASSIGNED propagates at launch"
+                    if tag_ok
+                    else "add the group tag Owner=UNASSIGNED with PropagateAtLaunch",
+                )
+            )
+            found.append(
+                Check(
+                    "max size",
+                    g["MaxSize"] >= 2,
+                    f"MaxSize {g['MaxSize']}" + ("" if g["MaxSize"] >= 2 else ": must be >= 2"),
+                )
+            )
+            found.append(self._port_check(g))
+            return found
+
+        return await self._call(run)
+
+    def _port_check(self, group: AutoScalingGroupTypeDef) -> Check:
+        """The workspace port must be open to security groups only (the routers'), never to
+        address ranges: people reach workspaces through the router or not at all."""
+        port = self.settings.workspace_port
+        template = group.get("LaunchTemplate") or (
+            group.get("MixedInstancesPolicy", {})
+            .get("LaunchTemplate", {})
+            .get("LaunchTemplateSpecification")
+        )
+        if not template:
+            return Check("workspace port", False, "the group has no launch template to inspect")
+        version = [template.get("Version") or "$Default"]
+        if "LaunchTemplateId" in template:
+            answer = self.ec2.describe_launch_template_versions(
+                LaunchTemplateId=template["LaunchTemplateId"], Versions=version
+            )
+        else:
+            answer = self.ec2.describe_launch_template_versions(
+                LaunchTemplateName=template.get("LaunchTemplateName", ""), Versions=version
+            )
+        versions = answer["LaunchTemplateVersions"]
+        data = versions[0]["LaunchTemplateData"] if versions else {}
+        sg_ids = list(data.get("SecurityGroupIds", []))
+        for nic in data.get("NetworkInterfaces", []):
+            sg_ids += nic.get("Groups", [])
+        if not sg_ids:
+            return Check("workspace port", False, "the launch template names no security group")
+        open_to: list[str] = []
+        for sg in self.ec2.describe_security_groups(GroupIds=sg_ids)["SecurityGroups"]:
+            for rule in sg.get("IpPermissions", []):
+                proto = rule.get("IpProtocol")
+                lo, hi = rule.get("FromPort", 0), rule.get("ToPort", 65535)
+                if proto == "-1" or (proto == "tcp" and lo <= port <= hi):
+                    open_to += [r["CidrIp"] for r in rule.get("IpRanges", [])]
+                    open_to += [r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])]
+        if open_to:
+            return Check(
+                "workspace port",
+                False,
+                f"port {port} is open to {', '.join(sorted(set(open_to)))}: allow only the "
+                "routers' security group",
+            )
+        return Check("workspace port", True, f"port {port} is open to security groups only")
+
+    async def apply_alarms(self, topic_arn: str, dry_run: bool) -> list[dict[str, Any]]:
+        """Turn on the group metrics the alarms read, and create or update both alarms."""
+        alarms = alarm_definitions(self.group, topic_arn)
+        if dry_run:
+            return alarms
+
+        def run() -> None:
+            self.asg.enable_metrics_collection(
+                AutoScalingGroupName=self.group,
+                Granularity="1Minute",
+                Metrics=["GroupDesiredCapacity", "GroupInServiceInstances", "GroupMaxSize"],
+            )
+            for alarm in alarms:
+                self.cloudwatch.put_metric_alarm(**alarm)
+
+        await self._call(run)
+        return alarms
+
     async def close(self) -> None:
         return None
+
+
+# -- guardrails: the IAM policy, the CloudWatch alarms, and the doctor's checks -------------
+
+ROUTER_ACTIONS = {
+    # Read: what the group and its boxes look like (no resource-level control in AWS).
+    "read": [
+        "autoscaling:DescribeAutoScalingGroups",
+        "ec2:DescribeInstances",
+        "ec2:DescribeInstanceStatus",
+    ],
+    # The group's own calls, limited to this group.
+    "group": [
+        "autoscaling:SetDesiredCapacity",
+        "autoscaling:SetInstanceProtection",
+        "autoscaling:EnterStandby",
+        "autoscaling:ExitStandby",
+    ],
+    # Box calls, limited to boxes tagged as members of this group.
+    "boxes": ["ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"],
+    "tags": ["ec2:CreateTags"],
+}
+
+
+def iam_policy(group: str) -> dict[str, Any]:
+    """The least-privilege policy a router needs for one group (docs/aws.md)."""
+    member = {"StringEquals": {"aws:ResourceTag/aws:autoscaling:groupName": group}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadThePool",
+                "Effect": "Allow",
+                "Action": ROUTER_ACTIONS["read"],
+                "Resource": "*",
+            },
+            {
+                "Sid": "DriveTheGroup",
+                "Effect": "Allow",
+                "Action": ROUTER_ACTIONS["group"],
+                "Resource": "arn:aws:autoscaling:*:*:autoScalingGroup:*:"
+                f"autoScalingGroupName/{group}",
+            },
+            {
+                "Sid": "StartStopTerminateItsBoxes",
+                "Effect": "Allow",
+                "Action": ROUTER_ACTIONS["boxes"],
+                "Resource": "arn:aws:ec2:*:*:instance/*",
+                "Condition": member,
+            },
+            {
+                "Sid": "TagOwnersOfItsBoxes",
+                "Effect": "Allow",
+                "Action": ROUTER_ACTIONS["tags"],
+                "Resource": "arn:aws:ec2:*:*:instance/*",
+                "Condition": {
+                    **member,
+                    "ForAllValues:StringEquals": {"aws:TagKeys": [OWNER_TAG]},
+                },
+            },
+        ],
+    }
+
+
+def alarm_definitions(group: str, topic_arn: str = "") -> list[dict[str, Any]]:
+    """The seed's two alarms (DESIGN §6) as PutMetricAlarm arguments."""
+    dims = [{"Name": "AutoScalingGroupName", "Value": group}]
+
+    def metric(mid: str, name: str) -> dict[str, Any]:
+        return {
+            "Id": mid,
+            "ReturnData": False,
+            "MetricStat": {
+                "Metric": {"Namespace": "AWS/AutoScaling", "MetricName": name, "Dimensions": dims},
+                "Period": 60,
+                "Stat": "Maximum",
+            },
+        }
+
+    actions = {"AlarmActions": [topic_arn], "OKActions": [topic_arn]} if topic_arn else {}
+    return [
+        {
+            "AlarmName": f"codepool-{group}-near-max",
+            "AlarmDescription": "Desired capacity is at or above 90% of the group's maximum: "
+            "new users may soon get 'pool full'.",
+            "Metrics": [
+                metric("desired", "GroupDesiredCapacity"),
+                metric("max", "GroupMaxSize"),
+                {"Id": "ratio", "Expression": "100 * desired / max", "ReturnData": True},
+            ],
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "Threshold": 90.0,
+            "EvaluationPeriods": 1,
+            "TreatMissingData": "notBreaching",
+            **actions,
+        },
+        {
+            "AlarmName": f"codepool-{group}-launch-lag",
+            "AlarmDescription": "Desired capacity has exceeded the boxes in service for 10 "
+            "minutes: boxes are failing to launch or to pass health checks.",
+            "Metrics": [
+                metric("desired", "GroupDesiredCapacity"),
+                metric("inservice", "GroupInServiceInstances"),
+                {"Id": "lag", "Expression": "desired - inservice", "ReturnData": True},
+            ],
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "Threshold": 1.0,
+            "EvaluationPeriods": 10,
+            "DatapointsToAlarm": 10,
+            "TreatMissingData": "notBreaching",
+            **actions,
+        },
+    ]

@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from codepool.core.errors import BackendError
-from codepool.core.models import BatchResult, Capacity, Instance, InstanceState, Lifecycle
+from codepool.core.models import (
+    BatchResult,
+    Capacity,
+    Check,
+    Instance,
+    InstanceState,
+    Lifecycle,
+)
 from codepool.core.settings import LocalSettings
 
 CODE_SERVER_VERSION = "4.99.4"
@@ -373,6 +380,33 @@ class LocalBackend:
             shutil.rmtree(self.slots / meta.instance_id, ignore_errors=True)
 
         return await self._thread(self._leave_service, instance_ids, delete)
+
+    async def checks(self) -> list[Check]:
+        def run() -> list[Check]:
+            found = []
+            try:
+                program = resolve_executable(self.settings.command[0])
+                found.append(Check("workspace command", True, program))
+            except BackendError as exc:
+                found.append(Check("workspace command", False, str(exc)))
+            self.root.mkdir(parents=True, exist_ok=True)
+            writable = os.access(self.root, os.W_OK)
+            found.append(
+                Check(
+                    "state dir", writable, str(self.root) + ("" if writable else ": not writable")
+                )
+            )
+            found.append(
+                Check(
+                    "max size",
+                    self.settings.max_size >= 2,
+                    f"local.max_size {self.settings.max_size}"
+                    + ("" if self.settings.max_size >= 2 else ": must be >= 2"),
+                )
+            )
+            return found
+
+        return await self._thread(run)
 
     async def close(self) -> None:
         return None
