@@ -98,6 +98,10 @@ class MemoryBackend:
                 done.append(iid)
         return BatchResult(tuple(done))
 
+    async def label_spares(self, instance_ids: Sequence[str]) -> None:
+        for iid in instance_ids:
+            self.boxes[iid] = replace(self.boxes[iid], tagged=True)
+
     async def checks(self) -> list[Check]:
         return [Check("memory backend", True, "a test fake")]
 

@@ -335,3 +335,17 @@ def test_guardrail_commands_against_motos_server(tmp_path: Path) -> None:
         assert policy["Statement"][1]["Resource"].endswith(f"autoScalingGroupName/{GROUP}")
     finally:
         server.stop()
+
+
+async def test_reconcile_tags_boxes_without_an_owner(
+    pool: CodePool, backend: LoopbackAwsBackend, moto_aws: boto3.Session
+) -> None:
+    await backend.set_desired(1)
+    [box] = await backend.list_instances()
+    ec2 = moto_aws.client("ec2", region_name=REGION)
+    ec2.delete_tags(Resources=[box.instance_id], Tags=[{"Key": "Owner"}])  # launched untagged
+    actions = await pool.reconcile()
+    assert ("tag-unassigned", box.instance_id) in [(a.kind, a.subject) for a in actions]
+    assert owner_of(moto_aws, box.instance_id) == "UNASSIGNED"
+    assert await pool.store.spares() == {box.instance_id}
+    assert await pool.reconcile() == []

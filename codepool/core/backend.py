@@ -42,6 +42,9 @@ class Backend(Protocol):
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
         """Delete boxes and their disks; desired drops by one for each box in service."""
 
+    async def label_spares(self, instance_ids: Sequence[str]) -> None:
+        """Record boxes that carry no owner at all as unowned (the seed's Owner=UNASSIGNED)."""
+
     async def checks(self) -> list[Check]:
         """Whether the backend is set up safely (for `codepool doctor`)."""
 

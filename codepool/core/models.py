@@ -58,6 +58,7 @@ class Instance:
     address: str
     launched_at_ms: int
     stopped_at_ms: int = 0
+    tagged: bool = True  # False: the box carries no owner record at all (not even UNASSIGNED)
 
     @property
     def in_service(self) -> bool:

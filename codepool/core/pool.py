@@ -479,14 +479,18 @@ class CodePool:
         instances = list(instances)
         free = {i.instance_id for i in instances if i.is_spare}
         dead = [i.instance_id for i in instances if i.owner is None and not i.in_service]
+        untagged = [i.instance_id for i in instances if not i.tagged and i.owner is None]
         pool = await self.store.spares()
-        actions = [ReconcileAction("add-spare", iid, "running, unowned") for iid in free - pool]
+        actions = [ReconcileAction("tag-unassigned", iid, "no Owner tag") for iid in untagged]
+        actions += [ReconcileAction("add-spare", iid, "running, unowned") for iid in free - pool]
         actions += [
             ReconcileAction("drop-spare", iid, "not a running spare") for iid in pool - free
         ]
         actions += [ReconcileAction("terminate", iid, "unowned and stopped") for iid in dead]
         if dry_run or not actions:
             return actions
+        if untagged:
+            await self.backend.label_spares(untagged)
         await self.store.remove_spares(pool - free)
         await self.store.add_spares(free - pool)
         if dead:

@@ -162,7 +162,8 @@ class AwsBackend:
             stage = _LIFECYCLE.get(lifecycle.get(i["InstanceId"], ""))
             if state is InstanceState.TERMINATED or stage is None:
                 continue  # terminating, detached or gone: not part of the pool
-            owner = next((t["Value"] for t in i.get("Tags", []) if t["Key"] == OWNER_TAG), None)
+            tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+            owner = tags.get(OWNER_TAG)
             found.append(
                 Instance(
                     instance_id=i["InstanceId"],
@@ -174,6 +175,7 @@ class AwsBackend:
                     stopped_at_ms=_stopped_at_ms(i.get("StateTransitionReason", ""))
                     if state is InstanceState.STOPPED
                     else 0,
+                    tagged=OWNER_TAG in tags,
                 )
             )
         return found
@@ -346,6 +348,15 @@ class AwsBackend:
             return BatchResult(tuple(gone), failed)
 
         return await self._call(run)
+
+    async def label_spares(self, instance_ids: Sequence[str]) -> None:
+        def run() -> None:
+            for batch in batches(instance_ids, EC2_BATCH):
+                self.ec2.create_tags(
+                    Resources=batch, Tags=[{"Key": OWNER_TAG, "Value": UNASSIGNED}]
+                )
+
+        await self._call(run)
 
     async def checks(self) -> list[Check]:
         """The group is set up the way docs/aws.md says, and only routers reach boxes."""

@@ -381,6 +381,9 @@ class LocalBackend:
 
         return await self._thread(self._leave_service, instance_ids, delete)
 
+    async def label_spares(self, instance_ids: Sequence[str]) -> None:
+        return None  # a slot's metadata always records its owner, if only as none
+
     async def checks(self) -> list[Check]:
         def run() -> list[Check]:
             found = []
