@@ -349,3 +349,28 @@ async def test_reconcile_tags_boxes_without_an_owner(
     assert owner_of(moto_aws, box.instance_id) == "UNASSIGNED"
     assert await pool.store.spares() == {box.instance_id}
     assert await pool.reconcile() == []
+
+
+async def test_reconcile_finishes_a_stop_cut_short(
+    pool: CodePool, backend: LoopbackAwsBackend, moto_aws: boto3.Session
+) -> None:
+    """A router died between EnterStandby and StopInstances: the box runs in Standby and the
+    store says stopping. Reconcile stops it, keeping owner and disk."""
+    ws = (await pool.assign("alice")).workspace
+    moto_aws.client("autoscaling", region_name=REGION).enter_standby(
+        AutoScalingGroupName=GROUP,
+        InstanceIds=[ws.instance_id],
+        ShouldDecrementDesiredCapacity=True,
+    )
+    await pool.store.put_workspace(
+        Workspace("alice", ws.instance_id, ws.address, WorkspaceState.STOPPING, 0, 0)
+    )
+    calls = record(backend, moto_aws)
+    actions = await pool.reconcile()
+    assert ("finish-stop", ws.instance_id) in [(a.kind, a.subject) for a in actions]
+    box = next(i for i in await backend.list_instances() if i.instance_id == ws.instance_id)
+    assert box.state is InstanceState.STOPPED and box.owner == "alice"
+    assert calls.count("StopInstances") == 1 and calls.count("EnterStandby") == 0
+    stored = await pool.store.get_workspace("alice")
+    assert stored is not None and stored.state is WorkspaceState.STOPPED
+    assert (await pool.assign("alice")).how == "resumed"

@@ -436,8 +436,8 @@ class CodePool:
         keep = inst or _pick_box(boxes)
         want = _expected(ws, keep, now) if keep is not None else None
         extras = [b for b in boxes if keep is None or b.instance_id != keep.instance_id]
-        crashed = keep is not None and keep.state is InstanceState.STOPPED and keep.in_service
-        if want == ws and not crashed and not any(b.in_service for b in extras):
+        half = _half_stopped(keep) if keep is not None else ""
+        if want == ws and not half and not any(_serving(b) for b in extras):
             return actions  # consistent: no lock, no write
         if want is None and ws is not None:
             actions.append(ReconcileAction("clear", user, f"instance {ws.instance_id} is gone"))
@@ -445,23 +445,23 @@ class CodePool:
             what = "rebuild" if ws is None else "fix"
             now_state = want.state.value if want else "?"
             actions.append(ReconcileAction(what, user, f"{keep.instance_id} is {now_state}"))
-        if crashed and keep is not None:
-            actions.append(ReconcileAction("standby", keep.instance_id, "process died: stopped"))
-        running_extras = [b for b in extras if b.in_service]
+        if half and keep is not None:
+            actions.append(ReconcileAction("finish-stop", keep.instance_id, half))
+        running_extras = [b for b in extras if _serving(b)]
         for b in extras:
             actions.append(
                 ReconcileAction(
                     "duplicate",
                     user,
                     f"{user} also owns {b.instance_id} ({b.state.value}); "
-                    + ("stopping it, disk kept" if b.in_service else "kept, disk untouched"),
+                    + ("stopping it, disk kept" if _serving(b) else "kept, disk untouched"),
                 )
             )
         if dry_run:
             return actions
         try:
             async with self.user_lock(user, wait_s=0):
-                if crashed and keep is not None:
+                if half and keep is not None:  # a stop or resume cut short: stop it properly
                     await self.backend.stop([keep.instance_id])
                 if running_extras:
                     await self.backend.stop([b.instance_id for b in running_extras])
@@ -566,6 +566,21 @@ def _own_instance(user: str, ws: Workspace | None, instances: list[Instance]) ->
             if b.instance_id == ws.instance_id:
                 return b
     return _pick_box(boxes)
+
+
+def _half_stopped(box: Instance) -> str:
+    """Why a box stands half-way between running and stopped ('' if it does not): a dead
+    process still in service, or a box left running in standby by a stop or a resume that
+    was cut short. Finishing the stop is always safe: the disk and the owner stay."""
+    if box.state is InstanceState.STOPPED and box.lifecycle is Lifecycle.IN_SERVICE:
+        return "stopped but still in service"
+    if box.state is InstanceState.RUNNING and box.lifecycle is Lifecycle.STANDBY:
+        return "running in standby"
+    return ""
+
+
+def _serving(box: Instance) -> bool:
+    return box.in_service or box.state is InstanceState.RUNNING
 
 
 def _pick_box(boxes: list[Instance]) -> Instance | None:
