@@ -374,3 +374,49 @@ async def test_reconcile_finishes_a_stop_cut_short(
     stored = await pool.store.get_workspace("alice")
     assert stored is not None and stored.state is WorkspaceState.STOPPED
     assert (await pool.assign("alice")).how == "resumed"
+
+
+async def test_the_router_works_unchanged_on_aws(
+    backend: LoopbackAwsBackend, moto_aws: boto3.Session, tmp_path: Path
+) -> None:
+    """Log in, dispatch, ping, get reaped by the leader loop, come back resumed: the same
+    router code, now over the AWS backend on moto."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from codepool.daemon.app import create_app
+    from codepool.daemon.auth import Users
+    from codepool.daemon.context import ROUTER
+    from tests.router_fixtures import dispatched, login
+
+    port = free_port()
+    settings = make_settings(
+        tmp_path / "state",
+        pool={"warm_spares": 1, "idle_timeout_s": 1},
+        router={"public_url": f"http://127.0.0.1:{port}"},
+    )
+    Users(settings.users_file).add("alice", "alice-password")
+    pool = CodePool(settings, SQLiteStore(str(tmp_path / "pool.db")), backend)
+    calls = record(backend, moto_aws)
+    app = create_app(pool, settings, run_loops=False)
+    async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as c:
+        assert (await login(c, "alice", "alice-password")).status == 302
+        await dispatched(c, "alice")
+        ws = await pool.store.get_workspace("alice")
+        assert ws is not None and owner_of(moto_aws, ws.instance_id) == "alice"
+        resp = await c.post("/ping", json={"instanceId": ws.instance_id})
+        assert resp.status == 204
+        await asyncio.sleep(1.2)
+        assert await app[ROUTER].loops.cycle()  # the leader reaps the idle workspace
+        stopped = await pool.store.get_workspace("alice")
+        assert stopped is not None and stopped.state is WorkspaceState.STOPPED
+        assert (await c.post("/ping", json={"instanceId": ws.instance_id})).status == 409
+        await dispatched(c, "alice")
+        again = await pool.store.get_workspace("alice")
+        assert again is not None and again.instance_id == ws.instance_id
+        assert again.state is WorkspaceState.RUNNING
+        health = await (await c.get("/health")).json()
+        assert health["checks"] == {"store": "ok", "backend": "ok"}
+    assert calls.count("ExitStandby") == 1 and calls.count("StopInstances") == 1
+    await pool.close()
