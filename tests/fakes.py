@@ -125,6 +125,29 @@ class SlowBackend(MemoryBackend):
         return await super().claim(instance_id, owner)
 
 
+class BootingBackend(MemoryBackend):
+    """Launched boxes are pending for `boot_s` before they run, as EC2 boxes are; records
+    how many booted at once."""
+
+    def __init__(self, address: str, boot_s: float, **kw: int) -> None:
+        super().__init__(address, **kw)
+        self.boot_s = boot_s
+        self.peak_booting = 0
+
+    async def set_desired(self, desired: int) -> None:
+        before = set(self.boxes)
+        await super().set_desired(desired)
+        for iid in set(self.boxes) - before:
+            self.boxes[iid] = replace(self.boxes[iid], state=InstanceState.PENDING)
+            asyncio.get_running_loop().call_later(self.boot_s, self._booted, iid)
+        booting = sum(1 for b in self.boxes.values() if b.state is InstanceState.PENDING)
+        self.peak_booting = max(self.peak_booting, booting)
+
+    def _booted(self, iid: str) -> None:
+        if iid in self.boxes:
+            self.boxes[iid] = replace(self.boxes[iid], state=InstanceState.RUNNING)
+
+
 class NeverReadyBackend(MemoryBackend):
     """Launches boxes that never answer their ready path."""
 

@@ -15,7 +15,13 @@ from codepool.core.models import InstanceState, Lifecycle, ReapAction, Workspace
 from codepool.core.pool import CodePool
 from codepool.core.store import PingResult, Store
 from codepool.core.stores.sqlite import SQLiteStore
-from tests.fakes import FailingStopBackend, MemoryBackend, NeverReadyBackend, SlowBackend
+from tests.fakes import (
+    BootingBackend,
+    FailingStopBackend,
+    MemoryBackend,
+    NeverReadyBackend,
+    SlowBackend,
+)
 
 MIN = 60_000
 
@@ -448,3 +454,18 @@ async def test_scale_keeps_a_just_launched_spare_an_assignment_is_about_to_claim
     result = await pool.scale()
     assert len(result.terminated_spares) == 1 and backend.boxes == {}
     assert backend.desired == 0
+
+
+async def test_new_users_arriving_together_boot_in_parallel(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    """Five new users and no spare: five boxes boot at once, not one after another, and
+    a booting box is never handed out (or lost from the pool) before it runs."""
+    backend = BootingBackend(ready_address, boot_s=1.0, max_size=10)
+    pool = make_pool(sqlite, backend, pool={"warm_spares": 0})
+    users = [f"new{n}" for n in range(5)]
+    results = await asyncio.gather(*(pool.assign(u) for u in users))
+    assert backend.peak_booting >= 5
+    assert sorted(r.workspace.user for r in results) == users
+    assert len({r.workspace.instance_id for r in results}) == 5
+    assert all(b.state is InstanceState.RUNNING for b in backend.boxes.values())

@@ -69,7 +69,13 @@ class Instance:
 
     @property
     def is_spare(self) -> bool:
-        return self.owner is None and self.in_service
+        """Unowned, in service and running: ready to be handed out now."""
+        return self.owner is None and self.in_service and self.state is InstanceState.RUNNING
+
+    @property
+    def is_booting_spare(self) -> bool:
+        """Unowned and launching: a spare in a minute or two."""
+        return self.owner is None and self.in_service and self.state is InstanceState.PENDING
 
 
 @dataclass(frozen=True, slots=True)

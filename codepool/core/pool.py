@@ -78,6 +78,7 @@ class CodePool:
         self.store = store
         self.backend = backend
         self.clock = clock  # epoch ms; tests drive it to control time
+        self._launching = asyncio.Lock()  # one capacity read-and-raise at a time here
 
     async def close(self) -> None:
         await self.store.close()
@@ -186,7 +187,7 @@ class CodePool:
     ) -> tuple[Instance, str]:
         """Claim a spare for the user, launching a box if none is free."""
         deadline = time.monotonic() + self.settings.pool.assign_timeout_s
-        launched = False
+        launched = False  # whether this assignment has asked the group for a box
         while True:
             iid = await self.store.claim_spare(user, CLAIM_TTL_MS)
             if iid is not None:
@@ -199,17 +200,27 @@ class CodePool:
             free = [i.instance_id for i in instances if i.is_spare]
             if free and await self.store.add_spares(free):
                 continue  # spares the store did not know about yet
-            cap = await self.backend.capacity()
+            booting = any(i.is_booting_spare for i in instances)
             in_service = sum(1 for i in instances if i.in_service)
-            if cap.desired <= in_service:  # nothing is launching: ask for one more box
-                if cap.desired >= cap.max_size:
-                    raise PoolFull(
-                        f"pool full: all {cap.max_size} workspaces are in use; try again later",
-                        POOL_FULL_RETRY_S,
-                    )
-                say("no spare free: launching a new workspace box")
-                await self.backend.set_desired(cap.desired + 1)
-                launched = True
+            if launched and not booting:
+                cap = await self.backend.capacity()
+                if cap.desired <= in_service:
+                    launched = False  # the box asked for went to someone else: ask again
+            if not launched:
+                # Each waiting assignment asks for one box of its own, so ten new users
+                # at once get ten boots in parallel, not one after another. The lock keeps
+                # this process's waiters from reading the same desired and writing it twice.
+                async with self._launching:
+                    cap = await self.backend.capacity()
+                    if cap.desired < cap.max_size:
+                        say("no spare free: launching a new workspace box")
+                        await self.backend.set_desired(cap.desired + 1)
+                        launched = True
+                    elif not booting:
+                        raise PoolFull(
+                            f"pool full: all {cap.max_size} workspaces are in use; try again later",
+                            POOL_FULL_RETRY_S,
+                        )
             if time.monotonic() >= deadline:
                 raise AssignTimeout(
                     f"no workspace box became free for {user} within "
@@ -338,9 +349,10 @@ class CodePool:
         await self.store.add_spares(i.instance_id for i in free)
         pool = await self.store.spares()
         spares = [i for i in free if i.instance_id in pool]
+        booting = sum(1 for i in instances if i.is_booting_spare)  # spares in a minute
         in_service = sum(1 for i in instances if i.in_service)
-        # Unowned boxes not in the pool are being claimed right now: count them as assigned.
-        assigned = in_service - len(spares)
+        # Running unowned boxes not in the pool are being claimed right now: assigned.
+        assigned = in_service - len(spares) - booting
         cap = await self.backend.capacity()
         p = self.settings.pool
         target = policy.desired_capacity(assigned, p.warm_spares, cap.min_size, cap.max_size)
@@ -348,7 +360,7 @@ class CodePool:
         # culling it would make that user wait for another. Only older spares are excess.
         young_after = self.clock() - p.assign_timeout_s * 1000
         old = [i.instance_id for i in spares if i.launched_at_ms < young_after]
-        excess = old[: max(0, len(spares) - max(0, target - assigned))]
+        excess = old[: max(0, len(spares) + booting - max(0, target - assigned))]
         if dry_run:
             desired = min(max(target, in_service - len(excess)), cap.max_size)
             return ScaleResult(cap.desired, desired, tuple(excess), dry_run=True)
