@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import replace
 
-from codepool.core.errors import BackendError
+from codepool.core.errors import BackendError, NotASpare
 from codepool.core.models import BatchResult, Capacity, Check, Instance, InstanceState, Lifecycle
 
 
@@ -55,7 +55,7 @@ class MemoryBackend:
         self.calls.append(("claim", (instance_id, owner)))
         box = self.boxes.get(instance_id)
         if box is None or not box.is_spare:
-            raise BackendError(f"{instance_id}: not an unowned running spare")
+            raise NotASpare(f"{instance_id}: not an unowned running spare")
         self.boxes[instance_id] = box = replace(box, owner=owner)
         return box
 

@@ -7,10 +7,18 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from codepool.core.errors import AssignTimeout, Busy, InvalidInput, NoWorkspace, PoolFull
+from codepool.core.errors import (
+    AssignTimeout,
+    BackendError,
+    Busy,
+    InvalidInput,
+    NoWorkspace,
+    PoolFull,
+)
 from codepool.core.models import InstanceState, Lifecycle, ReapAction, WorkspaceState
 from codepool.core.pool import CodePool
 from codepool.core.store import PingResult, Store
@@ -469,3 +477,22 @@ async def test_new_users_arriving_together_boot_in_parallel(
     assert sorted(r.workspace.user for r in results) == users
     assert len({r.workspace.instance_id for r in results}) == 5
     assert all(b.state is InstanceState.RUNNING for b in backend.boxes.values())
+
+
+class FailingClaimBackend(MemoryBackend):
+    """Tagging fails (the backend is down), though the box is a fine spare."""
+
+    async def claim(self, instance_id: str, owner: str) -> Any:
+        raise BackendError("aws: RequestLimitExceeded (after retries)")
+
+
+async def test_a_failing_backend_does_not_drain_the_spare_pool(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    backend = FailingClaimBackend(ready_address)
+    pool = make_pool(sqlite, backend, pool={"warm_spares": 3})
+    await pool.scale()
+    await sqlite.add_spares(b.instance_id for b in backend.boxes.values())
+    with pytest.raises(BackendError, match="RequestLimitExceeded"):
+        await pool.assign("alice")
+    assert len(await sqlite.spares()) == 2  # one popped and set aside, the rest untouched

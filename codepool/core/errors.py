@@ -45,6 +45,10 @@ class BackendError(CodepoolError):
     """The backend (local slots or AWS) failed or cannot be reached."""
 
 
+class NotASpare(BackendError):
+    """A box offered as a spare is not (or no longer) an unowned running box."""
+
+
 class StoreUnavailable(CodepoolError):
     """The store (SQLite or Redis) failed or cannot be reached."""
 

@@ -24,6 +24,7 @@ from codepool.core.errors import (
     BackendError,
     Busy,
     InvalidInput,
+    NotASpare,
     NoWorkspace,
     PoolFull,
     StoreUnavailable,
@@ -193,9 +194,12 @@ class CodePool:
             if iid is not None:
                 try:
                     inst = await self.backend.claim(iid, user)
-                except BackendError as exc:
-                    log.info("spare %s skipped: %s", iid, exc)  # stale entry; try the next
+                except NotASpare as exc:  # a stale pool entry: try the next one
+                    log.info("spare %s skipped: %s", iid, exc)
                     continue
+                # Any other BackendError ends this assignment: going on would drain the
+                # pool of good spares while the backend fails (reconcile puts this one back
+                # once its claim marker expires).
                 return inst, "launched" if launched else "spare"
             free = [i.instance_id for i in instances if i.is_spare]
             if free and await self.store.add_spares(free):

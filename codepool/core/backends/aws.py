@@ -28,7 +28,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from codepool.core.errors import BackendError
+from codepool.core.errors import BackendError, NotASpare
 from codepool.core.models import (
     BatchResult,
     Capacity,
@@ -220,7 +220,7 @@ class AwsBackend:
         def run() -> Instance:
             box = next((i for i in self._instances() if i.instance_id == instance_id), None)
             if box is None or not box.is_spare or box.state is not InstanceState.RUNNING:
-                raise BackendError(f"{instance_id}: not an unowned running spare")
+                raise NotASpare(f"{instance_id}: not an unowned running spare")
             # Protected first: from here on no scale-in can pick this box.
             self.asg.set_instance_protection(
                 AutoScalingGroupName=self.group,

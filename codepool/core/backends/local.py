@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from codepool.core.errors import BackendError
+from codepool.core.errors import BackendError, NotASpare
 from codepool.core.models import (
     BatchResult,
     Capacity,
@@ -314,7 +314,7 @@ class LocalBackend:
                     raise BackendError(f"{instance_id}: no such slot")
                 inst = self._instance(meta)
                 if meta.owner is not None or not inst.is_spare:
-                    raise BackendError(f"{instance_id}: not an unowned running spare")
+                    raise NotASpare(f"{instance_id}: not an unowned running spare")
                 meta = replace(meta, owner=owner)
                 self._write(meta)
                 return self._instance(meta)
