@@ -257,17 +257,15 @@ def test_guardrail_commands_against_motos_server(tmp_path: Path) -> None:
         vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
         routers = ec2.create_security_group(GroupName="routers", Description="r", VpcId=vpc)
         boxes = ec2.create_security_group(GroupName="boxes", Description="b", VpcId=vpc)
-        ec2.authorize_security_group_ingress(
-            GroupId=boxes["GroupId"],
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": 8080,
-                    "ToPort": 8080,
-                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
-                }
-            ],
-        )
+        world: Any = [
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 8080,
+                "ToPort": 8080,
+                "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+            }
+        ]
+        ec2.authorize_security_group_ingress(GroupId=boxes["GroupId"], IpPermissions=world)
         create_group(session, endpoint_url=endpoint, security_group=boxes["GroupId"])
         config = tmp_path / "codepool.toml"
         config.write_text(
@@ -287,17 +285,7 @@ def test_guardrail_commands_against_motos_server(tmp_path: Path) -> None:
         assert (
             not found["workspace port"]["ok"] and "0.0.0.0/0" in found["workspace port"]["detail"]
         )
-        ec2.revoke_security_group_ingress(
-            GroupId=boxes["GroupId"],
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": 8080,
-                    "ToPort": 8080,
-                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
-                }
-            ],
-        )
+        ec2.revoke_security_group_ingress(GroupId=boxes["GroupId"], IpPermissions=world)
         ec2.authorize_security_group_ingress(
             GroupId=boxes["GroupId"],
             IpPermissions=[
