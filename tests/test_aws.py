@@ -408,3 +408,20 @@ async def test_the_router_works_unchanged_on_aws(
         assert health["checks"] == {"store": "ok", "backend": "ok"}
     assert calls.count("ExitStandby") == 1 and calls.count("StopInstances") == 1
     await pool.close()
+
+
+async def test_concurrent_assigns_on_aws_give_each_user_one_box(
+    pool: CodePool, backend: LoopbackAwsBackend, moto_aws: boto3.Session
+) -> None:
+    import asyncio
+
+    calls = record(backend, moto_aws)
+    users = [f"dev{n}" for n in range(6)]
+    results = await asyncio.gather(*(pool.assign(users[n % 6]) for n in range(24)))
+    by_user: dict[str, set[str]] = {}
+    for r in results:
+        by_user.setdefault(r.workspace.user, set()).add(r.workspace.instance_id)
+    assert all(len(ids) == 1 for ids in by_user.values()), by_user
+    owners = [i.owner for i in await backend.list_instances() if i.owner]
+    assert sorted(owners) == sorted(users)  # nobody twice, no box with two owners
+    assert calls.count("SetDesiredCapacity") <= 12  # about one ask per new user, plus scale
