@@ -24,8 +24,8 @@ def create_group(
 ) -> None:
     ec2 = session.client("ec2", region_name=REGION, **kw)
     asg = session.client("autoscaling", region_name=REGION, **kw)
-    ami = ec2.describe_images()["Images"][0]["ImageId"]
-    data: Any = {"ImageId": ami, "InstanceType": "t3.medium"}
+    # Any AMI id will do: conftest turns off moto's catalogue of real AMIs (seconds a test).
+    data: Any = {"ImageId": "ami-0c0de9001c0de9001", "InstanceType": "t3.medium"}
     if security_group:
         data["SecurityGroupIds"] = [security_group]
     ec2.create_launch_template(LaunchTemplateName="codepool-box", LaunchTemplateData=data)

@@ -29,6 +29,10 @@ from tests.helpers import serve_app
 
 pytest_plugins = ["tests.router_fixtures", "tests.aws_fixtures"]
 
+# moto loads a catalogue of real AMIs into every fresh EC2 backend (about 2 s each); the
+# tests launch from a made-up AMI and need none of them.
+os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
 STANDIN = Path(__file__).with_name("standin_workspace.py")
 REQUIRE_REAL = os.environ.get("CODEPOOL_REQUIRE_REAL") == "1"
 

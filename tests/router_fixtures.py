@@ -5,23 +5,28 @@ stand-in workspace, and helpers to log in and dispatch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import boto3
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import Settings
+from codepool.core.store import create_store
 from codepool.daemon.app import create_app
 from codepool.daemon.auth import Users
 from codepool.daemon.context import ROUTER, Router
 from tests.conftest import make_settings
+from tests.helpers import serve_app
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "root": "root-password"}
 
@@ -61,11 +66,81 @@ async def login(
     )
 
 
-@pytest.fixture
-async def make_served(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
+@pytest.fixture(params=["local", "aws"])
+async def make_served(
+    state_dir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build routers on the local backend, or on the AWS backend (moto) whose boxes all
+    answer at one in-process stand-in workspace: every router test runs on both."""
     clients: list[TestClient[Any, Any]] = []
     servers: list[TestServer] = []
     pools: list[CodePool] = []
+    async with contextlib.AsyncExitStack() as stack:
+        aws = await _aws_pool_maker(stack, state_dir) if request.param == "aws" else None
+        yield await _builder(state_dir, aws, clients, servers, pools)
+        for c in clients:
+            await c.close()
+        for server in servers:
+            await server.close()  # runs the app's cleanup: loops, dispatcher, proxy client
+        for p in pools:
+            await p.close()
+
+
+async def _aws_pool_maker(
+    stack: contextlib.AsyncExitStack, state_dir: Path
+) -> Callable[[Settings], CodePool]:
+    from moto import mock_aws
+
+    from tests.aws_fixtures import (
+        GROUP,
+        REGION,
+        LoopbackAwsBackend,
+        aws_settings,
+        create_group,
+        record,
+    )
+    from tests.standin_workspace import make_app
+
+    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        stack.enter_context(_env(var, value))
+    stack.enter_context(mock_aws())
+    session = boto3.Session(region_name=REGION)
+    create_group(session)
+    home = state_dir / "aws-home"
+    home.mkdir(parents=True, exist_ok=True)
+    box_url = await stack.enter_async_context(serve_app(make_app(home)))
+
+    def build(settings: Settings) -> CodePool:
+        session.client("autoscaling").update_auto_scaling_group(
+            AutoScalingGroupName=GROUP, MaxSize=settings.local.max_size
+        )
+        backend = LoopbackAwsBackend(aws_settings(), box_url, session=session)
+        record(backend, session)  # every call the router makes is checked against AWS's rules
+        return CodePool(settings, create_store(settings.store_url), backend)
+
+    return build
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+async def _builder(
+    state_dir: Path,
+    aws: Callable[[Settings], CodePool] | None,
+    clients: list[TestClient[Any, Any]],
+    servers: list[TestServer],
+    pools: list[CodePool],
+) -> Callable[..., Any]:
 
     async def build(**sections: dict[str, Any]) -> Served:
         port = free_port()
@@ -77,7 +152,7 @@ async def make_served(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
         for name, password in PASSWORDS.items():
             if users.get(name) is None:
                 users.add(name, password, admin=name == "root")
-        pool = build_pool(settings)
+        pool = aws(settings) if aws is not None else build_pool(settings)
         pools.append(pool)
         app = create_app(pool, settings, run_loops=False)
         server = TestServer(app, host="127.0.0.1", port=port)
@@ -92,13 +167,7 @@ async def make_served(state_dir: Path) -> AsyncIterator[Callable[..., Any]]:
         servers.append(server)
         return Served(settings, pool, app[ROUTER], origin, make_client)
 
-    yield build
-    for c in clients:
-        await c.close()
-    for server in servers:
-        await server.close()  # runs the app's cleanup: loops, dispatcher, proxy client
-    for p in pools:
-        await p.close()
+    return build
 
 
 @pytest.fixture
