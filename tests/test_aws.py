@@ -425,3 +425,29 @@ async def test_concurrent_assigns_on_aws_give_each_user_one_box(
     owners = [i.owner for i in await backend.list_instances() if i.owner]
     assert sorted(owners) == sorted(users)  # nobody twice, no box with two owners
     assert calls.count("SetDesiredCapacity") <= 12  # about one ask per new user, plus scale
+
+
+async def test_a_stopped_disk_is_never_given_to_another_user_on_aws(
+    tmp_path: Path, moto_aws: boto3.Session, ready_address: str, clock: Clock
+) -> None:
+    from codepool.core.errors import PoolFull
+
+    moto_aws.client("autoscaling", region_name=REGION).update_auto_scaling_group(
+        AutoScalingGroupName=GROUP, MaxSize=2
+    )
+    backend = LoopbackAwsBackend(aws_settings(), ready_address, session=moto_aws)
+    record(backend, moto_aws)
+    settings = make_settings(tmp_path / "state", pool={"warm_spares": 0})
+    store = SQLiteStore(str(tmp_path / "pool.db"))
+    pool = CodePool(settings, store, backend, clock=clock)
+    alice = (await pool.assign("alice")).workspace.instance_id
+    await pool.release("alice")
+    bob = (await pool.assign("bob")).workspace.instance_id
+    assert bob != alice and owner_of(moto_aws, alice) == "alice"
+    # The store forgets alice and even lists her box as a spare: still not carol's.
+    await store.delete_workspace("alice", alice)
+    await store.add_spares([alice])
+    carol = (await pool.assign("carol")).workspace.instance_id
+    assert carol not in (alice, bob) and owner_of(moto_aws, alice) == "alice"
+    with pytest.raises(PoolFull):  # bob and carol fill the group of two
+        await pool.assign("dave")
