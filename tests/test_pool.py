@@ -4,6 +4,7 @@ clock. Each lifecycle invariant of the issue has a test that fails when it break
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,10 +20,11 @@ from codepool.core.errors import (
     NoWorkspace,
     PoolFull,
 )
-from codepool.core.models import InstanceState, Lifecycle, ReapAction, WorkspaceState
+from codepool.core.models import Instance, InstanceState, Lifecycle, ReapAction, WorkspaceState
 from codepool.core.pool import CodePool
 from codepool.core.store import PingResult, Store
 from codepool.core.stores.sqlite import SQLiteStore
+from tests.aws_fixtures import GROUP, LoopbackAwsBackend, aws_settings, record
 from tests.fakes import (
     BootingBackend,
     FailingStopBackend,
@@ -54,22 +56,61 @@ async def sqlite(tmp_path: Path) -> SQLiteStore:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(int(time.time() * 1000))
+
+
+class MotoBackend(LoopbackAwsBackend):
+    """The real AWS backend on moto, readable the way these tests read MemoryBackend."""
+
+    @property
+    def boxes(self) -> dict[str, Instance]:
+        return {i.instance_id: i for i in self._instances()}
+
+    @property
+    def desired(self) -> int:
+        return self._group()["DesiredCapacity"]
+
+
+Group = MemoryBackend | MotoBackend
+
+
+@pytest.fixture(params=["memory", "aws"])
+def backend(request: pytest.FixtureRequest, ready_address: str) -> Group:
+    """The core's lifecycle tests run on the in-memory fake and on the AWS backend (moto,
+    with every AWS call checked against AWS's rules)."""
+    if request.param == "memory":
+        return MemoryBackend(ready_address, max_size=4)
+    session = request.getfixturevalue("moto_aws")
+    session.client("autoscaling").update_auto_scaling_group(AutoScalingGroupName=GROUP, MaxSize=4)
+    moto = MotoBackend(aws_settings(), ready_address, session=session)
+    record(moto, session)
+    return moto
 
 
 @pytest.fixture
-def backend(ready_address: str) -> MemoryBackend:
+def memory_backend(ready_address: str) -> MemoryBackend:
+    """For tests that look at the fake's own records (its call log) or change it by hand."""
     return MemoryBackend(ready_address, max_size=4)
 
 
 @pytest.fixture
 def pool(
-    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, backend: MemoryBackend, clock: Clock
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, backend: Group, clock: Clock
 ) -> CodePool:
     return make_pool(sqlite, backend, clock)
 
 
-def running_boxes(backend: MemoryBackend, user: str) -> list[str]:
+@pytest.fixture
+def memory_pool(
+    make_pool: Callable[..., CodePool],
+    sqlite: SQLiteStore,
+    memory_backend: MemoryBackend,
+    clock: Clock,
+) -> CodePool:
+    return make_pool(sqlite, memory_backend, clock)
+
+
+def running_boxes(backend: Group, user: str) -> list[str]:
     return [
         b.instance_id
         for b in backend.boxes.values()
@@ -77,9 +118,7 @@ def running_boxes(backend: MemoryBackend, user: str) -> list[str]:
     ]
 
 
-async def test_assign_launches_then_keeps_a_warm_spare(
-    pool: CodePool, backend: MemoryBackend
-) -> None:
+async def test_assign_launches_then_keeps_a_warm_spare(pool: CodePool, backend: Group) -> None:
     a = await pool.assign("alice")
     assert a.how == "launched"
     assert a.workspace.state is WorkspaceState.RUNNING
@@ -97,9 +136,7 @@ async def test_assign_twice_returns_the_same_running_workspace(pool: CodePool) -
     assert second.workspace.instance_id == first.workspace.instance_id
 
 
-async def test_release_then_assign_resumes_the_same_box(
-    pool: CodePool, backend: MemoryBackend
-) -> None:
+async def test_release_then_assign_resumes_the_same_box(pool: CodePool, backend: Group) -> None:
     first = await pool.assign("alice")
     iid = first.workspace.instance_id
     stopped = await pool.release("alice")
@@ -111,7 +148,7 @@ async def test_release_then_assign_resumes_the_same_box(
     assert again.workspace.assigned_at_ms == first.workspace.assigned_at_ms
 
 
-async def test_release_terminate_deletes_the_box(pool: CodePool, backend: MemoryBackend) -> None:
+async def test_release_terminate_deletes_the_box(pool: CodePool, backend: Group) -> None:
     iid = (await pool.assign("alice")).workspace.instance_id
     await pool.release("alice", terminate=True)
     assert iid not in backend.boxes
@@ -176,32 +213,36 @@ async def test_assign_times_out_when_the_box_never_answers(
     assert ws is not None and ws.state is WorkspaceState.STARTING
 
 
-async def test_invalid_user_changes_nothing(pool: CodePool, backend: MemoryBackend) -> None:
+async def test_invalid_user_changes_nothing(
+    memory_pool: CodePool, memory_backend: MemoryBackend
+) -> None:
     for bad in ["", "Alice", "../etc", "a b", "x" * 65, "a;rm -rf /", "-lead", "é"]:
         with pytest.raises(InvalidInput, match="invalid user name"):
-            await pool.assign(bad)
-    assert backend.calls == []
+            await memory_pool.assign(bad)
+    assert memory_backend.calls == []
 
 
 async def test_reap_stops_only_idle_workspaces(
-    pool: CodePool, backend: MemoryBackend, clock: Clock
+    memory_pool: CodePool, memory_backend: MemoryBackend, clock: Clock
 ) -> None:
-    alice = (await pool.assign("alice")).workspace
+    alice = (await memory_pool.assign("alice")).workspace
     clock.advance(2 * MIN)
-    bob = (await pool.assign("bob")).workspace
+    bob = (await memory_pool.assign("bob")).workspace
     clock.advance(4 * MIN)  # alice idle 6 min, bob 4 min
-    dry = await pool.reap(dry_run=True)
+    dry = await memory_pool.reap(dry_run=True)
     assert [(d.user, d.action) for d in dry] == [("alice", ReapAction.STOP)]
     assert "idle 6m00s > 5m00s" in dry[0].reason and not dry[0].done
-    assert backend.boxes[alice.instance_id].state is InstanceState.RUNNING  # dry: nothing done
-    done = await pool.reap()
+    assert (
+        memory_backend.boxes[alice.instance_id].state is InstanceState.RUNNING
+    )  # dry: nothing done
+    done = await memory_pool.reap()
     assert [(d.user, d.action, d.done) for d in done] == [("alice", ReapAction.STOP, True)]
-    assert backend.boxes[alice.instance_id].lifecycle is Lifecycle.STANDBY
-    assert backend.boxes[bob.instance_id].state is InstanceState.RUNNING
-    stopped = await pool.store.get_workspace("alice")
+    assert memory_backend.boxes[alice.instance_id].lifecycle is Lifecycle.STANDBY
+    assert memory_backend.boxes[bob.instance_id].state is InstanceState.RUNNING
+    stopped = await memory_pool.store.get_workspace("alice")
     assert stopped is not None and stopped.state is WorkspaceState.STOPPED
     # Idle stop on AWS order: standby happens inside stop(); the group shrinks afterwards.
-    assert ("stop", (alice.instance_id,)) in backend.calls
+    assert ("stop", (alice.instance_id,)) in memory_backend.calls
 
 
 async def test_reap_respects_a_hold(pool: CodePool, clock: Clock) -> None:
@@ -253,15 +294,15 @@ class PingDuringReap:
 
 
 async def test_a_ping_racing_a_reap_wins(
-    make_pool: Callable[..., CodePool], store: Store, backend: MemoryBackend, clock: Clock
+    make_pool: Callable[..., CodePool], store: Store, memory_backend: MemoryBackend, clock: Clock
 ) -> None:
-    pool = make_pool(PingDuringReap(store, clock), backend, clock)
+    pool = make_pool(PingDuringReap(store, clock), memory_backend, clock)
     alice = (await pool.assign("alice")).workspace
     clock.advance(10 * MIN)
     [d] = await pool.reap()
     assert d.action is ReapAction.KEEP and "pinged during the reap" in d.reason
-    assert backend.boxes[alice.instance_id].state is InstanceState.RUNNING
-    assert not [c for c in backend.calls if c[0] == "stop"]
+    assert memory_backend.boxes[alice.instance_id].state is InstanceState.RUNNING
+    assert not [c for c in memory_backend.calls if c[0] == "stop"]
     ws = await store.get_workspace("alice")
     assert ws is not None and ws.state is WorkspaceState.RUNNING
 
@@ -286,7 +327,7 @@ async def test_reap_skips_a_user_whose_lock_is_held(pool: CodePool, clock: Clock
 
 
 async def test_retention_deletes_old_stopped_boxes(
-    pool: CodePool, backend: MemoryBackend, clock: Clock
+    pool: CodePool, backend: Group, clock: Clock
 ) -> None:
     iid = (await pool.assign("alice")).workspace.instance_id
     await pool.release("alice")
@@ -322,25 +363,25 @@ async def test_failed_stop_is_reported_and_left_for_reconcile(
 
 
 async def test_scale_terminates_excess_spares_and_makes_no_call_when_settled(
-    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, backend: MemoryBackend
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, memory_backend: MemoryBackend
 ) -> None:
-    pool = make_pool(sqlite, backend, pool={"warm_spares": 1})
-    await backend.set_desired(3)  # three spares where one is wanted
+    pool = make_pool(sqlite, memory_backend, pool={"warm_spares": 1})
+    await memory_backend.set_desired(3)  # three spares where one is wanted
     result = await pool.scale(dry_run=True)
     assert (result.desired_before, result.desired_after, len(result.terminated_spares)) == (3, 1, 2)
-    assert len(backend.boxes) == 3
+    assert len(memory_backend.boxes) == 3
     result = await pool.scale()
     assert result.desired_after == 1 and len(result.terminated_spares) == 2
-    assert len(backend.boxes) == 1 and backend.desired == 1
-    backend.calls.clear()
+    assert len(memory_backend.boxes) == 1 and memory_backend.desired == 1
+    memory_backend.calls.clear()
     result = await pool.scale()
     assert not result.changed
-    assert [c[0] for c in backend.calls] == ["list"]
+    assert [c[0] for c in memory_backend.calls] == ["list"]
 
 
 async def test_reconcile_rebuilds_a_lost_store_with_a_grace_period(
     make_pool: Callable[..., CodePool],
-    backend: MemoryBackend,
+    backend: Group,
     clock: Clock,
     tmp_path: Path,
 ) -> None:
@@ -366,32 +407,32 @@ async def test_reconcile_rebuilds_a_lost_store_with_a_grace_period(
 
 
 async def test_reconcile_clears_vanished_and_resolves_two_boxes_without_losing_either(
-    pool: CodePool, backend: MemoryBackend
+    memory_pool: CodePool, memory_backend: MemoryBackend
 ) -> None:
-    first = (await pool.assign("alice")).workspace.instance_id
+    first = (await memory_pool.assign("alice")).workspace.instance_id
     # A crash mid-assign left alice a second box (tagged, never recorded).
-    spare = next(b.instance_id for b in backend.boxes.values() if b.is_spare)
-    await backend.claim(spare, "alice")
-    actions = await pool.reconcile()
+    spare = next(b.instance_id for b in memory_backend.boxes.values() if b.is_spare)
+    await memory_backend.claim(spare, "alice")
+    actions = await memory_pool.reconcile()
     dup = [a for a in actions if a.kind == "duplicate"]
     assert len(dup) == 1 and spare in dup[0].detail and dup[0].done
-    assert backend.boxes[spare].owner == "alice"  # disk kept
-    assert backend.boxes[spare].lifecycle is Lifecycle.STANDBY  # no longer running
-    assert backend.boxes[first].state is InstanceState.RUNNING
-    assert running_boxes(backend, "alice") == [first]
+    assert memory_backend.boxes[spare].owner == "alice"  # disk kept
+    assert memory_backend.boxes[spare].lifecycle is Lifecycle.STANDBY  # no longer running
+    assert memory_backend.boxes[first].state is InstanceState.RUNNING
+    assert running_boxes(memory_backend, "alice") == [first]
     # A box that vanished (deleted outside codepool) is cleared from the store.
-    del backend.boxes[first]
-    actions = await pool.reconcile()
+    del memory_backend.boxes[first]
+    actions = await memory_pool.reconcile()
     assert ("rebuild", "alice") in [(a.kind, a.subject) for a in actions] or (
         "fix",
         "alice",
     ) in [(a.kind, a.subject) for a in actions]
-    ws = await pool.store.get_workspace("alice")
+    ws = await memory_pool.store.get_workspace("alice")
     assert ws is not None and ws.instance_id == spare and ws.state is WorkspaceState.STOPPED
 
 
 async def test_crash_between_tag_and_store_write_is_finished_by_the_next_assign(
-    pool: CodePool, backend: MemoryBackend, sqlite: SQLiteStore
+    pool: CodePool, backend: Group, sqlite: SQLiteStore
 ) -> None:
     await pool.assign("bob")
     spare = next(b.instance_id for b in backend.boxes.values() if b.is_spare)
@@ -441,7 +482,7 @@ async def test_concurrent_assigns_give_each_user_exactly_one_box(
 
 
 async def test_store_record_matches_the_backend_after_assign(
-    pool: CodePool, backend: MemoryBackend
+    pool: CodePool, backend: Group
 ) -> None:
     ws = (await pool.assign("alice")).workspace
     stored = await pool.store.get_workspace("alice")
@@ -450,18 +491,21 @@ async def test_store_record_matches_the_backend_after_assign(
 
 
 async def test_scale_keeps_a_just_launched_spare_an_assignment_is_about_to_claim(
-    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, backend: MemoryBackend, clock: Clock
+    make_pool: Callable[..., CodePool],
+    sqlite: SQLiteStore,
+    memory_backend: MemoryBackend,
+    clock: Clock,
 ) -> None:
-    pool = make_pool(sqlite, backend, clock, pool={"warm_spares": 0})
-    backend.now_ms = clock.now  # boxes launch "now" on the pool's clock
-    await backend.set_desired(1)  # an assign asked for a box for its user...
+    pool = make_pool(sqlite, memory_backend, clock, pool={"warm_spares": 0})
+    memory_backend.now_ms = clock.now  # boxes launch "now" on the pool's clock
+    await memory_backend.set_desired(1)  # an assign asked for a box for its user...
     result = await pool.scale()  # ...and the leader's scale runs before the claim
     assert result.terminated_spares == ()
-    assert len(backend.boxes) == 1 and backend.desired == 1
+    assert len(memory_backend.boxes) == 1 and memory_backend.desired == 1
     clock.advance(pool.settings.pool.assign_timeout_s * 1000 + 1)  # nobody claimed it
     result = await pool.scale()
-    assert len(result.terminated_spares) == 1 and backend.boxes == {}
-    assert backend.desired == 0
+    assert len(result.terminated_spares) == 1 and memory_backend.boxes == {}
+    assert memory_backend.desired == 0
 
 
 async def test_new_users_arriving_together_boot_in_parallel(
