@@ -164,11 +164,18 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
 
 
 def record(backend: AwsBackend, session: boto3.Session) -> CallRecorder:
-    """Attach a recorder to the backend's own clients (the checker's calls are not counted)."""
+    """Attach a recorder to the backend's own clients (the checker's calls are not counted).
+    A backend has one recorder: asking again starts its count afresh, its checks go on."""
+    existing: CallRecorder | None = getattr(backend, "recorder", None)
+    if existing is not None:
+        existing.calls.clear()
+        existing.services.clear()
+        return existing
     recorder = CallRecorder(
         session.client("autoscaling", region_name=REGION), session.client("ec2", region_name=REGION)
     )
     # before-parameter-build sees the API parameters, once per call (not per retry).
     backend.asg.meta.events.register("before-parameter-build.*.*", recorder)
     backend.ec2.meta.events.register("before-parameter-build.*.*", recorder)
+    backend.recorder = recorder  # type: ignore[attr-defined]
     return recorder

@@ -39,7 +39,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def backend(moto_aws: boto3.Session, ready_address: str) -> LoopbackAwsBackend:
-    return LoopbackAwsBackend(aws_settings(), ready_address, session=moto_aws)
+    """Every call of every test is checked against AWS's rules when it is made."""
+    aws = LoopbackAwsBackend(aws_settings(), ready_address, session=moto_aws)
+    record(aws, moto_aws)
+    return aws
 
 
 @pytest.fixture
