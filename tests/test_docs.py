@@ -47,3 +47,17 @@ def test_cli_doc_lists_every_command_and_exit_code() -> None:
     rows = set(re.findall(r"^\| (\d) \| ([a-z, -]*) \|", text, re.MULTILINE))
     for code, kind in EXIT_CODES.values():
         assert any(c == str(code) and kind in kinds for c, kinds in rows), (code, kind)
+
+
+def test_cli_reference_is_generated_from_the_cli() -> None:
+    """docs/cli-reference.md is what scripts/cli_reference.py writes now; if this fails,
+    run `.venv/bin/python scripts/cli_reference.py` and commit the result."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cli_reference", ROOT / "scripts" / "cli_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "cli-reference.md").read_text() == module.render()
