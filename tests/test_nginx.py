@@ -1,0 +1,210 @@
+"""The nginx configs in nginx/ with a real nginx (Debian's): `nginx -t` passes on both, and
+through workspace.conf (with heartbeat.conf) the stand-in workspace gets the heartbeat
+injected exactly once into HTML, compressed assets pass untouched, and a WebSocket
+echoes; router.conf proxies HTTP and WebSockets and redirects plain HTTP to HTTPS."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import need
+from tests.helpers import serve_app
+from tests.router_fixtures import free_port
+from tests.standin_workspace import GZIP_JS, make_app
+
+ROOT = Path(__file__).resolve().parents[1]
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+MAIN = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/site.conf;
+}}
+"""
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Callable[[str], None]]:
+    """Start nginx with a site config (already adapted to loopback ports and temp paths)."""
+    if not Path(NGINX).exists():
+        need("nginx", "it is not installed (apt-get install nginx)")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(site: str) -> None:
+        (tmp_path / "site.conf").write_text(site)
+        main = tmp_path / "nginx.conf"
+        main.write_text(MAIN.format(tmp=tmp_path))
+        test = subprocess.run(
+            [NGINX, "-t", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True
+        )
+        assert test.returncode == 0, test.stderr
+        procs.append(
+            subprocess.Popen([NGINX, "-c", str(main), "-p", str(tmp_path), "-g", "daemon off;"])
+        )
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+@pytest.fixture
+async def workspace(tmp_path: Path) -> AsyncIterator[str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("x")
+    async with serve_app(make_app(home)) as url:
+        yield url
+
+
+def adapt(conf: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    return conf
+
+
+async def wait_listening(port: int) -> None:
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nginx did not listen on {port}")
+
+
+def client() -> aiohttp.ClientSession:
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE  # our own throwaway certificate
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=insecure), auto_decompress=False
+    )
+
+
+async def test_workspace_conf_injects_once_keeps_compression_and_carries_websockets(
+    nginx: Callable[[str], None], tls: tuple[Path, Path], workspace: str
+) -> None:
+    port = free_port()
+    upstream = workspace.removeprefix("http://")
+    heartbeat = adapt(
+        (ROOT / "nginx" / "heartbeat.conf").read_text(),
+        {"@INSTANCE_ID@": "i-0123456789abcdef0", "@HEARTBEAT_INTERVAL_S@": "30"},
+    )
+    site = adapt(
+        (ROOT / "nginx" / "workspace.conf").read_text(),
+        {
+            "listen 8443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+            "server 127.0.0.1:8080;": f"server {upstream};",
+            "/etc/codepool/tls/workspace.crt": str(tls[0]),
+            "/etc/codepool/tls/workspace.key": str(tls[1]),
+            "proxy_send_timeout 1h;\n    }": "proxy_send_timeout 1h;\n" + heartbeat + "    }",
+        },
+    )
+    nginx(site)
+    await wait_listening(port)
+    base = f"https://127.0.0.1:{port}"
+    async with client() as http:
+        async with http.get(
+            base + "/", headers={"Accept": "text/html", "Accept-Encoding": "gzip"}
+        ) as r:
+            html = await r.text()
+        assert r.status == 200 and "notes.txt" in html
+        assert html.count("/assets/heartbeat.js") == 1
+        assert 'data-instance-id="i-0123456789abcdef0"' in html
+        assert html.index("heartbeat.js") < html.index("</head>")
+        async with http.get(base + "/gzip.js", headers={"Accept-Encoding": "gzip"}) as r:
+            assert r.headers["Content-Encoding"] == "gzip"
+            assert await r.read() == GZIP_JS  # byte for byte: not decompressed, not injected
+        async with http.get(base + "/codepool/nginx-health") as r:
+            assert r.status == 200 and await r.text() == "ok\n"
+        async with http.ws_connect(base.replace("https", "wss") + "/ws", protocols=("echo",)) as ws:
+            await ws.send_str("through nginx")
+            assert await ws.receive_str() == "through nginx"
+            await ws.send_bytes(b"\x00" * 100_000)
+            assert await ws.receive_bytes() == b"\x00" * 100_000
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(64):
+                yield b"z" * 65536
+
+        async with http.post(base + "/upload", data=body()) as r:
+            assert (await r.json())["received"] == 64 * 65536
+
+
+async def test_router_conf_fronts_the_router(
+    nginx: Callable[[str], None], tls: tuple[Path, Path], workspace: str
+) -> None:
+    https_port, http_port = free_port(), free_port()
+    site = adapt(
+        (ROOT / "nginx" / "router.conf").read_text(),
+        {
+            "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
+            "listen 80;": f"listen 127.0.0.1:{http_port};",
+            "server 127.0.0.1:8000;": f"server {workspace.removeprefix('http://')};",
+            "/etc/codepool/tls/router.crt": str(tls[0]),
+            "/etc/codepool/tls/router.key": str(tls[1]),
+        },
+    )
+    nginx(site)
+    await wait_listening(https_port)
+    async with client() as http:
+        async with http.get(
+            f"http://127.0.0.1:{http_port}/login?next=/x", allow_redirects=False
+        ) as r:
+            assert r.status == 301 and r.headers["Location"].startswith("https://")
+            assert r.headers["Location"].endswith("/login?next=/x")
+        async with http.get(f"https://127.0.0.1:{https_port}/echo-headers") as r:
+            headers = {k.lower(): v for k, v in (await r.json())["headers"].items()}
+        assert headers["x-forwarded-proto"] == "https" and headers["x-forwarded-for"] == "127.0.0.1"
+        url = f"wss://127.0.0.1:{https_port}/ws"
+        async with http.ws_connect(url, protocols=("echo",)) as ws:
+            await ws.send_str("hello router")
+            assert await ws.receive_str() == "hello router"
