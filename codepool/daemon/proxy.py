@@ -18,6 +18,7 @@ import logging
 import re
 import time
 import zlib
+from html import escape
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -61,7 +62,7 @@ class Stopped(Exception):
 
 def heartbeat_tag(instance_id: str, interval_s: int) -> bytes:
     return (
-        f'<script defer src="/assets/heartbeat.js?v=1" data-instance-id="{instance_id}" '
+        f'<script defer src="/assets/heartbeat.js?v=1" data-instance-id="{escape(instance_id)}" '
         f'data-interval="{interval_s}"></script>'
     ).encode()
 
