@@ -118,8 +118,10 @@ async def test_claimed_spares_are_not_put_back(store: Store) -> None:
     # A reconcile that listed the box before it was tagged must not re-add it.
     assert await store.add_spares(["i-1", "i-2", "i-3"]) == 1
     assert await store.spares() == {"i-1", "i-2", "i-3"} - {first}
-    assert await store.take_spare("i-3")
-    assert not await store.take_spare("i-3")
+    assert await store.take_spare("i-3", 60_000)
+    assert not await store.take_spare("i-3", 60_000)
+    # scale took i-3 to terminate it: a stale listing must not bring it back
+    assert await store.add_spares(["i-3"]) == 0
     await store.remove_spares(["i-1", "i-2"])
     assert await store.spares() == set()
 

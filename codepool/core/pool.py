@@ -368,7 +368,7 @@ class CodePool:
         if dry_run:
             desired = min(max(target, in_service - len(excess)), cap.max_size)
             return ScaleResult(cap.desired, desired, tuple(excess), dry_run=True)
-        taken = [iid for iid in excess if await self.store.take_spare(iid)]
+        taken = [iid for iid in excess if await self.store.take_spare(iid, CLAIM_TTL_MS)]
         if taken:
             await self.backend.terminate(taken)
             cap = await self.backend.capacity()

@@ -57,8 +57,10 @@ class Store(Protocol):
         """Take one spare id out of the pool atomically (each id goes to one caller only) and
         mark it claimed by user for claim_ttl_ms, so add_spares will not put it back."""
 
-    async def take_spare(self, instance_id: str) -> bool:
-        """Take this spare out of the pool; True if it was there (and so is now ours)."""
+    async def take_spare(self, instance_id: str, claim_ttl_ms: int) -> bool:
+        """Take this spare out of the pool; True if it was there (and so is now ours). Like
+        claim_spare it leaves a claim, so a reconcile that listed the box before it was
+        terminated cannot put it back."""
 
     async def add_spares(self, instance_ids: Iterable[str]) -> int:
         """Put ids into the pool, skipping any with a live claim; returns how many were added."""

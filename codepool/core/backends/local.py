@@ -310,8 +310,8 @@ class LocalBackend:
         def run() -> Instance:
             with self._locked():
                 meta = self._read(instance_id)
-                if meta is None:
-                    raise BackendError(f"{instance_id}: no such slot")
+                if meta is None:  # terminated meanwhile (say, as an excess spare)
+                    raise NotASpare(f"{instance_id}: no such slot")
                 inst = self._instance(meta)
                 if meta.owner is not None or not inst.is_spare:
                     raise NotASpare(f"{instance_id}: not an unowned running spare")

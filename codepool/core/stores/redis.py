@@ -71,6 +71,12 @@ redis.call('SET', ARGV[1] .. id, ARGV[2], 'PX', ARGV[3])
 return id
 """
 
+_TAKE_SPARE = """
+if redis.call('SREM', KEYS[1], ARGV[2]) == 0 then return 0 end
+redis.call('SET', ARGV[1] .. ARGV[2], '', 'PX', ARGV[3])
+return 1
+"""
+
 _ADD_SPARES = """
 local added = 0
 for i = 2, #ARGV do
@@ -142,6 +148,7 @@ class RedisStore:
         self._set_hold = client.register_script(_SET_HOLD)
         self._claim_spare = client.register_script(_CLAIM_SPARE)
         self._add_spares = client.register_script(_ADD_SPARES)
+        self._take_spare = client.register_script(_TAKE_SPARE)
         self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
 
@@ -250,8 +257,9 @@ class RedisStore:
         )
         return cast(str | None, iid)
 
-    async def take_spare(self, instance_id: str) -> bool:
-        return bool(await self._do(self.r.srem(self.k_pool, instance_id)))
+    async def take_spare(self, instance_id: str, claim_ttl_ms: int) -> bool:
+        args: list[str | int] = [self.k_claim, instance_id, claim_ttl_ms]
+        return bool(await self._do(self._take_spare(keys=[self.k_pool], args=args)))
 
     async def add_spares(self, instance_ids: Iterable[str]) -> int:
         ids = list(instance_ids)

@@ -245,10 +245,16 @@ class SQLiteStore:
 
         return await self._run(q, write=True)
 
-    async def take_spare(self, instance_id: str) -> bool:
+    async def take_spare(self, instance_id: str, claim_ttl_ms: int) -> bool:
         def q(db: sqlite3.Connection) -> bool:
             cur = db.execute("DELETE FROM spares WHERE instance_id = ?", (instance_id,))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO claims (instance_id, user, expires_ms) VALUES (?, ?, ?)",
+                (instance_id, "", _now_ms() + claim_ttl_ms),
+            )
+            return True
 
         return await self._run(q, write=True)
 
