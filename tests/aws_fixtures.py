@@ -5,6 +5,7 @@ not, and a backend whose boxes answer on loopback (moto's addresses lead nowhere
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,6 +144,30 @@ class LoopbackAwsBackend(AwsBackend):
 
     def _address(self, ec2_instance: Any) -> str:
         return self.loopback
+
+
+@pytest.fixture
+def moto_server() -> Iterator[tuple[str, boto3.Session]]:
+    """moto's real HTTP server on a loopback port: (endpoint URL, a session for it)."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.router_fixtures import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        # moto keeps its state per process: start from an empty AWS whatever ran before.
+        endpoint = f"http://127.0.0.1:{port}"
+        reset = urllib.request.Request(endpoint + "/moto-api/reset", method="POST")
+        with urllib.request.urlopen(reset, timeout=10):
+            pass
+        session = boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
+        yield endpoint, session
+    finally:
+        server.stop()
 
 
 def aws_settings(**kw: Any) -> AwsSettings:

@@ -6,10 +6,12 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from aiohttp import web
+
+from codepool.core.models import Assignment
 
 
 def kill_slots(state_dir: Path) -> None:
@@ -36,3 +38,37 @@ async def serve_app(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def one_box_each(assignments: Iterable[Assignment]) -> dict[str, str]:
+    """user -> instance id, checking that nobody got two boxes and no box got two users."""
+    by_user: dict[str, set[str]] = {}
+    for a in assignments:
+        by_user.setdefault(a.workspace.user, set()).add(a.workspace.instance_id)
+    assert all(len(ids) == 1 for ids in by_user.values()), by_user
+    boxes = {user: next(iter(ids)) for user, ids in by_user.items()}
+    assert len(set(boxes.values())) == len(boxes), boxes
+    return boxes
+
+
+def codepool_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `codepool` subprocess: a pool in state_dir running the stand-in."""
+    from tests.conftest import standin_command
+
+    env = dict(os.environ)
+    env.update(
+        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
+        CODEPOOL_LOCAL_COMMAND=" ".join(standin_command()),
+    )
+    env.update(extra)
+    return env
+
+
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Remove what a test wrote under its key prefix on a real Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=prefix + "*", count=500):
+        client.delete(key)
+    client.close()

@@ -24,6 +24,7 @@ from tests.aws_fixtures import (
     record,
 )
 from tests.conftest import make_settings
+from tests.helpers import one_box_each
 from tests.router_fixtures import free_port
 from tests.test_pool import Clock
 
@@ -186,35 +187,24 @@ async def test_one_bad_instance_does_not_stop_the_batch(
 
 
 async def test_lifecycle_through_motos_http_server(
-    ready_address: str, tmp_path: Path, clock: Clock
+    moto_server: tuple[str, boto3.Session], ready_address: str, tmp_path: Path, clock: Clock
 ) -> None:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        session = boto3.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-        )
-        create_group(session, endpoint_url=endpoint)
-        backend = LoopbackAwsBackend(
-            aws_settings(endpoint_url=endpoint), ready_address, session=session
-        )
-        calls = record(backend, session)
-        # the recorder's own checks must use the server too
-        calls.checker_asg = session.client("autoscaling", endpoint_url=endpoint)
-        calls.checker_ec2 = session.client("ec2", endpoint_url=endpoint)
-        settings = make_settings(tmp_path / "state", pool={"warm_spares": 0})
-        pool = CodePool(settings, SQLiteStore(str(tmp_path / "p.db")), backend, clock=clock)
-        a = await pool.assign("alice")
-        await pool.release("alice")
-        b = await pool.assign("alice")
-        assert b.how == "resumed" and b.workspace.instance_id == a.workspace.instance_id
-        assert calls.count("StartInstances") == 1 and calls.count("ExitStandby") == 1
-    finally:
-        server.stop()
+    endpoint, session = moto_server
+    create_group(session, endpoint_url=endpoint)
+    backend = LoopbackAwsBackend(
+        aws_settings(endpoint_url=endpoint), ready_address, session=session
+    )
+    calls = record(backend, session)
+    # the recorder's own checks must use the server too
+    calls.checker_asg = session.client("autoscaling", endpoint_url=endpoint)
+    calls.checker_ec2 = session.client("ec2", endpoint_url=endpoint)
+    settings = make_settings(tmp_path / "state", pool={"warm_spares": 0})
+    pool = CodePool(settings, SQLiteStore(str(tmp_path / "p.db")), backend, clock=clock)
+    a = await pool.assign("alice")
+    await pool.release("alice")
+    b = await pool.assign("alice")
+    assert b.how == "resumed" and b.workspace.instance_id == a.workspace.instance_id
+    assert calls.count("StartInstances") == 1 and calls.count("ExitStandby") == 1
 
 
 def test_aws_needs_a_group_name() -> None:
@@ -240,92 +230,82 @@ async def test_iam_policy_covers_exactly_the_calls_made(
     assert calls.iam_actions() == granted
 
 
-def test_guardrail_commands_against_motos_server(tmp_path: Path) -> None:
+def test_guardrail_commands_against_motos_server(
+    moto_server: tuple[str, boto3.Session], tmp_path: Path
+) -> None:
     import json
 
-    from moto.server import ThreadedMotoServer
     from typer.testing import CliRunner
 
     from codepool.cli.app import app
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        session = boto3.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-        )
-        ec2 = session.client("ec2", endpoint_url=endpoint)
-        vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
-        routers = ec2.create_security_group(GroupName="routers", Description="r", VpcId=vpc)
-        boxes = ec2.create_security_group(GroupName="boxes", Description="b", VpcId=vpc)
-        world: Any = [
+    endpoint, session = moto_server
+    ec2 = session.client("ec2", endpoint_url=endpoint)
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    routers = ec2.create_security_group(GroupName="routers", Description="r", VpcId=vpc)
+    boxes = ec2.create_security_group(GroupName="boxes", Description="b", VpcId=vpc)
+    world: Any = [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 8080,
+            "ToPort": 8080,
+            "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+        }
+    ]
+    ec2.authorize_security_group_ingress(GroupId=boxes["GroupId"], IpPermissions=world)
+    create_group(session, endpoint_url=endpoint, security_group=boxes["GroupId"])
+    config = tmp_path / "codepool.toml"
+    config.write_text(
+        f'[pool]\nbackend = "aws"\n[aws]\ngroup_name = "{GROUP}"\nregion = "{REGION}"\n'
+        f'endpoint_url = "{endpoint}"\n[local]\nstate_dir = "{tmp_path / "state"}"\n'
+    )
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    runner = CliRunner(env=env)
+
+    def cli(*args: str) -> Any:
+        return runner.invoke(app, ["--config", str(config), *args])
+
+    result = cli("doctor", "--json")
+    assert result.exit_code == 1, result.output
+    found = {c["name"]: c for c in json.loads(result.output)["checks"]}
+    assert found["scale-in protection"]["ok"] and found["Owner tag"]["ok"]
+    assert not found["workspace port"]["ok"] and "0.0.0.0/0" in found["workspace port"]["detail"]
+    ec2.revoke_security_group_ingress(GroupId=boxes["GroupId"], IpPermissions=world)
+    ec2.authorize_security_group_ingress(
+        GroupId=boxes["GroupId"],
+        IpPermissions=[
             {
                 "IpProtocol": "tcp",
                 "FromPort": 8080,
                 "ToPort": 8080,
-                "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                "UserIdGroupPairs": [{"GroupId": routers["GroupId"]}],
             }
-        ]
-        ec2.authorize_security_group_ingress(GroupId=boxes["GroupId"], IpPermissions=world)
-        create_group(session, endpoint_url=endpoint, security_group=boxes["GroupId"])
-        config = tmp_path / "codepool.toml"
-        config.write_text(
-            f'[pool]\nbackend = "aws"\n[aws]\ngroup_name = "{GROUP}"\nregion = "{REGION}"\n'
-            f'endpoint_url = "{endpoint}"\n[local]\nstate_dir = "{tmp_path / "state"}"\n'
-        )
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-        runner = CliRunner(env=env)
+        ],
+    )
+    result = cli("doctor")
+    assert result.exit_code == 0, result.output
 
-        def cli(*args: str) -> Any:
-            return runner.invoke(app, ["--config", str(config), *args])
+    result = cli("status", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["capacity"] == {
+        "desired": 0,
+        "max_size": 10,
+        "min_size": 0,
+    }
 
-        result = cli("doctor", "--json")
-        assert result.exit_code == 1, result.output
-        found = {c["name"]: c for c in json.loads(result.output)["checks"]}
-        assert found["scale-in protection"]["ok"] and found["Owner tag"]["ok"]
-        assert (
-            not found["workspace port"]["ok"] and "0.0.0.0/0" in found["workspace port"]["detail"]
-        )
-        ec2.revoke_security_group_ingress(GroupId=boxes["GroupId"], IpPermissions=world)
-        ec2.authorize_security_group_ingress(
-            GroupId=boxes["GroupId"],
-            IpPermissions=[
-                {
-                    "IpProtocol": "tcp",
-                    "FromPort": 8080,
-                    "ToPort": 8080,
-                    "UserIdGroupPairs": [{"GroupId": routers["GroupId"]}],
-                }
-            ],
-        )
-        result = cli("doctor")
-        assert result.exit_code == 0, result.output
+    result = cli("alarms", "apply", "--dry-run", "--json")
+    assert result.exit_code == 0 and len(json.loads(result.output)["alarms"]) == 2
+    cloudwatch = session.client("cloudwatch", endpoint_url=endpoint)
+    assert cloudwatch.describe_alarms()["MetricAlarms"] == []
+    result = cli("alarms", "apply", "--topic-arn", f"arn:aws:sns:{REGION}:123456789012:ops")
+    assert result.exit_code == 0, result.output
+    names = sorted(a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"])
+    assert names == [f"codepool-{GROUP}-launch-lag", f"codepool-{GROUP}-near-max"]
 
-        result = cli("status", "--json")
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["capacity"] == {
-            "desired": 0,
-            "max_size": 10,
-            "min_size": 0,
-        }
-
-        result = cli("alarms", "apply", "--dry-run", "--json")
-        assert result.exit_code == 0 and len(json.loads(result.output)["alarms"]) == 2
-        cloudwatch = session.client("cloudwatch", endpoint_url=endpoint)
-        assert cloudwatch.describe_alarms()["MetricAlarms"] == []
-        result = cli("alarms", "apply", "--topic-arn", f"arn:aws:sns:{REGION}:123456789012:ops")
-        assert result.exit_code == 0, result.output
-        names = sorted(a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"])
-        assert names == [f"codepool-{GROUP}-launch-lag", f"codepool-{GROUP}-near-max"]
-
-        result = cli("iam-policy")
-        assert result.exit_code == 0
-        policy = json.loads(result.output)
-        assert policy["Statement"][1]["Resource"].endswith(f"autoScalingGroupName/{GROUP}")
-    finally:
-        server.stop()
+    result = cli("iam-policy")
+    assert result.exit_code == 0
+    policy = json.loads(result.output)
+    assert policy["Statement"][1]["Resource"].endswith(f"autoScalingGroupName/{GROUP}")
 
 
 async def test_reconcile_tags_boxes_without_an_owner(
@@ -420,11 +400,8 @@ async def test_concurrent_assigns_on_aws_give_each_user_one_box(
 
     calls = record(backend, moto_aws)
     users = [f"dev{n}" for n in range(6)]
-    results = await asyncio.gather(*(pool.assign(users[n % 6]) for n in range(24)))
-    by_user: dict[str, set[str]] = {}
-    for r in results:
-        by_user.setdefault(r.workspace.user, set()).add(r.workspace.instance_id)
-    assert all(len(ids) == 1 for ids in by_user.values()), by_user
+    boxes = one_box_each(await asyncio.gather(*(pool.assign(users[n % 6]) for n in range(24))))
+    assert sorted(boxes) == sorted(users)
     owners = [i.owner for i in await backend.list_instances() if i.owner]
     assert sorted(owners) == sorted(users)  # nobody twice, no box with two owners
     assert calls.count("SetDesiredCapacity") <= 12  # about one ask per new user, plus scale

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -15,33 +14,19 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import standin_command
-
-
-def _drop_keys(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    for key in client.scan_iter(match=prefix + "*", count=500):
-        client.delete(key)
-    client.close()
+from tests.helpers import codepool_env, drop_redis_keys
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
 def test_concurrent_cli_assigns_give_each_user_one_workspace(
     state_dir: Path, store_kind: str, request: pytest.FixtureRequest
 ) -> None:
-    env = dict(os.environ)
-    env.update(
-        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
-        CODEPOOL_LOCAL_COMMAND=" ".join(standin_command()),
-        CODEPOOL_LOCAL_MAX_SIZE="20",
-        CODEPOOL_POOL_ASSIGN_TIMEOUT_S="60",
-    )
+    env = codepool_env(state_dir, CODEPOOL_LOCAL_MAX_SIZE="20", CODEPOOL_POOL_ASSIGN_TIMEOUT_S="60")
     if store_kind == "redis":
         env["CODEPOOL_STORE_URL"] = request.getfixturevalue("redis_url")
         env["CODEPOOL_STORE_KEY_PREFIX"] = f"codepool-proc-{secrets.token_hex(4)}:"
         request.addfinalizer(
-            lambda: _drop_keys(env["CODEPOOL_STORE_URL"], env["CODEPOOL_STORE_KEY_PREFIX"])
+            lambda: drop_redis_keys(env["CODEPOOL_STORE_URL"], env["CODEPOOL_STORE_KEY_PREFIX"])
         )
     users = [f"user{n}" for n in range(8)]
     procs = [
@@ -82,9 +67,8 @@ def test_concurrent_cli_assigns_give_each_user_one_workspace(
 def test_a_killed_assign_is_finished_by_the_next_one(state_dir: Path) -> None:
     """SIGKILL `codepool assign` while the box it claimed is still booting: the next assign
     gives the user that same box, and nobody ends up with two."""
-    env = dict(os.environ)
-    env.update(
-        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
+    env = codepool_env(
+        state_dir,
         CODEPOOL_LOCAL_COMMAND=" ".join(standin_command(delay_s=3.0)),
         CODEPOOL_POOL_WARM_SPARES="0",
     )

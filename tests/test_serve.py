@@ -4,7 +4,6 @@ real Redis sharing the work (one leader; one workspace per user across both)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import secrets
 import signal
@@ -16,20 +15,14 @@ from pathlib import Path
 import aiohttp
 
 from codepool.daemon.auth import Users
-from tests.conftest import standin_command
+from tests.helpers import codepool_env, drop_redis_keys
 from tests.router_fixtures import free_port
 
 
 def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
-        CODEPOOL_LOCAL_COMMAND=" ".join(standin_command()),
-        CODEPOOL_POOL_WARM_SPARES="0",
-        CODEPOOL_ROUTER_REAP_INTERVAL_S="1",
-    )
-    env.update(extra)
-    return env
+    """A router with no warm spare and a loop cycle every second."""
+    settings = {"CODEPOOL_POOL_WARM_SPARES": "0", "CODEPOOL_ROUTER_REAP_INTERVAL_S": "1"}
+    return codepool_env(state_dir, **{**settings, **extra})
 
 
 class Server:
@@ -171,9 +164,4 @@ async def test_two_routers_on_one_redis(
         else:
             raise AssertionError("the second router never became leader")
     finally:
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
-        for key in client.scan_iter(match=prefix + "*"):
-            client.delete(key)
-        client.close()
+        drop_redis_keys(redis_url, prefix)

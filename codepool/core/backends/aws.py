@@ -48,7 +48,6 @@ T = TypeVar("T")
 UNASSIGNED = "UNASSIGNED"
 OWNER_TAG = "Owner"
 STANDBY_BATCH = 20  # EnterStandby / ExitStandby take at most 20 ids
-PROTECTION_BATCH = 50  # SetInstanceProtection takes at most 50
 EC2_BATCH = 500  # Stop/Start/TerminateInstances and CreateTags take many; keep calls modest
 POLL_S = 2.0
 
