@@ -13,12 +13,14 @@ from dataclasses import replace
 
 from codepool.core.errors import BackendError, NotASpare
 from codepool.core.models import BatchResult, Capacity, Check, Instance, InstanceState, Lifecycle
+from codepool.core.tls import WorkspaceTls
 
 
 class MemoryBackend:
     """An in-memory group. Boxes are ready at once at `address` (a live test server)."""
 
     ready_path = "/healthz"
+    tls: WorkspaceTls | None = None
 
     def __init__(self, address: str, min_size: int = 0, max_size: int = 10) -> None:
         self.address = address

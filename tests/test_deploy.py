@@ -1,14 +1,18 @@
 """deploy/: the CloudFormation template passes cfn-lint and sets the group up the way the
-aws backend needs it; its router policy is exactly what `codepool iam-policy` prints."""
+aws backend needs it; its router policy is exactly what `codepool iam-policy` prints; the
+shell scripts pass shellcheck and the systemd units pass systemd's own checker."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from codepool.core.backends.aws import iam_policy
+from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "cloudformation.yaml"
@@ -57,3 +61,49 @@ def test_the_router_role_has_exactly_the_iam_policy() -> None:
     role = load()["Resources"]["RouterRole"]["Properties"]
     [policy] = role["Policies"]
     assert resolve(policy["PolicyDocument"], "my-group") == iam_policy("my-group")
+
+
+SHELL_SCRIPTS = [
+    *sorted((ROOT / "deploy").glob("*.sh")),
+    *(ROOT / "scripts" / name for name in ("_venv.sh", "codepool", "install-code-server", "test")),
+    ROOT / ".ci" / "run",
+]
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        need("shellcheck", "it is not installed (apt-get install shellcheck)")
+    assert shellcheck is not None
+    result = subprocess.run(
+        [shellcheck, "-x", *map(str, SHELL_SCRIPTS)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """systemd's own checker, on a root holding systemd's units, ours, and a stand-in
+    program at each ExecStart path (the real ones live on the provisioned machines)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        need("systemd-analyze", "it is not installed (apt-get install systemd)")
+    assert analyze is not None
+    units = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
+    assert {u.name for u in units} == {"codepool.service", "codepool-code-server.service"}
+    shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    for unit in units:
+        shutil.copy(unit, tmp_path / "etc/systemd/system" / unit.name)
+        start = re.search(r"^ExecStart=(\S+)", unit.read_text(), re.MULTILINE)
+        assert start is not None, unit
+        program = tmp_path / start.group(1).lstrip("/")
+        program.parent.mkdir(parents=True, exist_ok=True)
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    result = subprocess.run(
+        [analyze, "verify", f"--root={tmp_path}", *(u.name for u in units)],
+        capture_output=True,
+        text=True,
+    )
+    ours = [line for line in result.stderr.splitlines() if "codepool" in line]
+    assert result.returncode == 0 and not ours, result.stderr

@@ -1,23 +1,36 @@
 """The nginx configs in nginx/ with a real nginx (Debian's): `nginx -t` passes on both, and
 through workspace.conf (with heartbeat.conf) the stand-in workspace gets the heartbeat
 injected exactly once into HTML, compressed assets pass untouched, and a WebSocket
-echoes; router.conf proxies HTTP and WebSockets and redirects plain HTTP to HTTPS."""
+echoes; router.conf proxies HTTP and WebSockets and redirects plain HTTP to HTTPS.
+A box provisioned by deploy/ serves real code-server to the router over verified TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from tests.conftest import need
+from codepool.core.errors import UntrustedBox
+from codepool.core.pool import CodePool
+from codepool.core.ready import probe
+from codepool.core.store import create_store
+from codepool.core.tls import workspace_tls
+from codepool.daemon.app import create_app
+from codepool.daemon.auth import Users
+from tests.conftest import make_settings, need
+from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
-from tests.router_fixtures import free_port
+from tests.router_fixtures import PASSWORDS, free_port, login
 from tests.standin_workspace import GZIP_JS, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,3 +221,96 @@ async def test_router_conf_fronts_the_router(
         async with http.ws_connect(url, protocols=("echo",)) as ws:
             await ws.send_str("hello router")
             assert await ws.receive_str() == "hello router"
+
+
+@dataclass
+class Box:
+    root: Path  # the staged /
+    tls_dir: Path  # what deploy/workspace-tls.sh made
+    code_server_port: int
+
+
+@pytest.fixture
+def provisioned_box(code_server: str, tmp_path: Path) -> Iterator[Box]:
+    """The TLS material from workspace-tls.sh, provision-workspace.sh staged into a folder,
+    and code-server started as the staged unit says, relocated into that folder."""
+    tls_dir, root = tmp_path / "tls", tmp_path / "box"
+    subprocess.run([str(ROOT / "deploy" / "workspace-tls.sh"), str(tls_dir)], check=True)
+    prefix = Path(code_server).parents[2]  # <prefix>/node_modules/.bin/code-server
+    if not (prefix / ".codepool-installed").is_file():
+        need("code-server from scripts/install-code-server", f"{prefix} is another install")
+    (root / "opt").mkdir(parents=True)
+    (root / "opt" / "code-server").symlink_to(prefix)  # already built: the script reuses it
+    provision = ROOT / "deploy" / "provision-workspace.sh"
+    subprocess.run([str(provision), "--tls-dir", str(tls_dir), "--stage", str(root)], check=True)
+    assert (root / "etc/codepool/tls/workspace.key").stat().st_mode & 0o777 == 0o600
+
+    unit = (root / "etc/systemd/system/codepool-code-server.service").read_text()
+    exec_start = re.search(r"^ExecStart=(.*)$", unit, re.MULTILINE)
+    assert exec_start is not None
+    port = free_port()
+    relocate = {"/opt/": f"{root}/opt/", "/home/": f"{root}/home/", ":8080": f":{port}"}
+    argv = [adapt_all(arg, relocate) for arg in exec_start.group(1).split()]
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, "HOME": str(root / "home" / "coder")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield Box(root, tls_dir, port)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.code_server
+async def test_a_provisioned_box_serves_code_server_to_the_router_over_verified_tls(
+    nginx: Callable[[str], None], provisioned_box: Box, tmp_path: Path
+) -> None:
+    """deploy/ end to end, short of systemd and EC2: nginx with the staged config in front
+    of the staged code-server; the router trusts the box only with the right CA and name,
+    assigns it over verified TLS and proxies the workbench with the heartbeat."""
+    root, port = provisioned_box.root, free_port()
+    conf = (root / "etc/nginx/conf.d/codepool-workspace.conf").read_text()
+    nginx(
+        adapt(
+            conf,
+            {
+                "listen 8443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+                "server 127.0.0.1:8080;": f"server 127.0.0.1:{provisioned_box.code_server_port};",
+                "/etc/codepool/tls/": f"{root}/etc/codepool/tls/",
+            },
+        )
+    )
+    await wait_listening(port)
+    address = f"https://127.0.0.1:{port}"
+    name, ca = "workspace.codepool.internal", str(provisioned_box.tls_dir / "ca.crt")
+    for wrong in (workspace_tls(ca, "other.internal"), workspace_tls("", name)):
+        with pytest.raises(UntrustedBox, match=r"aws\.workspace_tls_name"):
+            await probe(address, "/healthz", wrong)  # at once: no waiting for a timeout
+
+    router_port = free_port()
+    settings = make_settings(
+        tmp_path / "state",
+        pool={"warm_spares": 0},
+        router={"public_url": f"http://127.0.0.1:{router_port}"},
+    )
+    backend = MemoryBackend(address)
+    backend.tls = workspace_tls(ca, name)
+    pool = CodePool(settings, create_store("memory://"), backend)
+    Users(settings.users_file).add("alice", PASSWORDS["alice"])
+    server = TestServer(create_app(pool, settings, run_loops=False), port=router_port)
+    async with TestClient(server) as c:
+        assigned = await pool.assign("alice")  # readiness over verified TLS
+        assert assigned.workspace.address == address
+        assert (await login(c, "alice", PASSWORDS["alice"])).status == 302
+        resp = await c.get("/w/alice/", headers={"Accept": "text/html"})
+        page = await resp.text()
+        assert resp.status == 200, page
+        assert page.count("/assets/heartbeat.js") == 1  # the workbench, through TLS
+    await pool.close()
+
+
+def adapt_all(text: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    return text

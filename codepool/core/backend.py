@@ -12,12 +12,14 @@ from typing import Protocol
 from codepool.core.errors import ConfigError
 from codepool.core.models import BatchResult, Capacity, Check, Instance
 from codepool.core.settings import Settings
+from codepool.core.tls import WorkspaceTls
 
 
 class Backend(Protocol):
     """What the core needs from a pool of boxes."""
 
     ready_path: str  # HTTP path on a box's address that answers 200 once it serves
+    tls: WorkspaceTls | None  # how https boxes are verified (None: the system's CAs)
 
     async def list_instances(self) -> list[Instance]:
         """Every box of the pool that is not terminated: spares, running and stopped ones."""

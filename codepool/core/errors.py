@@ -49,6 +49,11 @@ class NotASpare(BackendError):
     """A box offered as a spare is not (or no longer) an unowned running box."""
 
 
+class UntrustedBox(BackendError):
+    """A box answered over TLS with a certificate the router does not trust. Waiting does
+    not mend that, so an assignment stops at once and says what to check."""
+
+
 class StoreUnavailable(CodepoolError):
     """The store (SQLite or Redis) failed or cannot be reached."""
 

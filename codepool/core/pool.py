@@ -135,7 +135,7 @@ class CodePool:
             if (
                 ws is not None
                 and ws.state is WorkspaceState.RUNNING
-                and await http_ok(ws.address, self.backend.ready_path)
+                and await http_ok(ws.address, self.backend.ready_path, self.backend.tls)
             ):
                 # The user is arriving: count that as activity so a reap does not race them.
                 await self.store.record_ping(user, ws.instance_id, self.clock())
@@ -157,7 +157,9 @@ class CodePool:
                 user, inst.instance_id, inst.address, WorkspaceState.STARTING, now, assigned_at
             )
             await self.store.put_workspace(starting)
-            await wait_ready(inst.address, self.backend.ready_path, timeout_s, say)
+            await wait_ready(
+                inst.address, self.backend.ready_path, timeout_s, say, self.backend.tls
+            )
             ready = replace(starting, state=WorkspaceState.RUNNING, last_seen_ms=self.clock())
             await self.store.put_workspace(ready)
         log.info("assign user=%s instance=%s how=%s", user, inst.instance_id, how)

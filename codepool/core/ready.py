@@ -5,23 +5,31 @@ Plain asyncio streams (no HTTP client dependency in the core); one short request
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
-from codepool.core.errors import AssignTimeout
+from codepool.core.errors import AssignTimeout, UntrustedBox
+from codepool.core.tls import WorkspaceTls
 
 
-async def http_ok(address: str, path: str, timeout_s: float = 2.0) -> bool:
-    """True if GET address+path answers 2xx/3xx within timeout_s."""
+async def probe(
+    address: str, path: str, tls: WorkspaceTls | None = None, timeout_s: float = 2.0
+) -> str | None:
+    """None if GET address+path answers 2xx/3xx within timeout_s, else why not.
+    An https address is verified with tls (default: the system's CAs and its own name);
+    a certificate that does not verify raises UntrustedBox."""
     url = urlsplit(address)
     host = url.hostname or "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
+    secure: dict[str, Any] = {}
+    if url.scheme == "https":
+        secure = {"ssl": tls.context, "server_hostname": tls.server_name} if tls else {"ssl": True}
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=url.scheme == "https" or None
-            )
+            reader, writer = await asyncio.open_connection(host, port, **secure)
             try:
                 head = f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n\r\n"
                 writer.write(head.encode())
@@ -30,10 +38,27 @@ async def http_ok(address: str, path: str, timeout_s: float = 2.0) -> bool:
             finally:
                 writer.close()
                 await writer.wait_closed()
-    except (OSError, TimeoutError, asyncio.IncompleteReadError):
-        return False
+    except ssl.SSLCertVerificationError as exc:
+        name = secure.get("server_hostname") or host
+        raise UntrustedBox(
+            f"workspace at {address}: its certificate does not verify for {name!r} "
+            f"({exc.verify_message}); check aws.workspace_ca_file and aws.workspace_tls_name"
+        ) from None
+    except TimeoutError:
+        return f"no answer within {timeout_s:g}s"
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        return str(exc) or type(exc).__name__
     parts = status_line.split()
-    return len(parts) >= 2 and parts[1][:1] in (b"2", b"3")
+    if len(parts) >= 2 and parts[1][:1] in (b"2", b"3"):
+        return None
+    return f"answered {status_line.decode(errors='replace').strip() or 'nothing'}"
+
+
+async def http_ok(
+    address: str, path: str, tls: WorkspaceTls | None = None, timeout_s: float = 2.0
+) -> bool:
+    """True if GET address+path answers 2xx/3xx within timeout_s."""
+    return await probe(address, path, tls, timeout_s) is None
 
 
 async def wait_ready(
@@ -41,15 +66,18 @@ async def wait_ready(
     path: str,
     timeout_s: float,
     progress: Callable[[str], None] | None = None,
+    tls: WorkspaceTls | None = None,
     poll_s: float = 0.25,
 ) -> None:
-    """Poll until the box answers, or raise AssignTimeout naming what did not answer."""
+    """Poll until the box answers, or raise AssignTimeout naming what did not answer
+    and the last reason."""
     deadline = time.monotonic() + timeout_s
     said = False
-    while not await http_ok(address, path):
+    while (why := await probe(address, path, tls)) is not None:
         if time.monotonic() >= deadline:
             raise AssignTimeout(
-                f"workspace at {address} did not answer {path} within {timeout_s:.0f}s"
+                f"workspace at {address} did not answer {path} within {timeout_s:.0f}s "
+                f"(last: {why})"
             )
         if progress and not said:
             progress("waiting for the workspace to answer")

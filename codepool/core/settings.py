@@ -103,9 +103,15 @@ class AwsSettings:
         "private", "which address of a box the router dials", choices=("private", "public")
     )
     workspace_port: int = setting(
-        8080, "port the workspace (nginx or code-server) listens on", minimum=1, maximum=65535
+        8443, "port the workspace (nginx or code-server) listens on", minimum=1, maximum=65535
     )
-    workspace_scheme: str = setting("http", "scheme to reach a box", choices=("http", "https"))
+    workspace_scheme: str = setting("https", "scheme to reach a box", choices=("http", "https"))
+    workspace_ca_file: str = setting(
+        "", "PEM bundle of the CA that signs boxes' certificates; empty: the system's CAs"
+    )
+    workspace_tls_name: str = setting(
+        "", "name boxes' certificates must carry; empty: the address dialled"
+    )
     ready_path: str = setting("/healthz", "HTTP path that answers 200 once a box serves")
     max_attempts: int = setting(
         8, "attempts per AWS call, with botocore's standard retries", minimum=1, maximum=20

@@ -129,6 +129,13 @@ class WorkspaceProxy:
         self._cache[user] = (ws, time.monotonic() + CACHE_S)
         return ws
 
+    def _tls(self, url: URL) -> dict[str, Any]:
+        """How to verify an https box: the backend's CA and name (docs/security.md)."""
+        tls = self.pool.backend.tls
+        if tls is None or url.scheme not in ("https", "wss"):
+            return {}
+        return {"ssl": tls.context, "server_hostname": tls.server_name}
+
     def forget(self, user: str) -> None:
         self._cache.pop(user, None)
 
@@ -170,6 +177,7 @@ class WorkspaceProxy:
                 headers=headers,
                 data=request.content if request.body_exists else None,
                 allow_redirects=False,
+                **self._tls(url),
             )
         except (aiohttp.ClientError, OSError) as exc:
             self.forget(user)
@@ -237,6 +245,7 @@ class WorkspaceProxy:
                 protocols=protocols,
                 max_msg_size=MAX_WS_MESSAGE,
                 autoping=True,
+                **self._tls(url),
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise web.HTTPBadGateway(

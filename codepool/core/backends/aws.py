@@ -38,6 +38,7 @@ from codepool.core.models import (
     Lifecycle,
 )
 from codepool.core.settings import AwsSettings
+from codepool.core.tls import WorkspaceTls, workspace_tls
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
     from mypy_boto3_autoscaling.type_defs import AutoScalingGroupTypeDef
@@ -101,6 +102,9 @@ class AwsBackend:
         self.settings = settings
         self.group = settings.group_name
         self.ready_path = settings.ready_path
+        self.tls: WorkspaceTls | None = workspace_tls(
+            settings.workspace_ca_file, settings.workspace_tls_name
+        )
         config = Config(
             retries={"mode": "standard", "max_attempts": settings.max_attempts},
             connect_timeout=5,

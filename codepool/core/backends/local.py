@@ -41,6 +41,7 @@ from codepool.core.models import (
     Lifecycle,
 )
 from codepool.core.settings import LocalSettings
+from codepool.core.tls import WorkspaceTls
 
 CODE_SERVER_VERSION = "4.99.4"
 INSTALL_HINT = (
@@ -136,6 +137,7 @@ class LocalBackend:
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
         self.ready_path = settings.ready_path
+        self.tls: WorkspaceTls | None = None  # slots serve plain http on this machine
         self.root = Path(settings.state_dir).expanduser()
         self.slots = self.root / "slots"
 
