@@ -7,7 +7,6 @@ run instead of skipping."""
 
 from __future__ import annotations
 
-import gc
 import os
 import secrets
 import shutil
@@ -36,15 +35,6 @@ os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 
 STANDIN = Path(__file__).with_name("standin_workspace.py")
 REQUIRE_REAL = os.environ.get("CODEPOOL_REQUIRE_REAL") == "1"
-
-
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect after every test, so that a socket or transport a test forgot to close is
-    reported (as an unraisable ResourceWarning, an error here) against that test, not
-    against whichever later test the garbage collector happens to run in."""
-    yield
-    gc.collect()
 
 
 def need(what: str, why: str) -> None:

@@ -247,8 +247,8 @@ def test_guardrail_commands_against_motos_server(
     world: Any = [
         {
             "IpProtocol": "tcp",
-            "FromPort": 8080,
-            "ToPort": 8080,
+            "FromPort": 8443,
+            "ToPort": 8443,
             "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
         }
     ]
@@ -271,13 +271,16 @@ def test_guardrail_commands_against_motos_server(
     assert found["scale-in protection"]["ok"] and found["Owner tag"]["ok"]
     assert not found["workspace port"]["ok"] and "0.0.0.0/0" in found["workspace port"]["detail"]
     ec2.revoke_security_group_ingress(GroupId=boxes["GroupId"], IpPermissions=world)
+    result = cli("doctor", "--json")
+    found = {c["name"]: c for c in json.loads(result.output)["checks"]}
+    assert result.exit_code == 1 and "open to nobody" in found["workspace port"]["detail"]
     ec2.authorize_security_group_ingress(
         GroupId=boxes["GroupId"],
         IpPermissions=[
             {
                 "IpProtocol": "tcp",
-                "FromPort": 8080,
-                "ToPort": 8080,
+                "FromPort": 8443,
+                "ToPort": 8443,
                 "UserIdGroupPairs": [{"GroupId": routers["GroupId"]}],
             }
         ],

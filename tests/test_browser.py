@@ -27,7 +27,7 @@ except ImportError:  # the fixture below says what is missing
 from codepool.daemon.auth import Users
 from tests.conftest import need
 from tests.router_fixtures import free_port
-from tests.test_serve import Server, serve_env
+from tests.serving import Server, serve_env
 
 pytestmark = pytest.mark.browser
 

@@ -6,55 +6,14 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import aiohttp
-
 from codepool.daemon.auth import Users
-from tests.helpers import codepool_env, drop_redis_keys
+from tests.helpers import drop_redis_keys
 from tests.router_fixtures import free_port
-
-
-def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:
-    """A router with no warm spare and a loop cycle every second."""
-    settings = {"CODEPOOL_POOL_WARM_SPARES": "0", "CODEPOOL_ROUTER_REAP_INTERVAL_S": "1"}
-    return codepool_env(state_dir, **{**settings, **extra})
-
-
-class Server:
-    def __init__(self, env: dict[str, str], port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "codepool", "serve", "--port", str(port)],
-            env={**env, "CODEPOOL_ROUTER_PUBLIC_URL": self.url},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def wait_up(self) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.proc.kill()
-        raise AssertionError("server did not come up: " + (self.proc.communicate()[0] or ""))
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return out
+from tests.serving import Server, is_leader, login_and_dispatch, serve_env
 
 
 def test_first_start_prints_the_admin_password_once(state_dir: Path, servers: list[Server]) -> None:
@@ -94,32 +53,6 @@ def test_port_in_use_is_a_clear_error(state_dir: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-async def _login_and_dispatch(base: str, user: str, password: str) -> str:
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar) as http:
-        async with http.get(base + "/login") as resp:
-            csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
-        assert csrf is not None
-        form = {"csrf": csrf.group(1), "user": user, "password": password}
-        async with http.post(base + "/login", data=form, allow_redirects=False) as resp:
-            assert resp.status == 302, await resp.text()
-        for _ in range(200):
-            async with http.get(base + "/dispatch", allow_redirects=False) as resp:
-                if resp.status == 302:
-                    location = resp.headers["Location"]
-                    async with http.get(base + location + "healthz") as probe:
-                        assert probe.status == 200
-                    return location
-                assert resp.status == 200, await resp.text()
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{user} never dispatched")
-
-
-async def _leader(server: Server) -> bool:
-    async with aiohttp.ClientSession() as http, http.get(server.url + "/health") as resp:
-        return bool((await resp.json())["leader"])
-
-
 async def test_two_routers_on_one_redis(
     state_dir: Path, servers: list[Server], redis_url: str
 ) -> None:
@@ -141,11 +74,11 @@ async def test_two_routers_on_one_redis(
     b.wait_up()
     try:
         await asyncio.sleep(1.5)  # a loop cycle on each
-        leaders = [await _leader(s) for s in (a, b)]
+        leaders = [await is_leader(s) for s in (a, b)]
         assert sorted(leaders) == [False, True]
         # Every user logs in on both routers at once, twice: still one workspace each.
         tasks = [
-            _login_and_dispatch(s.url, name, f"{name}-password")
+            login_and_dispatch(s.url, name, f"{name}-password")
             for name in names
             for s in (a, b, a, b)
         ]
@@ -158,7 +91,7 @@ async def test_two_routers_on_one_redis(
         assert a.proc.returncode == 0, out_a
         # The survivor takes over the loops once the lease is free.
         for _ in range(50):
-            if await _leader(b):
+            if await is_leader(b):
                 break
             await asyncio.sleep(0.2)
         else:

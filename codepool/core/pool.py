@@ -278,17 +278,19 @@ class CodePool:
     # -- reap -----------------------------------------------------------------------------
 
     async def reap(
-        self, dry_run: bool = False, idle_timeout_s: int | None = None
+        self, dry_run: bool = False, idle_timeout_s: int | None = None, stop_idle: bool = True
     ) -> list[ReapDecision]:
         """Stop workspaces idle past the timeout and delete boxes stopped past retention.
-        A ping that lands before a workspace is marked stopping keeps it (compare-and-set)."""
+        A ping that lands before a workspace is marked stopping keeps it (compare-and-set).
+        stop_idle=False does only the retention part (after a store outage, when the
+        pings of the outage are lost and nobody can be known to be idle)."""
         p = self.settings.pool
         timeout = p.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
         if timeout < 1:
             raise InvalidInput(f"invalid idle timeout {timeout}: must be at least 1 second")
         now = self.clock()
         limit = self.settings.store.batch_size
-        idle = await self.store.idle_workspaces(now - timeout * 1000, limit)
+        idle = await self.store.idle_workspaces(now - timeout * 1000, limit) if stop_idle else []
         decisions = [policy.reap_decision(w, now, timeout, p.on_idle) for w in idle]
         expired: list[Workspace] = []
         if p.stopped_retention_days:

@@ -1,6 +1,11 @@
 """The background loops: reconcile, reap and scale every `router.reap_interval_s` (with
 jitter), run only by the router holding the leader lease, so several routers behind one
-load balancer never reap twice. A failing cycle is logged and the next one runs."""
+load balancer never reap twice. A failing cycle is logged and the next one runs.
+
+After the store was unreachable, the pings sent meanwhile are lost: lastSeen says idle
+about people who were working. So for one idle timeout after the store comes back, no
+idle workspace is stopped (retention still runs); every router's loop sees the outage,
+since each asks for the lease every cycle."""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ import logging
 import random
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
-from codepool.core.errors import CodepoolError
+from codepool.core.errors import CodepoolError, StoreUnavailable
 from codepool.core.models import ReapAction
 from codepool.core.pool import CodePool
 from codepool.daemon.metrics import Metrics
@@ -29,6 +35,8 @@ class Loops:
         self.interval_s = interval_s
         self.holder = f"{socket.gethostname()}:{secrets.token_hex(4)}"
         self.is_leader = False
+        self.store_lost = False  # a store step failed since the last successful lease call
+        self.no_idle_stops_until = 0.0  # time.monotonic(): the grace after a store outage
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -54,6 +62,13 @@ class Loops:
         except CodepoolError as exc:
             log.warning("leader lease: %s", exc)
             self.is_leader = False
+            self.store_lost = self.store_lost or isinstance(exc, StoreUnavailable)
+        else:
+            if self.store_lost:
+                self.store_lost = False
+                grace_s = self.pool.settings.pool.idle_timeout_s
+                self.no_idle_stops_until = time.monotonic() + grace_s
+                log.warning("store is back: no idle workspace is stopped for %ss", grace_s)
         self.metrics.leader.set(1 if self.is_leader else 0)
         if not self.is_leader:
             return False
@@ -70,6 +85,7 @@ class Loops:
             await fn()
         except Exception as exc:  # one failing step must not stop the loop
             self.metrics.backend_errors.labels(name).inc()
+            self.store_lost = self.store_lost or isinstance(exc, StoreUnavailable)
             if isinstance(exc, CodepoolError):
                 log.warning("%s failed: %s", name, exc)
             else:
@@ -78,7 +94,8 @@ class Loops:
         return True
 
     async def _reap(self) -> None:
-        for d in await self.pool.reap():
+        stop_idle = time.monotonic() >= self.no_idle_stops_until
+        for d in await self.pool.reap(stop_idle=stop_idle):
             if d.action is not ReapAction.KEEP and d.done:
                 self.metrics.reaps.labels(d.action.value).inc()
 

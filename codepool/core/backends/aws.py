@@ -427,6 +427,7 @@ class AwsBackend:
         if not sg_ids:
             return Check("workspace port", False, "the launch template names no security group")
         open_to: list[str] = []
+        groups: list[str] = []
         for sg in self.ec2.describe_security_groups(GroupIds=sg_ids)["SecurityGroups"]:
             for rule in sg.get("IpPermissions", []):
                 proto = rule.get("IpProtocol")
@@ -434,6 +435,7 @@ class AwsBackend:
                 if proto == "-1" or (proto == "tcp" and lo <= port <= hi):
                     open_to += [r["CidrIp"] for r in rule.get("IpRanges", [])]
                     open_to += [r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])]
+                    groups += [g.get("GroupId", "") for g in rule.get("UserIdGroupPairs", [])]
         if open_to:
             return Check(
                 "workspace port",
@@ -441,7 +443,18 @@ class AwsBackend:
                 f"port {port} is open to {', '.join(sorted(set(open_to)))}: allow only the "
                 "routers' security group",
             )
-        return Check("workspace port", True, f"port {port} is open to security groups only")
+        if not groups:
+            return Check(
+                "workspace port",
+                False,
+                f"port {port} is open to nobody: the routers cannot reach the boxes; allow "
+                "the routers' security group (or set aws.workspace_port to the port boxes serve)",
+            )
+        return Check(
+            "workspace port",
+            True,
+            f"port {port} is open to security groups only: {', '.join(groups)}",
+        )
 
     async def apply_alarms(self, topic_arn: str, dry_run: bool) -> list[dict[str, Any]]:
         """Turn on the group metrics the alarms read, and create or update both alarms."""

@@ -1,0 +1,80 @@
+"""`codepool serve` as a real process, for the tests that need one (or two): start it on
+the stand-in workspace, wait for /health, log people in and dispatch them over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.helpers import codepool_env
+
+
+def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """A router with no warm spare and a loop cycle every second."""
+    settings = {"CODEPOOL_POOL_WARM_SPARES": "0", "CODEPOOL_ROUTER_REAP_INTERVAL_S": "1"}
+    return codepool_env(state_dir, **{**settings, **extra})
+
+
+class Server:
+    def __init__(self, env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "codepool", "serve", "--port", str(port)],
+            env={**env, "CODEPOOL_ROUTER_PUBLIC_URL": self.url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_up(self) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.proc.kill()
+        raise AssertionError("server did not come up: " + (self.proc.communicate()[0] or ""))
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+
+async def login_and_dispatch(base: str, user: str, password: str) -> str:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        async with http.get(base + "/login") as resp:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+        assert csrf is not None
+        form = {"csrf": csrf.group(1), "user": user, "password": password}
+        async with http.post(base + "/login", data=form, allow_redirects=False) as resp:
+            assert resp.status == 302, await resp.text()
+        for _ in range(200):
+            async with http.get(base + "/dispatch", allow_redirects=False) as resp:
+                if resp.status == 302:
+                    location = resp.headers["Location"]
+                    async with http.get(base + location + "healthz") as probe:
+                        assert probe.status == 200
+                    return location
+                assert resp.status == 200, await resp.text()
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{user} never dispatched")
+
+
+async def is_leader(server: Server) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/health") as resp:
+        return bool((await resp.json())["leader"])

@@ -1,0 +1,168 @@
+"""Hostile input, generated: hypothesis throws bodies, form fields, paths and arguments at
+the router and the CLI. Every answer must be a clean refusal (a 4xx, a redirect to the
+login, or an exit code with one line), never a 5xx or a traceback, and nothing may be
+written: the store, the users file and the boxes are compared before and after.
+
+The hand-written cases (CSRF, Origin checks, fixation, rate limit, JWT forgery, open
+redirects, other users' paths) are in test_router.py and test_jwt.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from codepool.cli.app import app
+from codepool.core.models import Workspace
+from codepool.daemon.auth import SESSION_COOKIE
+from tests.router_fixtures import Served, dispatched
+
+# One router serves every example of a test (that is the point: state must not drift).
+FUZZ = settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    derandomize=True,  # the same examples on every run: a failure reproduces
+)
+local_only = pytest.mark.parametrize("make_served", ["local"], indirect=True)
+
+# Characters people and attackers type: path, header, shell and HTML metacharacters.
+NASTY = st.text(
+    alphabet=st.sampled_from(
+        list("abcxyz019ALICE") + list("/\\.%;:&|$`'\"<>(){}[]*?!#~@=+ \t\r\n\x00é☃")
+    ),
+    max_size=40,
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | NASTY,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(NASTY, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+async def snapshot(served: Served) -> tuple[list[Workspace], set[str], bytes, list[Any]]:
+    """Everything a request could change: workspaces, spares, accounts, boxes."""
+    found: list[Workspace] = []
+    async for batch in served.pool.store.iter_workspaces():
+        found += batch
+    users = Path(served.settings.users_file).read_bytes()
+    boxes = sorted(await served.pool.backend.list_instances(), key=lambda i: i.instance_id)
+    return sorted(found, key=lambda w: w.user), await served.pool.store.spares(), users, boxes
+
+
+@pytest.fixture
+async def bob_working(served: Served) -> TestClient[Any, Any]:
+    """Bob has a workspace; the fuzzing client is alice, who has none."""
+    await dispatched(await served.client("bob"), "bob")
+    return await served.client("alice")
+
+
+@local_only
+@FUZZ
+@given(body=st.one_of(st.binary(max_size=2048), JSON_VALUES.map(lambda v: json.dumps(v).encode())))
+async def test_fuzzed_pings_are_refused_and_write_nothing(
+    served: Served, bob_working: TestClient[Any, Any], body: bytes
+) -> None:
+    bob = await served.pool.store.get_workspace("bob")
+    assert bob is not None
+    before = await snapshot(served)
+    for payload in (body, json.dumps({"instanceId": bob.instance_id}).encode()):
+        resp = await bob_working.post(
+            "/ping",
+            data=payload,
+            headers={"Content-Type": "application/json", "Origin": served.origin},
+        )
+        assert resp.status in (400, 403, 404, 409, 413), (payload, await resp.text())
+        assert resp.content_type == "application/json"
+    assert await snapshot(served) == before
+
+
+@local_only
+@FUZZ
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["user", "password", "next", "csrf", "extra"]), NASTY, max_size=5
+    )
+)
+async def test_fuzzed_logins_never_log_in_or_fail(served: Served, fields: dict[str, str]) -> None:
+    c = await served.make_client()
+    before = await snapshot(served)
+    resp = await c.post(
+        "/login", data=fields, headers={"Origin": served.origin}, allow_redirects=False
+    )
+    assert resp.status in (200, 400, 403, 429), await resp.text()
+    assert not any(m.key == SESSION_COOKIE for m in c.session.cookie_jar)
+    assert await snapshot(served) == before
+
+
+@local_only
+@FUZZ
+@given(segment=NASTY, rest=NASTY)
+async def test_fuzzed_workspace_paths_never_reach_another_users_box(
+    served: Served, bob_working: TestClient[Any, Any], segment: str, rest: str
+) -> None:
+    """alice (no workspace) asks for /w/<anything>/<anything>, raw and percent-encoded:
+    only her own prefix may be proxied, so bob's box is never reached."""
+    before = await snapshot(served)
+    for path in (
+        f"/w/{quote(segment, safe='')}/{quote(rest, safe='/')}",
+        f"/w/{quote(segment, safe='/%.')}/{quote(rest, safe='')}",
+        f"/w/alice/..%2F..%2Fw%2Fbob%2F{quote(rest, safe='')}",
+    ):
+        resp = await bob_working.get(path, allow_redirects=False)
+        text = await resp.text()
+        assert resp.status in (302, 400, 403, 404, 409), (path, resp.status, text)
+        assert "bob" not in resp.headers.get("Location", "").replace("/login?next=", ""), path
+    assert await snapshot(served) == before
+
+
+@local_only
+@FUZZ
+@given(query=st.dictionaries(NASTY, NASTY, max_size=3))
+async def test_fuzzed_dispatch_queries_send_nobody_elsewhere(
+    served: Served, query: dict[str, str]
+) -> None:
+    """Without a session, /dispatch with any query goes to the login page, on this site."""
+    c = await served.make_client()
+    resp = await c.get("/dispatch", params=query, allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"].startswith("/login?next=")
+
+
+@FUZZ
+@given(
+    command=st.sampled_from(["release", "extend", "assign"]),
+    user=NASTY,
+    duration=NASTY,
+)
+def test_fuzzed_cli_arguments_get_a_clean_answer(
+    tmp_path: Path, command: str, user: str, duration: str
+) -> None:
+    """Bad names and durations exit 2 with one line, unknown users 3; never a traceback.
+    Names that pass the rule are only used with commands that change nothing for them."""
+    from codepool.core import policy
+    from codepool.core.errors import InvalidInput
+
+    try:
+        policy.check_user(user)
+        valid = True
+    except InvalidInput:
+        valid = False
+    if command == "assign" and valid:
+        command = "release"  # a real assignment would start a workspace: not a fuzz's job
+    args = [command, "--json", "--", user]
+    if command == "extend":
+        args = ["extend", "--json", "--for", duration, "--", user]
+    config = tmp_path / "codepool.toml"
+    config.write_text(f'[local]\nstate_dir = "{tmp_path / "state"}"\n')
+    result = CliRunner().invoke(app, ["--config", str(config), *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code in (2, 3), (args, result.exit_code, result.output)
+    assert json.loads(result.output)["error"]["exit_code"] == result.exit_code
