@@ -169,3 +169,30 @@ class FailingStopBackend(MemoryBackend):
         return BatchResult(
             result.succeeded, {i: "injected failure" for i in instance_ids if i in self.fail}
         )
+
+
+class OutageBackend(MemoryBackend):
+    """Every call fails while `down` is set, as a throttled or unreachable cloud answers
+    once botocore's retries are spent."""
+
+    down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise BackendError("aws: ThrottlingException: Rate exceeded (injected)")
+
+    async def list_instances(self) -> list[Instance]:
+        self._check()
+        return await super().list_instances()
+
+    async def capacity(self) -> Capacity:
+        self._check()
+        return await super().capacity()
+
+    async def set_desired(self, desired: int) -> None:
+        self._check()
+        await super().set_desired(desired)
+
+    async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
+        self._check()
+        return await super().stop(instance_ids)

@@ -56,23 +56,31 @@ class Server:
 
 async def login_and_dispatch(base: str, user: str, password: str) -> str:
     jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+    # No request may hang: a stuck one fails the test naming its URL.
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(cookie_jar=jar, timeout=timeout) as http:
         async with http.get(base + "/login") as resp:
             csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
         assert csrf is not None
         form = {"csrf": csrf.group(1), "user": user, "password": password}
         async with http.post(base + "/login", data=form, allow_redirects=False) as resp:
             assert resp.status == 302, await resp.text()
-        for _ in range(200):
+        for _ in range(100):
             async with http.get(base + "/dispatch", allow_redirects=False) as resp:
                 if resp.status == 302:
                     location = resp.headers["Location"]
                     async with http.get(base + location + "healthz") as probe:
-                        assert probe.status == 200
+                        assert probe.status == 200, (
+                            user,
+                            location,
+                            probe.status,
+                            await probe.text(),
+                        )
                     return location
                 assert resp.status == 200, await resp.text()
             await asyncio.sleep(0.2)
-    raise AssertionError(f"{user} never dispatched")
+        async with http.get(base + "/dispatch/status") as resp:
+            raise AssertionError(f"{user} never dispatched: {await resp.text()}")
 
 
 async def is_leader(server: Server) -> bool:

@@ -1,6 +1,7 @@
-"""Faults under a serving router: a real Redis server of the test's own, stopped and
-started again while people work. The background cycles are driven by hand (one call per
-cycle), so what each cycle sees is fixed, not left to timing."""
+"""Faults under a serving router: a real Redis server of the test's own, stopped, emptied
+and started again while people work, and a cloud that refuses every call for a while.
+The background cycles are driven by hand (one call per cycle), so what each cycle sees
+is fixed, not left to timing."""
 
 from __future__ import annotations
 
@@ -10,19 +11,22 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from codepool.core.errors import BackendError
 from codepool.core.models import InstanceState, WorkspaceState
-from codepool.core.pool import build_pool
+from codepool.core.pool import CodePool, build_pool
+from codepool.core.stores.sqlite import SQLiteStore
 from codepool.daemon.app import create_app
 from codepool.daemon.auth import Users
 from codepool.daemon.context import ROUTER, Router
 from tests.conftest import make_settings, need
+from tests.fakes import OutageBackend
 from tests.router_fixtures import PASSWORDS, free_port, login
 
 
@@ -159,3 +163,57 @@ async def test_after_the_grace_an_idle_workspace_is_stopped_again(
     assert await router.loops.cycle()
     after = await router.pool.store.get_workspace("alice")
     assert after is not None and after.state is WorkspaceState.STOPPED
+
+
+async def test_an_emptied_redis_is_rebuilt_by_the_next_cycle_with_a_grace_period(
+    serving: tuple[Router, TestClient[Any, Any]], private_redis: PrivateRedis
+) -> None:
+    """A Redis that comes back empty (no persistence, a failover to a blank replica):
+    the boxes are the truth, so one cycle puts every assignment back, fresh."""
+    router, client = serving
+    ws = await router.pool.store.get_workspace("alice")
+    assert ws is not None
+    await asyncio.sleep(1.1)  # so that "fresh" below is told apart from her old lastSeen
+    assert private_redis.command("FLUSHALL").startswith(b"+OK")
+    status, _ = await ping(client, ws.instance_id)
+    assert status == 409  # the store does not know her workspace: refused, not invented
+    assert await router.loops.cycle()  # reconcile rebuilds from the backend
+    back = await router.pool.store.get_workspace("alice")
+    assert back is not None and back.instance_id == ws.instance_id
+    assert back.state is WorkspaceState.RUNNING and back.last_seen_ms > ws.last_seen_ms + 1000
+    assert (await ping(client, ws.instance_id))[0] == 204
+    boxes = await router.pool.backend.list_instances()
+    assert [b.instance_id for b in boxes if b.owner == "alice"] == [ws.instance_id]
+
+
+async def test_a_failing_backend_is_counted_and_the_loop_carries_on(
+    make_pool: Callable[..., CodePool], ready_address: str, tmp_path: Path
+) -> None:
+    """The cloud refuses every call for a while (throttling past botocore's retries): each
+    cycle reports its failed steps in the metrics and the next cycle runs; a dispatch
+    says "backend unavailable"; once the cloud answers, the idle workspace is reaped."""
+    backend = OutageBackend(ready_address)
+    pool = make_pool(SQLiteStore(str(tmp_path / "pool.db")), backend, pool={"warm_spares": 0})
+    await pool.assign("alice")
+    app = create_app(pool, pool.settings, run_loops=False)
+    router = app[ROUTER]
+
+    def failures(step: str) -> float:
+        value = router.metrics.registry.get_sample_value(
+            "codepool_backend_errors_total", {"step": step}
+        )
+        return value or 0.0
+
+    backend.down = True
+    for _ in range(3):
+        assert await router.loops.cycle()  # it led, and it will lead again
+    assert failures("reconcile") == 3 and failures("scale") == 3
+    with pytest.raises(BackendError, match="ThrottlingException"):
+        await pool.assign("bob")
+    backend.down = False
+    pool.clock = lambda: int(time.time() * 1000) + 3_600_000  # alice left an hour ago
+    assert await router.loops.cycle()
+    ws = await pool.store.get_workspace("alice")
+    assert ws is not None and ws.state is WorkspaceState.STOPPED
+    assert failures("reap") == 0
+    await pool.close()

@@ -4,8 +4,9 @@ clock. Each lifecycle invariant of the issue has a test that fails when it break
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -408,12 +409,13 @@ async def test_reconcile_rebuilds_a_lost_store_with_a_grace_period(
 
 
 async def test_reconcile_clears_vanished_and_resolves_two_boxes_without_losing_either(
-    memory_pool: CodePool, memory_backend: MemoryBackend
+    memory_pool: CodePool, memory_backend: MemoryBackend, clock: Clock
 ) -> None:
     first = (await memory_pool.assign("alice")).workspace.instance_id
     # A crash mid-assign left alice a second box (tagged, never recorded).
     spare = next(b.instance_id for b in memory_backend.boxes.values() if b.is_spare)
     await memory_backend.claim(spare, "alice")
+    clock.advance(1000)  # reconcile judges records older than its list of boxes
     actions = await memory_pool.reconcile()
     dup = [a for a in actions if a.kind == "duplicate"]
     assert len(dup) == 1 and spare in dup[0].detail and dup[0].done
@@ -536,3 +538,65 @@ async def test_a_failing_backend_does_not_drain_the_spare_pool(
     with pytest.raises(BackendError, match="RequestLimitExceeded"):
         await pool.assign("alice")
     assert len(await sqlite.spares()) == 2  # one popped and set aside, the rest untouched
+
+
+class AssignDuringList(MemoryBackend):
+    """A group whose list of boxes is taken, then an assignment runs to its end before
+    the list reaches the caller: reconcile works from a list older than the store."""
+
+    during: Callable[[], Awaitable[object]] | None = None
+
+    async def list_instances(self) -> list[Instance]:
+        snapshot = await super().list_instances()
+        hook, self.during = self.during, None
+        if hook is not None:
+            await hook()
+        return snapshot
+
+
+async def test_reconcile_does_not_undo_an_assignment_that_finished_during_its_list(
+    make_pool: Callable[..., CodePool], store: Store, ready_address: str, clock: Clock
+) -> None:
+    backend = AssignDuringList(ready_address, max_size=4)
+    pool = make_pool(store, backend, clock)
+    await pool.scale()  # a warm spare, unowned in the list reconcile will see
+
+    async def alice_arrives() -> None:
+        clock.advance(1000)
+        await pool.assign("alice")
+
+    backend.during = alice_arrives
+    await pool.reconcile()
+    ws = await store.get_workspace("alice")
+    assert ws is not None and ws.state is WorkspaceState.RUNNING  # not cleared as "gone"
+    assert [b.owner for b in backend.boxes.values()].count("alice") == 1
+    clock.advance(1000)
+    assert [a.kind for a in await pool.reconcile() if a.kind != "add-spare"] == []
+
+
+class SwallowsCancel:
+    """A store whose lease renewal swallows a cancel that lands inside it, as a store
+    client can (Python 3.11's timeouts inside redis-py's retries)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.05)
+        return await self.inner.acquire_lease(name, holder, ttl_ms)
+
+
+async def test_a_user_lock_is_given_back_even_if_its_renewal_swallows_a_cancel(
+    make_pool: Callable[..., CodePool], store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("codepool.core.pool.LOCK_TTL_MS", 300)  # renew every 0.1 s
+    pool = make_pool(SwallowsCancel(store))
+    async with asyncio.timeout(5):  # the old cancel-based renewer never ended here
+        for _ in range(10):
+            async with pool.user_lock("alice", wait_s=1):
+                await asyncio.sleep(0.12)  # leave while a renewal is in flight
+    assert await store.acquire_lease("lock:alice", "someone-else", 1000)

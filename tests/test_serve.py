@@ -1,14 +1,19 @@
 """`codepool serve` as a real process: first start, clean shutdown, and two routers on one
-real Redis sharing the work (one leader; one workspace per user across both)."""
+real Redis sharing the work: 400 concurrent logins and dispatches of 80 people over both,
+one leader, one workspace per person."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from codepool.daemon.auth import Users
 from tests.helpers import drop_redis_keys
@@ -53,6 +58,10 @@ def test_port_in_use_is_a_clear_error(state_dir: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+PEOPLE, VISITS = 80, 5  # 400 concurrent logins and dispatches
+
+
+@pytest.mark.timeout(300)
 async def test_two_routers_on_one_redis(
     state_dir: Path, servers: list[Server], redis_url: str
 ) -> None:
@@ -61,11 +70,11 @@ async def test_two_routers_on_one_redis(
         state_dir,
         CODEPOOL_STORE_URL=redis_url,
         CODEPOOL_STORE_KEY_PREFIX=prefix,
-        CODEPOOL_LOCAL_MAX_SIZE="20",
+        CODEPOOL_LOCAL_MAX_SIZE=str(PEOPLE + 10),
     )
     users = Users(state_dir / "users.json")
     state_dir.mkdir(parents=True, exist_ok=True)
-    names = [f"dev{n}" for n in range(6)]
+    names = [f"dev{n}" for n in range(PEOPLE)]
     for name in names:
         users.add(name, f"{name}-password")
     a, b = Server(env, free_port()), Server(env, free_port())
@@ -76,17 +85,26 @@ async def test_two_routers_on_one_redis(
         await asyncio.sleep(1.5)  # a loop cycle on each
         leaders = [await is_leader(s) for s in (a, b)]
         assert sorted(leaders) == [False, True]
-        # Every user logs in on both routers at once, twice: still one workspace each.
+        # Everyone logs in and dispatches VISITS times at once, spread over both routers:
+        # still one workspace each, and no box given to two people.
         tasks = [
-            login_and_dispatch(s.url, name, f"{name}-password")
+            login_and_dispatch((a, b)[visit % 2].url, name, f"{name}-password")
+            for visit in range(VISITS)
             for name in names
-            for s in (a, b, a, b)
         ]
-        locations = await asyncio.gather(*tasks)
+        try:
+            locations = await asyncio.gather(*tasks)
+        except AssertionError:  # the routers' logs say why someone was not dispatched
+            print("ROUTER A", a.stop()[-20000:])
+            print("ROUTER B", b.stop()[-20000:])
+            raise
         assert sorted(set(locations)) == sorted(f"/w/{n}/" for n in names)
-        slots = [m.read_text() for m in (state_dir / "slots").glob("*/meta.json")]
-        for name in names:
-            assert sum(f'"owner": "{name}"' in s for s in slots) == 1, name
+        owners = [
+            json.loads(m.read_text()).get("owner")
+            for m in (state_dir / "slots").glob("*/meta.json")
+        ]
+        owned = [o for o in owners if o]
+        assert sorted(owned) == sorted(names)  # one box each, none shared
         out_a = a.stop()
         assert a.proc.returncode == 0, out_a
         # The survivor takes over the loops once the lease is free.
@@ -98,3 +116,59 @@ async def test_two_routers_on_one_redis(
             raise AssertionError("the second router never became leader")
     finally:
         drop_redis_keys(redis_url, prefix)
+
+
+async def test_a_router_and_the_cli_share_one_sqlite_store(
+    state_dir: Path, servers: list[Server]
+) -> None:
+    """The embedded default: one router, and an operator's `codepool assign` runs at the
+    same moment as people's dispatches, for the same people, on one SQLite file."""
+    env = serve_env(state_dir, CODEPOOL_LOCAL_MAX_SIZE="30", CODEPOOL_POOL_ASSIGN_TIMEOUT_S="90")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    users = Users(state_dir / "users.json")
+    names = [f"ops{n}" for n in range(10)]
+    for name in names:
+        users.add(name, f"{name}-password")
+    server = Server(env, free_port())
+    servers.append(server)
+    server.wait_up()
+
+    async def cli_assign(name: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "codepool", "assign", name, "--json",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        return str(json.loads(out)["instance_id"])
+
+    web = [login_and_dispatch(server.url, n, f"{n}-password") for n in names for _ in range(2)]
+    cli = [cli_assign(n) for n in names for _ in range(2)]
+    results = await asyncio.gather(*web, *cli)
+    assert sorted(set(results[: len(web)])) == sorted(f"/w/{n}/" for n in names)
+    by_user: dict[str, set[str]] = {}
+    cli_of = [n for n in names for _ in range(2)]
+    for name, instance in zip(cli_of, results[len(web) :], strict=True):
+        by_user.setdefault(name, set()).add(instance)
+    assert all(len(ids) == 1 for ids in by_user.values()), by_user
+    owners = [json.loads(m.read_text())["owner"] for m in (state_dir / "slots").glob("*/meta.json")]
+    assert sorted(o for o in owners if o) == sorted(names)  # one box each, none shared
+    out = server.stop()
+    assert server.proc.returncode == 0, out
+
+
+def test_sigusr1_logs_every_task_and_keeps_serving(state_dir: Path, servers: list[Server]) -> None:
+    import signal
+    import urllib.request
+
+    server = Server(serve_env(state_dir), free_port())
+    servers.append(server)
+    server.wait_up()
+    server.proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    with urllib.request.urlopen(server.url + "/health", timeout=5) as resp:
+        assert resp.status == 200  # still serving
+    out = server.stop()
+    assert server.proc.returncode == 0, out
+    assert re.search(r"WARNING codepool.router: \d+ tasks:", out), out
+    assert "name='codepool loops'" in out

@@ -3,9 +3,12 @@ run the router (datasette's shape: `serve` ends with one line that runs the app)
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import io
 import json
 import logging
+import signal
 import time
 from typing import Annotated
 
@@ -95,6 +98,13 @@ def serve(
     async def close_pool(_: web.Application) -> None:
         await pool.close()
 
+    async def dump_tasks_on_sigusr1(_: web.Application) -> None:
+        # `kill -USR1 <pid>` logs where every task of the router is waiting: for an
+        # operator (or a test) looking at a router that seems stuck.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+
+    app.on_startup.append(dump_tasks_on_sigusr1)
     app.on_cleanup.append(close_pool)
     render.err.print(f"codepool: serving on [bold]{settings.public_url}/[/]  (Ctrl-C stops)")
     try:
@@ -102,3 +112,11 @@ def serve(
     except OSError as exc:
         render.err.print(f"error: cannot listen on {router.host}:{router.port}: {exc.strerror}")
         raise typer.Exit(1) from None
+
+
+def _dump_tasks() -> None:
+    out = io.StringIO()
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        task.print_stack(limit=12, file=out)
+    logging.getLogger("codepool.router").warning("%d tasks:\n%s", len(tasks), out.getvalue())

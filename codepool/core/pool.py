@@ -105,11 +105,19 @@ class CodePool:
                 waited = True
             await asyncio.sleep(POLL_S)
 
+        done = asyncio.Event()
+
         async def renew() -> None:
-            while True:
-                await asyncio.sleep(LOCK_TTL_MS / 3000)
+            # Stopped by an event, not by cancelling it: a cancel that lands inside a store
+            # call can be swallowed there (Python 3.11's timeout and redis-py's retry), and
+            # the renewer then kept the lock forever while its owner waited for it to end.
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), LOCK_TTL_MS / 3000)
+                    return
                 try:
-                    await self.store.acquire_lease(name, holder, LOCK_TTL_MS)
+                    if not await self.store.acquire_lease(name, holder, LOCK_TTL_MS):
+                        log.warning("lost %s: it expired and another holder took it", name)
                 except StoreUnavailable as exc:  # the step itself will meet the outage
                     log.warning("could not renew %s: %s", name, exc)
 
@@ -117,8 +125,8 @@ class CodePool:
         try:
             yield
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            done.set()
+            with contextlib.suppress(Exception):  # a renewal's own failure was logged
                 await renewer
             await self.store.release_lease(name, holder)
 
@@ -183,6 +191,7 @@ class CodePool:
                 f"pool full: all {cap.max_size} workspaces are in use; try again later",
                 POOL_FULL_RETRY_S,
             )
+        log.info("terminate spare %s: room for %s's workspace to resume", spare, user)
         await self.backend.terminate([spare])
 
     async def _claim_box(
@@ -374,6 +383,7 @@ class CodePool:
             return ScaleResult(cap.desired, desired, tuple(excess), dry_run=True)
         taken = [iid for iid in excess if await self.store.take_spare(iid, CLAIM_TTL_MS)]
         if taken:
+            log.info("scale terminate excess spares %s", ", ".join(taken))
             await self.backend.terminate(taken)
             cap = await self.backend.capacity()
         # Kept boxes stay counted: desired never drops below what is left in service.
@@ -420,7 +430,7 @@ class CodePool:
     async def reconcile(self, dry_run: bool = False) -> list[ReconcileAction]:
         """Make the store agree with the backend (the truth), in batches. Rebuilt running
         workspaces get a fresh lastSeen: a grace period, not an instant reap."""
-        now = self.clock()
+        now = self.clock()  # before the list: records written since are newer than it
         instances = await self.backend.list_instances()
         by_id = {i.instance_id: i for i in instances}
         owned: dict[str, list[Instance]] = defaultdict(list)
@@ -432,6 +442,10 @@ class CodePool:
         async for batch in self.store.iter_workspaces():
             for ws in batch:
                 seen.add(ws.user)
+                if max(ws.last_seen_ms, ws.assigned_at_ms, ws.stopped_at_ms) >= now:
+                    # Written after the list above was asked for (an assignment finishing,
+                    # a ping): the list is older than the record. Judged next cycle.
+                    continue
                 actions += await self._reconcile_user(
                     ws.user, ws, owned.get(ws.user, []), by_id, now, dry_run
                 )
@@ -481,6 +495,10 @@ class CodePool:
             return actions
         try:
             async with self.user_lock(user, wait_s=0):
+                if await self.store.get_workspace(user) != ws:
+                    # An assignment, stop or ping landed after the list was read: this view
+                    # is stale for the user. The next cycle looks again.
+                    return [replace(a, detail=a.detail + " (skipped: changed)") for a in actions]
                 if half and keep is not None:  # a stop or resume cut short: stop it properly
                     await self.backend.stop([keep.instance_id])
                 if running_extras:
@@ -501,6 +519,15 @@ class CodePool:
         dead = [i.instance_id for i in instances if i.owner is None and not i.in_service]
         untagged = [i.instance_id for i in instances if not i.tagged and i.owner is None]
         pool = await self.store.spares()
+        if pool - free or dead:
+            # The list is older than the pool read: a box launched meanwhile is in the pool
+            # but not the list, and a box seen starting may be someone's by now. Dropping
+            # or deleting on that view would take a box from an assignment under way, so
+            # both are decided again on a list taken after the pool was read.
+            fresh = {i.instance_id: i for i in await self.backend.list_instances()}
+            free |= {iid for iid, i in fresh.items() if i.is_spare}
+            dead = [d for d in dead if d in fresh and fresh[d].owner is None]
+            dead = [d for d in dead if not fresh[d].in_service]
         actions = [ReconcileAction("tag-unassigned", iid, "no Owner tag") for iid in untagged]
         actions += [ReconcileAction("add-spare", iid, "running, unowned") for iid in free - pool]
         actions += [
@@ -514,6 +541,7 @@ class CodePool:
         await self.store.remove_spares(pool - free)
         await self.store.add_spares(free - pool)
         if dead:
+            log.info("reconcile terminate unowned stopped boxes %s", ", ".join(dead))
             await self.backend.terminate(dead)
         return [replace(a, done=True) for a in actions]
 

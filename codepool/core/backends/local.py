@@ -197,10 +197,17 @@ class LocalBackend:
         os.replace(tmp, self.root / "group.json")
 
     def _instance(self, meta: SlotMeta) -> Instance:
-        running = meta.want == "running" and _alive(meta)
+        if meta.want == "running" and meta.pid <= 0 and _now_ms() - meta.launched_at_ms < 60_000:
+            # Recorded, its process about to start: booting. (Still no process a minute on:
+            # a launch cut short by a crash, stopped, for reconcile to delete.)
+            state = InstanceState.PENDING
+        elif meta.want == "running" and _alive(meta):
+            state = InstanceState.RUNNING
+        else:
+            state = InstanceState.STOPPED
         return Instance(
             instance_id=meta.instance_id,
-            state=InstanceState.RUNNING if running else InstanceState.STOPPED,
+            state=state,
             lifecycle=Lifecycle(meta.lifecycle),
             owner=meta.owner,
             address=f"http://{self.settings.host}:{meta.port}",
