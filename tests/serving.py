@@ -54,33 +54,40 @@ class Server:
         return out
 
 
-async def login_and_dispatch(base: str, user: str, password: str) -> str:
-    jar = aiohttp.CookieJar(unsafe=True)
-    # No request may hang: a stuck one fails the test naming its URL.
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(cookie_jar=jar, timeout=timeout) as http:
-        async with http.get(base + "/login") as resp:
-            csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
-        assert csrf is not None
-        form = {"csrf": csrf.group(1), "user": user, "password": password}
-        async with http.post(base + "/login", data=form, allow_redirects=False) as resp:
-            assert resp.status == 302, await resp.text()
-        for _ in range(100):
-            async with http.get(base + "/dispatch", allow_redirects=False) as resp:
-                if resp.status == 302:
-                    location = resp.headers["Location"]
-                    async with http.get(base + location + "healthz") as probe:
-                        assert probe.status == 200, (
-                            user,
-                            location,
-                            probe.status,
-                            await probe.text(),
-                        )
-                    return location
-                assert resp.status == 200, await resp.text()
-            await asyncio.sleep(0.2)
-        async with http.get(base + "/dispatch/status") as resp:
-            raise AssertionError(f"{user} never dispatched: {await resp.text()}")
+def client() -> aiohttp.ClientSession:
+    """A browser's session: its cookies, and no request that may hang (a stuck one fails
+    the test naming its URL)."""
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=60)
+    )
+
+
+async def log_in_and_dispatch(http: aiohttp.ClientSession, base: str, user: str) -> str:
+    """Log in as a test account (password "<user>-password") and follow /dispatch until
+    it sends the user to their workspace; returns that location."""
+    async with http.get(base + "/login") as resp:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+    assert csrf is not None
+    form = {"csrf": csrf.group(1), "user": user, "password": f"{user}-password"}
+    async with http.post(base + "/login", data=form, allow_redirects=False) as resp:
+        assert resp.status == 302, await resp.text()
+    for _ in range(100):
+        async with http.get(base + "/dispatch", allow_redirects=False) as resp:
+            if resp.status == 302:
+                return resp.headers["Location"]
+            assert resp.status == 200, await resp.text()
+        await asyncio.sleep(0.2)
+    async with http.get(base + "/dispatch/status") as resp:
+        raise AssertionError(f"{user} never dispatched: {await resp.text()}")
+
+
+async def login_and_dispatch(base: str, user: str) -> str:
+    """One visit in a fresh browser, checked to land in a workspace that answers."""
+    async with client() as http:
+        location = await log_in_and_dispatch(http, base, user)
+        async with http.get(base + location + "healthz") as probe:
+            assert probe.status == 200, (user, location, probe.status, await probe.text())
+    return location
 
 
 async def is_leader(server: Server) -> bool:

@@ -434,3 +434,17 @@ async def test_a_stopped_disk_is_never_given_to_another_user_on_aws(
     assert carol not in (alice, bob) and owner_of(moto_aws, alice) == "alice"
     with pytest.raises(PoolFull):  # bob and carol fill the group of two
         await pool.assign("dave")
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_a_bad_workspace_ca_file_is_a_config_error_naming_the_key(
+    tmp_path: Path, content: str | None
+) -> None:
+    from codepool.core.backends.aws import AwsBackend
+    from codepool.core.errors import ConfigError
+
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    with pytest.raises(ConfigError, match=r"aws\.workspace_ca_file = .*allowed: a readable PEM"):
+        AwsBackend(aws_settings(workspace_ca_file=str(ca)), session=boto3.Session())

@@ -88,7 +88,7 @@ async def test_two_routers_on_one_redis(
         # Everyone logs in and dispatches VISITS times at once, spread over both routers:
         # still one workspace each, and no box given to two people.
         tasks = [
-            login_and_dispatch((a, b)[visit % 2].url, name, f"{name}-password")
+            login_and_dispatch((a, b)[visit % 2].url, name)
             for visit in range(VISITS)
             for name in names
         ]
@@ -142,7 +142,7 @@ async def test_a_router_and_the_cli_share_one_sqlite_store(
         assert proc.returncode == 0, err.decode()
         return str(json.loads(out)["instance_id"])
 
-    web = [login_and_dispatch(server.url, n, f"{n}-password") for n in names for _ in range(2)]
+    web = [login_and_dispatch(server.url, n) for n in names for _ in range(2)]
     cli = [cli_assign(n) for n in names for _ in range(2)]
     results = await asyncio.gather(*web, *cli)
     assert sorted(set(results[: len(web)])) == sorted(f"/w/{n}/" for n in names)

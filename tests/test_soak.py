@@ -22,7 +22,7 @@ import pytest
 
 from codepool.daemon.auth import Users
 from tests.router_fixtures import free_port
-from tests.serving import Server, serve_env
+from tests.serving import Server, client, log_in_and_dispatch, serve_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK_S = float(os.environ.get("CODEPOOL_SOAK_S", "20"))
@@ -43,22 +43,6 @@ def rss_kb(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-async def logged_in(base: str, user: str) -> aiohttp.ClientSession:
-    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    async with http.get(base + "/login") as resp:
-        csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
-    assert csrf is not None
-    form = {"csrf": csrf.group(1), "user": user, "password": f"{user}-password"}
-    async with http.post(base + "/login", data=form, allow_redirects=False) as resp:
-        assert resp.status == 302
-    for _ in range(300):
-        async with http.get(base + "/dispatch", allow_redirects=False) as resp:
-            if resp.status == 302:
-                return http
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{user} was never dispatched")
 
 
 async def instance_of(http: aiohttp.ClientSession, base: str, user: str) -> str:
@@ -103,8 +87,11 @@ async def test_the_router_holds_steady_under_a_mixed_load(
     servers.append(server)
     server.wait_up()
     base, pid = server.url, server.proc.pid
-    sessions = await asyncio.gather(*(logged_in(base, n) for n in names))
+    sessions = [client() for _ in names]
     try:
+        await asyncio.gather(
+            *(log_in_and_dispatch(h, base, n) for h, n in zip(sessions, names, strict=True))
+        )
         seen: Counter[str] = Counter()
         warm_up = min(5.0, SOAK_S / 4)
         start = time.monotonic()

@@ -526,8 +526,11 @@ class CodePool:
             # both are decided again on a list taken after the pool was read.
             fresh = {i.instance_id: i for i in await self.backend.list_instances()}
             free |= {iid for iid, i in fresh.items() if i.is_spare}
-            dead = [d for d in dead if d in fresh and fresh[d].owner is None]
-            dead = [d for d in dead if not fresh[d].in_service]
+            dead = [
+                d
+                for d in dead
+                if (i := fresh.get(d)) is not None and i.owner is None and not i.in_service
+            ]
         actions = [ReconcileAction("tag-unassigned", iid, "no Owner tag") for iid in untagged]
         actions += [ReconcileAction("add-spare", iid, "running, unowned") for iid in free - pool]
         actions += [

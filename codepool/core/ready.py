@@ -8,11 +8,10 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from codepool.core.errors import AssignTimeout, UntrustedBox
-from codepool.core.tls import WorkspaceTls
+from codepool.core.tls import WorkspaceTls, connect_args
 
 
 async def probe(
@@ -24,9 +23,7 @@ async def probe(
     url = urlsplit(address)
     host = url.hostname or "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
-    secure: dict[str, Any] = {}
-    if url.scheme == "https":
-        secure = {"ssl": tls.context, "server_hostname": tls.server_name} if tls else {"ssl": True}
+    secure = connect_args(tls, url.scheme)
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port, **secure)

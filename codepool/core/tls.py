@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from codepool.core.errors import ConfigError
 
@@ -26,12 +27,23 @@ class WorkspaceTls:
 
 def workspace_tls(ca_file: str, server_name: str) -> WorkspaceTls:
     """Build it from the two settings; a missing or unreadable CA file is a ConfigError."""
-    path = Path(ca_file).expanduser() if ca_file else None
     try:
-        context = ssl.create_default_context(cafile=str(path) if path else None)
+        context = ssl.create_default_context(
+            cafile=str(Path(ca_file).expanduser()) if ca_file else None
+        )
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"config error: aws.workspace_ca_file = {ca_file!r}: cannot load it as a PEM "
             f"CA bundle ({exc}); allowed: a readable PEM file, or empty for the system's CAs"
         ) from None
     return WorkspaceTls(context, server_name or None)
+
+
+def connect_args(tls: WorkspaceTls | None, scheme: str) -> dict[str, Any]:
+    """Keyword arguments for dialling a box (asyncio and aiohttp take the same two): none
+    for plain http, else verification with tls, or with the system's CAs without it."""
+    if scheme not in ("https", "wss"):
+        return {}
+    if tls is None:
+        return {"ssl": True}
+    return {"ssl": tls.context, "server_hostname": tls.server_name}

@@ -29,6 +29,7 @@ from yarl import URL
 
 from codepool.core.models import Workspace, WorkspaceState
 from codepool.core.pool import CodePool
+from codepool.core.tls import connect_args
 
 log = logging.getLogger("codepool.proxy")
 
@@ -129,13 +130,6 @@ class WorkspaceProxy:
         self._cache[user] = (ws, time.monotonic() + CACHE_S)
         return ws
 
-    def _tls(self, url: URL) -> dict[str, Any]:
-        """How to verify an https box: the backend's CA and name (docs/security.md)."""
-        tls = self.pool.backend.tls
-        if tls is None or url.scheme not in ("https", "wss"):
-            return {}
-        return {"ssl": tls.context, "server_hostname": tls.server_name}
-
     def forget(self, user: str) -> None:
         self._cache.pop(user, None)
 
@@ -177,7 +171,7 @@ class WorkspaceProxy:
                 headers=headers,
                 data=request.content if request.body_exists else None,
                 allow_redirects=False,
-                **self._tls(url),
+                **connect_args(self.pool.backend.tls, url.scheme),
             )
         except (aiohttp.ClientError, OSError) as exc:
             self.forget(user)
@@ -245,7 +239,7 @@ class WorkspaceProxy:
                 protocols=protocols,
                 max_msg_size=MAX_WS_MESSAGE,
                 autoping=True,
-                **self._tls(url),
+                **connect_args(self.pool.backend.tls, url.scheme),
             )
         except aiohttp.WSServerHandshakeError as exc:
             raise web.HTTPBadGateway(

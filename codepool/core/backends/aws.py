@@ -299,11 +299,18 @@ class AwsBackend:
         return ready + entering
 
     async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
+        return await self._leave_service_then(self.ec2.stop_instances, instance_ids)
+
+    async def _leave_service_then(
+        self, ec2_call: Callable[..., Any], instance_ids: Sequence[str]
+    ) -> BatchResult:
+        """Standby first (so the group never replaces the box), then the EC2 call, batched."""
+
         def run() -> BatchResult:
             failed: dict[str, str] = {}
             standby = self._out_of_service(instance_ids, failed)
-            stopped = self._ec2_each(self.ec2.stop_instances, standby, failed)
-            return BatchResult(tuple(stopped), failed)
+            done = self._ec2_each(ec2_call, standby, failed)
+            return BatchResult(tuple(done), failed)
 
         return await self._call(run)
 
@@ -344,13 +351,7 @@ class AwsBackend:
             time.sleep(POLL_S)
 
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
-        def run() -> BatchResult:
-            failed: dict[str, str] = {}
-            standby = self._out_of_service(instance_ids, failed)
-            gone = self._ec2_each(self.ec2.terminate_instances, standby, failed)
-            return BatchResult(tuple(gone), failed)
-
-        return await self._call(run)
+        return await self._leave_service_then(self.ec2.terminate_instances, instance_ids)
 
     async def label_spares(self, instance_ids: Sequence[str]) -> None:
         def run() -> None:

@@ -43,6 +43,9 @@ from codepool.core.models import (
 from codepool.core.settings import LocalSettings
 from codepool.core.tls import WorkspaceTls
 
+# A slot is recorded before its process starts; without a process this long after, the
+# launch was cut short (a crash) and the slot counts as stopped, for reconcile to delete.
+LAUNCH_GRACE_MS = 60_000
 CODE_SERVER_VERSION = "4.99.4"
 INSTALL_HINT = (
     "install it with `scripts/install-code-server` (code-server "
@@ -197,10 +200,9 @@ class LocalBackend:
         os.replace(tmp, self.root / "group.json")
 
     def _instance(self, meta: SlotMeta) -> Instance:
-        if meta.want == "running" and meta.pid <= 0 and _now_ms() - meta.launched_at_ms < 60_000:
-            # Recorded, its process about to start: booting. (Still no process a minute on:
-            # a launch cut short by a crash, stopped, for reconcile to delete.)
-            state = InstanceState.PENDING
+        launching = _now_ms() - meta.launched_at_ms < LAUNCH_GRACE_MS
+        if meta.want == "running" and meta.pid <= 0 and launching:
+            state = InstanceState.PENDING  # recorded, its process about to start: booting
         elif meta.want == "running" and _alive(meta):
             state = InstanceState.RUNNING
         else:
