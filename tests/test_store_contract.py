@@ -45,6 +45,29 @@ async def test_ping_checks_the_instance_and_the_state(store: Store) -> None:
     assert got is not None and got.last_seen_ms == 1000  # nothing written
 
 
+async def test_concurrent_pings_each_get_their_own_answer(store: Store) -> None:
+    """Pings that arrive together share round trips (group commit) but each is checked
+    on its own: one batch holds every kind of answer, and a user pinging twice in one
+    batch keeps the newer time."""
+    for i in range(50):
+        await store.put_workspace(ws(f"u{i}", seen=1000))
+    await store.put_workspace(ws("off", state=STOPPED))
+    pings = [(f"u{i}", f"i-u{i}", 2000 + i) for i in range(50)]
+    pings += [("u0", "i-u0", 1500), ("u1", "i-nope", 9000), ("nobody", "i-x", 9000)]
+    pings += [("off", "i-off", 9000)]
+    results = await asyncio.gather(*(store.record_ping(*p) for p in pings))
+    assert results == [PingResult.OK] * 51 + [
+        PingResult.STALE_INSTANCE,
+        PingResult.NO_WORKSPACE,
+        PingResult.NOT_RUNNING,
+    ]
+    for i in range(50):
+        got = await store.get_workspace(f"u{i}")
+        assert got is not None and got.last_seen_ms == 2000 + i  # u0's 1500 did not win
+    idle = await store.idle_workspaces(2025, limit=100)
+    assert [w.user for w in idle] == [f"u{i}" for i in range(25)]
+
+
 async def test_mark_stopping_is_compare_and_set(store: Store) -> None:
     await store.put_workspace(ws("alice", seen=1000))
     await store.record_ping("alice", "i-alice", 1001)  # a ping lands after the reaper read 1000

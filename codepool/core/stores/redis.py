@@ -13,26 +13,36 @@ primary with replicas), not Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from codepool.core.batching import GroupCommit
 from codepool.core.errors import ConfigError, StoreUnavailable
 from codepool.core.models import Workspace, WorkspaceState
 from codepool.core.store import PingResult
 
+# A batch of pings (group commit): KEYS = the zset, then one workspace hash per ping;
+# ARGV = instanceId, now, user for each. Each ping is checked on its own.
 _PING = """
-local h = redis.call('HMGET', KEYS[1], 'instanceId', 'state', 'lastSeen')
-if not h[1] then return 0 end
-if h[1] ~= ARGV[1] then return 1 end
-if h[2] ~= 'running' then return 2 end
-if tonumber(ARGV[2]) > tonumber(h[3] or '0') then
-  redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+local out = {}
+for i = 2, #KEYS do
+  local a = (i - 2) * 3
+  local h = redis.call('HMGET', KEYS[i], 'instanceId', 'state', 'lastSeen')
+  if not h[1] then out[#out + 1] = 0
+  elseif h[1] ~= ARGV[a + 1] then out[#out + 1] = 1
+  elseif h[2] ~= 'running' then out[#out + 1] = 2
+  else
+    if tonumber(ARGV[a + 2]) > tonumber(h[3] or '0') then
+      redis.call('HSET', KEYS[i], 'lastSeen', ARGV[a + 2])
+      redis.call('ZADD', KEYS[1], ARGV[a + 2], ARGV[a + 3])
+    end
+    out[#out + 1] = 3
+  end
 end
-return 3
+return out
 """
 _PING_RESULTS = (
     PingResult.NO_WORKSPACE,
@@ -151,6 +161,7 @@ class RedisStore:
         self._take_spare = client.register_script(_TAKE_SPARE)
         self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._pings = GroupCommit(self._write_pings, max_batch=batch_size)
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "", batch_size: int = 500) -> RedisStore:
@@ -198,12 +209,13 @@ class RedisStore:
         return bool(await self._do(self._delete(keys=keys, args=[instance_id, user])))
 
     async def record_ping(self, user: str, instance_id: str, now_ms: int) -> PingResult:
-        code = await self._do(
-            self._ping(
-                keys=[self._ws_key(user), self.k_last_seen], args=[instance_id, now_ms, user]
-            )
-        )
-        return _PING_RESULTS[int(code)]
+        return await self._pings.submit((user, instance_id, now_ms))
+
+    async def _write_pings(self, pings: Sequence[tuple[str, str, int]]) -> list[PingResult]:
+        keys = [self.k_last_seen, *(self._ws_key(user) for user, _, _ in pings)]
+        args = [x for user, iid, now in pings for x in (iid, now, user)]
+        codes = await self._do(self._ping(keys=keys, args=args))
+        return [_PING_RESULTS[int(c)] for c in codes]
 
     async def set_hold(self, user: str, instance_id: str, hold_until_ms: int) -> bool:
         keys = [self._ws_key(user)]

@@ -8,10 +8,11 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from codepool.core.batching import GroupCommit
 from codepool.core.errors import ConfigError, StoreUnavailable
 from codepool.core.models import Workspace, WorkspaceState
 from codepool.core.store import PingResult
@@ -49,6 +50,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _ping_one(db: sqlite3.Connection, user: str, instance_id: str, now_ms: int) -> PingResult:
+    r = db.execute("SELECT instance_id, state FROM workspaces WHERE user = ?", (user,)).fetchone()
+    if r is None:
+        return PingResult.NO_WORKSPACE
+    if r[0] != instance_id:
+        return PingResult.STALE_INSTANCE
+    if r[1] != WorkspaceState.RUNNING.value:
+        return PingResult.NOT_RUNNING
+    db.execute(
+        "UPDATE workspaces SET last_seen_ms = MAX(last_seen_ms, ?) WHERE user = ?", (now_ms, user)
+    )
+    return PingResult.OK
+
+
 def _row(r: tuple[Any, ...]) -> Workspace:
     return Workspace(r[0], r[1], r[2], WorkspaceState(r[3]), r[4], r[5], r[6], r[7])
 
@@ -73,6 +88,7 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"store unavailable: sqlite {path}: {exc}") from None
         self._lock = threading.Lock()
+        self._pings = GroupCommit(self._write_pings, max_batch=batch_size)
 
     @classmethod
     def from_url(cls, url: str, *, batch_size: int = 500) -> SQLiteStore:
@@ -142,21 +158,11 @@ class SQLiteStore:
         return await self._run(q, write=True)
 
     async def record_ping(self, user: str, instance_id: str, now_ms: int) -> PingResult:
-        def q(db: sqlite3.Connection) -> PingResult:
-            r = db.execute(
-                "SELECT instance_id, state FROM workspaces WHERE user = ?", (user,)
-            ).fetchone()
-            if r is None:
-                return PingResult.NO_WORKSPACE
-            if r[0] != instance_id:
-                return PingResult.STALE_INSTANCE
-            if r[1] != WorkspaceState.RUNNING.value:
-                return PingResult.NOT_RUNNING
-            db.execute(
-                "UPDATE workspaces SET last_seen_ms = MAX(last_seen_ms, ?) WHERE user = ?",
-                (now_ms, user),
-            )
-            return PingResult.OK
+        return await self._pings.submit((user, instance_id, now_ms))
+
+    async def _write_pings(self, pings: Sequence[tuple[str, str, int]]) -> list[PingResult]:
+        def q(db: sqlite3.Connection) -> list[PingResult]:
+            return [_ping_one(db, *ping) for ping in pings]
 
         return await self._run(q, write=True)
 
