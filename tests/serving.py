@@ -23,11 +23,11 @@ def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], port: int) -> None:
+    def __init__(self, env: dict[str, str], port: int, *args: str) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "codepool", "serve", "--port", str(port)],
+            [sys.executable, "-m", "codepool", "serve", "--port", str(port), *args],
             env={**env, "CODEPOOL_ROUTER_PUBLIC_URL": self.url},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

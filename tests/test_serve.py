@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ import pytest
 from codepool.daemon.auth import Users
 from tests.helpers import drop_redis_keys
 from tests.router_fixtures import free_port
-from tests.serving import Server, is_leader, login_and_dispatch, serve_env
+from tests.serving import Server, client, is_leader, login_and_dispatch, serve_env
 
 
 def test_first_start_prints_the_admin_password_once(state_dir: Path, servers: list[Server]) -> None:
@@ -155,6 +157,73 @@ async def test_a_router_and_the_cli_share_one_sqlite_store(
     assert sorted(o for o in owners if o) == sorted(names)  # one box each, none shared
     out = server.stop()
     assert server.proc.returncode == 0, out
+
+
+async def _health(url: str) -> dict[str, object]:
+    async with client() as http, http.get(url + "/health") as resp:  # a fresh connection
+        assert resp.status == 200
+        return dict(await resp.json())
+
+
+async def test_workers_share_the_port_and_the_store(
+    state_dir: Path, servers: list[Server], redis_url: str
+) -> None:
+    """`--workers 2`: two routers behind one port, one leader between them, people served
+    whichever worker their connections reach; a worker that dies is replaced, and a
+    SIGTERM stops them all."""
+    prefix = f"codepool-serve-{secrets.token_hex(4)}:"
+    env = serve_env(state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=prefix)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    users = Users(state_dir / "users.json")
+    names = [f"w{n}" for n in range(8)]
+    for name in names:
+        users.add(name, f"{name}-password")
+    server = Server(env, free_port(), "--workers", "2")
+    servers.append(server)
+    started = time.monotonic()
+    server.wait_up()
+    try:
+        await asyncio.sleep(1.5)  # a loop cycle on each worker
+        seen = [await _health(server.url) for _ in range(40)]
+        pids = {int(str(h["pid"])) for h in seen}
+        assert len(pids) == 2 and server.proc.pid not in pids, pids
+        assert len({h["pid"] for h in seen if h["leader"]}) == 1  # one leader of the two
+        # A login made on one worker holds on the other (one key), and dispatch works
+        # whichever worker each request reaches (one store).
+        locations = await asyncio.gather(*(login_and_dispatch(server.url, n) for n in names))
+        assert sorted(locations) == sorted(f"/w/{n}/" for n in names)
+
+        victim = min(pids)
+        await asyncio.sleep(max(0.0, 5.5 - (time.monotonic() - started)))
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(100):
+            now = {int(str((await _health(server.url))["pid"])) for _ in range(10)}
+            if victim not in now and len(now) == 2:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"no worker replaced the killed one: {now}")
+        out = server.stop()
+        assert server.proc.returncode == 0, out
+        assert "starting another" in out
+        for pid in pids | now:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        drop_redis_keys(redis_url, prefix)
+
+
+def test_workers_need_a_shared_store(state_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "codepool", "serve", "--workers", "2", "--port", "1"],
+        env=serve_env(state_dir, CODEPOOL_STORE_URL="memory://"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "memory:// is one process's own" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_sigusr1_logs_every_task_and_keeps_serving(state_dir: Path, servers: list[Server]) -> None:

@@ -1,13 +1,21 @@
 """`codepool serve`: build the pool, make the first admin account if there is none, and
-run the router (datasette's shape: `serve` ends with one line that runs the app)."""
+run the router (datasette's shape: `serve` ends with one line that runs the app).
+
+With `--workers N` the process forks N routers that share the port (SO_REUSEPORT: the
+kernel spreads connections over them) and the store, and supervises them: a signal is
+passed on to every worker, and a worker that dies is replaced, unless it died right
+after starting (a configuration or port problem), which stops them all. Workers are
+ordinary routers: one of them wins the leader lease and runs the background loops."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
 import logging
+import os
 import signal
 import time
 from typing import Annotated
@@ -17,7 +25,7 @@ from aiohttp import web
 
 from codepool.cli import render
 from codepool.core.errors import InvalidInput
-from codepool.core.pool import build_pool
+from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import Settings, load_settings
 from codepool.daemon.app import create_app
 from codepool.daemon.auth import Users
@@ -30,6 +38,7 @@ class JsonLogs(logging.Formatter):
         body = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
+            "pid": record.process,
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -39,12 +48,13 @@ class JsonLogs(logging.Formatter):
         return json.dumps(body)
 
 
-def configure_logging(fmt: str) -> None:
+def configure_logging(fmt: str, with_pid: bool = False) -> None:
+    pid = " [%(process)d]" if with_pid else ""  # which worker said it
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonLogs()
         if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        else logging.Formatter(f"%(asctime)s{pid} %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -71,14 +81,21 @@ def serve(
     port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="Listen port (router.port).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64, help="Router processes sharing the port and store (router.workers)."
+        ),
+    ] = None,
     log_format: Annotated[
         str, typer.Option("--log-format", help="Log lines as text or json.")
     ] = "text",
 ) -> None:
     """Run the router: login, dispatch, heartbeat, the workspace proxy and the idle reaper.
 
-    With no config it serves on http://127.0.0.1:8000 with local accounts. Example:
+    With no config it serves on http://127.0.0.1:8000 with local accounts. Examples:
     codepool serve --port 8080
+    codepool serve --workers 2    # one router process per core
     """
     with render.exits_on_error(False):
         if log_format not in ("text", "json"):
@@ -88,12 +105,40 @@ def serve(
             settings.router,
             host=host or settings.router.host,
             port=port or settings.router.port,
+            workers=workers or settings.router.workers,
         )
         settings = dataclasses.replace(settings, router=router)
-        configure_logging(log_format)
+        if router.workers > 1 and settings.store_url.startswith("memory:"):
+            raise InvalidInput(
+                f"--workers {router.workers}: the workers must share a store, and memory:// "
+                "is one process's own; use sqlite:///PATH or redis://"
+            )
+        configure_logging(log_format, with_pid=router.workers > 1)
         first_admin(settings)
         pool = build_pool(settings)
-        app = create_app(pool, settings)
+        app = create_app(pool, settings)  # also checks the settings before anything forks
+    render.err.print(
+        f"codepool: serving on [bold]{settings.public_url}/[/]"
+        + (f" with {router.workers} workers" if router.workers > 1 else "")
+        + "  (Ctrl-C stops)"
+    )
+    if router.workers == 1:
+        raise typer.Exit(run_router(settings, pool, app, reuse_port=False))
+    asyncio.run(pool.close())  # each worker opens its own connections after the fork
+    raise typer.Exit(supervise(settings, router.workers))
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (a third more requests per core), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_router(settings: Settings, pool: CodePool, app: web.Application, reuse_port: bool) -> int:
+    """Serve until a signal; the exit code."""
 
     async def close_pool(_: web.Application) -> None:
         await pool.close()
@@ -106,12 +151,81 @@ def serve(
 
     app.on_startup.append(dump_tasks_on_sigusr1)
     app.on_cleanup.append(close_pool)
-    render.err.print(f"codepool: serving on [bold]{settings.public_url}/[/]  (Ctrl-C stops)")
+    r = settings.router
     try:
-        web.run_app(app, host=router.host, port=router.port, print=None, access_log=None)
+        web.run_app(
+            app,
+            host=r.host,
+            port=r.port,
+            print=None,
+            access_log=None,
+            reuse_port=reuse_port or None,
+            loop=new_event_loop(),
+        )
     except OSError as exc:
-        render.err.print(f"error: cannot listen on {router.host}:{router.port}: {exc.strerror}")
-        raise typer.Exit(1) from None
+        render.err.print(f"error: cannot listen on {r.host}:{r.port}: {exc.strerror}")
+        return 1
+    return 0
+
+
+RESTART_AFTER_S = 5.0  # a worker that dies sooner after starting is not restarted
+
+
+def supervise(settings: Settings, count: int) -> int:
+    """Fork `count` workers and keep them running until a signal; the exit code."""
+    log = logging.getLogger("codepool.router")
+    children: dict[int, float] = {}  # pid -> when it started
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: its own pool, connections and event loop
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                pool = build_pool(settings)
+                code = run_router(settings, pool, create_app(pool, settings), reuse_port=True)
+            except BaseException:
+                log.exception("worker failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def signal_all(sig: int) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def on_stop(sig: int, _: object) -> None:
+        nonlocal stopping
+        stopping = True
+        signal_all(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGUSR1, lambda sig, _: signal_all(sig))
+    for _ in range(count):
+        spawn()
+    code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        started = children.pop(pid, None)
+        if started is None or stopping:
+            continue
+        exit_code = os.waitstatus_to_exitcode(status)
+        if time.monotonic() - started < RESTART_AFTER_S:
+            log.error("worker %d exited (%d) right after starting: stopping", pid, exit_code)
+            stopping, code = True, 1
+            signal_all(signal.SIGTERM)
+        else:
+            log.error("worker %d exited (%d): starting another", pid, exit_code)
+            spawn()
+    return code
 
 
 def _dump_tasks() -> None:

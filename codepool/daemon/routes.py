@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -440,6 +441,7 @@ async def health(request: web.Request) -> web.StreamResponse:
         "status": "ok" if ok else "unavailable",
         "checks": checks,
         "leader": router.loops.is_leader,
+        "pid": os.getpid(),  # which worker answered (codepool serve --workers N)
     }
     return web.json_response(body, status=200 if ok else 503)
 

@@ -1,0 +1,328 @@
+"""What every benchmark shares: processes on loopback, wrk as the load generator, rounds
+interleaved A/B so that a noisy neighbour hits every variant alike, and the table and
+JSON every script prints and writes.
+
+wrk (C, Debian's package) generates the load: a Python client would be slower than the
+servers it measures. Its Lua `done` hook prints the figures as JSON, and a run with any
+non-2xx answer or socket error is refused rather than reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "build" / "bench"
+LOGS = OUT / "logs"
+
+
+class BenchError(Exception):
+    """A benchmark could not run as asked (a tool missing, a server that never came up)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def need(tool: str, package: str | None = None) -> str:
+    """The path of a command, installing its Debian package first if it is missing."""
+    found = shutil.which(tool) or (
+        f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None
+    )
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        raise BenchError(f"{tool} is needed: install it (Debian package {package or tool})")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print(f"==> installing {package or tool} with apt", file=sys.stderr)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", package or tool],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    found = shutil.which(tool) or (
+        f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None
+    )
+    if not found:
+        raise BenchError(f"{tool} is still missing after installing {package or tool}")
+    return found
+
+
+class Proc:
+    """A server process for the length of a benchmark, in its own process group, its
+    output in build/bench/logs/<name>.log."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOGS / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_http(self, url: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited ({self.proc.returncode}); see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status < 500:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} did not answer {url} in {timeout_s}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+# -- wrk --------------------------------------------------------------------------------
+
+_WRK_DONE = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"socket_errors":%d,"status_errors":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"mean_us":%.1f,"bytes":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean,
+    summary.bytes))
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    return (
+        '"'
+        + "".join(c if c.isalnum() or c in " -_./:;=,{}@" else f"\\{ord(c)}" for c in text)
+        + '"'
+    )
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str = "GET"
+    path: str = "/"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: str = ""
+
+
+def wrk_script(requests: Sequence[Request]) -> str:
+    """A wrk Lua script that sends these requests round-robin (one per connection turn)."""
+    rows = []
+    for r in requests:
+        headers = ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in r.headers.items())
+        body = _lua_string(r.body) if r.body else "nil"
+        rows.append(
+            f"wrk.format({_lua_string(r.method)}, {_lua_string(r.path)}, {{{headers}}}, {body})"
+        )
+    return (
+        "local reqs = nil\nlocal n = 0\n"
+        "request = function()\n"
+        f"  if reqs == nil then reqs = {{{', '.join(rows)}}} end\n"
+        "  n = n + 1\n  return reqs[(n % #reqs) + 1]\nend\n" + _WRK_DONE
+    )
+
+
+@dataclass(frozen=True)
+class Sample:
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    mb_per_s: float
+
+
+def wrk(
+    base_url: str,
+    requests: Sequence[Request],
+    *,
+    seconds: float,
+    connections: int = 64,
+    threads: int = 2,
+) -> Sample:
+    """Load base_url with the requests for `seconds`; refuses a run with any error."""
+    binary = need("wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(wrk_script(requests))
+    try:
+        out = subprocess.run(
+            [
+                binary,
+                "-t",
+                str(threads),
+                "-c",
+                str(connections),
+                "-d",
+                f"{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                fh.name,
+                base_url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
+    finally:
+        os.unlink(fh.name)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise BenchError(f"wrk gave no result for {base_url}: {out.stdout}{out.stderr}")
+    d = json.loads(line[len("WRKJSON ") :])
+    if d["status_errors"] or d["socket_errors"] or not d["requests"]:
+        raise BenchError(
+            f"wrk on {base_url}: {d['status_errors']} non-2xx answers, {d['socket_errors']} "
+            f"socket errors in {d['requests']} requests: the figures would be meaningless"
+        )
+    secs = d["duration_us"] / 1e6
+    return Sample(
+        rps=d["requests"] / secs,
+        p50_ms=d["p50_us"] / 1000,
+        p90_ms=d["p90_us"] / 1000,
+        p99_ms=d["p99_us"] / 1000,
+        requests=d["requests"],
+        mb_per_s=d["bytes"] / secs / 1e6,
+    )
+
+
+# -- rounds, summaries, tables -------------------------------------------------------------
+
+
+def interleave(
+    variants: Mapping[str, Callable[[], Sample]],
+    rounds: int,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, list[Sample]]:
+    """Run every variant once per round, in an order that rotates each round (A B C, B C A,
+    C A B...), so that drift in the machine spreads over all of them."""
+    names = list(variants)
+    samples: dict[str, list[Sample]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            s = variants[name]()
+            samples[name].append(s)
+            if say:
+                say(
+                    f"  round {r + 1}/{rounds} {name}: {s.rps:,.0f} req/s  p50 {s.p50_ms:.2f} ms  "
+                    f"p99 {s.p99_ms:.2f} ms"
+                )
+    return samples
+
+
+def summarize(samples: Sequence[Sample]) -> dict[str, float]:
+    rps = [s.rps for s in samples]
+    return {
+        "rps": statistics.median(rps),
+        "rps_min": min(rps),
+        "rps_max": max(rps),
+        "p50_ms": statistics.median(s.p50_ms for s in samples),
+        "p99_ms": statistics.median(s.p99_ms for s in samples),
+        "mb_per_s": statistics.median(s.mb_per_s for s in samples),
+        "rounds": len(samples),
+    }
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [
+        max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)
+    ]
+    lines = [f"\n{title}", "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in cells:
+        lines.append(
+            "  ".join(
+                v.rjust(w) if i else v.ljust(w)
+                for i, (v, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.2f}"
+    return str(v)
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def save(name: str, data: Mapping[str, Any]) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

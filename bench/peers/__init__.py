@@ -1,0 +1,1 @@
+"""The baselines the benchmarks compare codepool against."""
