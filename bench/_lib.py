@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class Proc:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status < 500:
                         return
+            except urllib.error.HTTPError as exc:  # any answer but a 5xx: it is up
+                if exc.code < 500:
+                    return
             except OSError:
                 pass
             time.sleep(0.1)
@@ -326,3 +330,85 @@ def save(name: str, data: Mapping[str, Any]) -> Path:
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+# -- what the benchmarks run against ------------------------------------------------------
+
+
+class RedisServer(Proc):
+    """A private redis-server on a free loopback port, nothing kept on disk: the figures do
+    not depend on what else the machine's own Redis holds."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(
+            f"redis-{self.port}",
+            [
+                need("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise BenchError(f"redis-server did not start; see {self.log_path}")
+
+    def command_calls(self, command: str) -> int:
+        """How many times the server ran `command` since the last reset_stats."""
+        import redis
+
+        with redis.Redis.from_url(self.url) as r:
+            stats: dict[str, Any] = r.info("commandstats")
+            return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    def reset_stats(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as r:
+            r.config_resetstat()
+
+
+def router_env(state_dir: Path, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a `codepool serve` for a benchmark: its own state directory, no
+    warm spare, and the given settings (CODEPOOL_<SECTION>_<KEY>)."""
+    env = dict(os.environ)
+    env.update(
+        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
+        CODEPOOL_POOL_WARM_SPARES="0",
+        CODEPOOL_ROUTER_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        **settings,
+    )
+    return env
+
+
+def start_router(name: str, env: Mapping[str, str], port: int, workers: int = 1) -> Proc:
+    proc = Proc(
+        name,
+        [sys.executable, "-m", "codepool", "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+    )
+    proc.wait_http(f"http://127.0.0.1:{port}/health")
+    return proc
+
+
+def session_cookies(state_dir: Path, users: Iterable[str]) -> dict[str, str]:
+    """Signed session cookies for these users, made with the router's own key (what a
+    login would hand them), so the load is all pings and no logins."""
+    from codepool.daemon.auth import Account, Sessions, load_or_create_secret
+
+    sessions = Sessions(load_or_create_secret(state_dir / "session.key"), 86_400)
+    return {u: sessions.issue(Account(u, False))[0] for u in users}

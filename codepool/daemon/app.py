@@ -73,7 +73,7 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         secure_cookies=settings.public_url.startswith("https://"),
         trusted_proxies=trusted_networks(r.trusted_proxies),
     )
-    app = web.Application(middlewares=[routes.error_pages], client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2)
     app[ROUTER] = router
     routes.add_routes(app)
 

@@ -28,6 +28,7 @@ from codepool.core.settings import JwtSettings
 log = logging.getLogger("codepool.auth")
 
 SESSION_COOKIE = "codepool_session"
+VERIFIED_CACHE = 10_000  # session cookies remembered as verified (emptied when full)
 LOGIN_CSRF_COOKIE = "codepool_login_csrf"
 MIN_PASSWORD = 8
 
@@ -191,6 +192,7 @@ class Sessions:
     def __init__(self, key: bytes, lifetime_s: int) -> None:
         self.key = key
         self.lifetime_s = lifetime_s
+        self._verified: dict[str, Session] = {}
 
     def _sign(self, payload: bytes) -> str:
         return _b64(hmac.new(self.key, payload, hashlib.sha256).digest())
@@ -211,8 +213,24 @@ class Sessions:
         return f"{_b64(body)}.{self._sign(body)}", session
 
     def read(self, cookie: str | None, now_s: float | None = None) -> Session | None:
-        """The session in a cookie, or None if absent, forged, malformed or expired."""
-        if not cookie or "." not in cookie or len(cookie) > 4096:
+        """The session in a cookie, or None if absent, forged, malformed or expired. A
+        cookie verified once is remembered (every ping carries the same one): only the
+        expiry is checked again."""
+        if not cookie or len(cookie) > 4096:
+            return None
+        session = self._verified.get(cookie)
+        if session is None:
+            session = self._verify(cookie)
+            if session is None:
+                return None
+            if len(self._verified) >= VERIFIED_CACHE:
+                self._verified.clear()
+            self._verified[cookie] = session
+        now = now_s if now_s is not None else time.time()
+        return session if session.expires_s > now else None
+
+    def _verify(self, cookie: str) -> Session | None:
+        if "." not in cookie:
             return None
         body_b64, sig = cookie.rsplit(".", 1)
         try:
@@ -223,11 +241,9 @@ class Sessions:
             return None
         try:
             user, admin, sid, csrf, expires = json.loads(body)
-            session = Session(str(user), bool(admin), str(sid), str(csrf), int(expires))
+            return Session(str(user), bool(admin), str(sid), str(csrf), int(expires))
         except (ValueError, TypeError):
             return None
-        now = now_s if now_s is not None else time.time()
-        return session if session.expires_s > now else None
 
 
 class LoginLimiter:

@@ -12,6 +12,7 @@ from prometheus_client import (
 )
 
 from codepool.core.models import PoolStatus, WorkspaceState
+from codepool.core.store import PingResult
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series add nothing
 
@@ -35,6 +36,8 @@ class Metrics:
             registry=r,
         )
         self.pings = Counter("codepool_pings", "Pings by result", ["result"], registry=r)
+        # Looked up once: labels() takes a lock and a dict lookup, on every ping.
+        self.ping_results = {p: self.pings.labels(p.value) for p in PingResult}
         self.reaps = Counter(
             "codepool_reaps", "Workspaces reaped, by action", ["action"], registry=r
         )
