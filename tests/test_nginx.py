@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from codepool.core.errors import UntrustedBox
@@ -27,6 +28,7 @@ from codepool.core.store import create_store
 from codepool.core.tls import workspace_tls
 from codepool.daemon.app import create_app
 from codepool.daemon.auth import Users
+from codepool.daemon.context import ROUTER
 from tests.conftest import make_settings, need
 from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 MAIN = """
-worker_processes 1;
+{user}worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
 events {{ worker_connections 256; }}
@@ -90,7 +92,9 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[str], None]]:
     def start(site: str) -> None:
         (tmp_path / "site.conf").write_text(site)
         main = tmp_path / "nginx.conf"
-        main.write_text(MAIN.format(tmp=tmp_path))
+        # Under root, workers would run as nobody, who cannot write into the test's folder.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        main.write_text(MAIN.format(tmp=tmp_path, user=user))
         test = subprocess.run(
             [NGINX, "-t", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True
         )
@@ -314,3 +318,97 @@ def adapt_all(text: str, replacements: dict[str, str]) -> str:
     for old, new in replacements.items():
         text = text.replace(old, new)
     return text
+
+
+async def test_front_conf_carries_workspace_traffic_the_router_allows(
+    nginx: Callable[[str], None], workspace: str, tmp_path: Path
+) -> None:
+    """nginx/front.conf: after the router's yes, nginx carries assets, redirects, uploads and
+    WebSockets to the box itself, without the router's cookies. The router still answers
+    HTML documents (the heartbeat), people not logged in, other people's workspaces,
+    foreign-Origin WebSockets and stopped workspaces."""
+    front_port = free_port()
+    base = f"http://127.0.0.1:{front_port}"
+    settings = make_settings(
+        tmp_path / "state",
+        pool={"warm_spares": 0},
+        router={"public_url": base, "trusted_proxies": ["127.0.0.1"]},
+    )
+    pool = CodePool(settings, create_store("memory://"), MemoryBackend(workspace))
+    for user in ("alice", "bob"):
+        Users(settings.users_file).add(user, PASSWORDS[user])
+    app = create_app(pool, settings, run_loops=False)
+    proxy = app[ROUTER].proxy
+    carried_by_router: list[str] = []
+    http_of, ws_of = proxy.http, proxy.websocket
+
+    async def counted_http(request: web.Request, user: str, path: str) -> web.StreamResponse:
+        carried_by_router.append(path)
+        return await http_of(request, user, path)
+
+    async def counted_ws(request: web.Request, user: str, path: str) -> web.StreamResponse:
+        carried_by_router.append("ws:" + path)
+        return await ws_of(request, user, path)
+
+    proxy.http, proxy.websocket = counted_http, counted_ws  # type: ignore[method-assign]
+    async with serve_app(app) as router_url:
+        nginx(
+            adapt(
+                (ROOT / "nginx" / "front.conf").read_text(),
+                {
+                    "listen 80;": f"listen 127.0.0.1:{front_port};",
+                    "server 127.0.0.1:8000;": f"server {router_url.removeprefix('http://')};",
+                    "/var/cache/nginx/codepool-auth": str(tmp_path / "auth-cache"),
+                },
+            )
+        )
+        await wait_listening(front_port)
+        await pool.assign("alice")
+        await pool.assign("bob")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(base + "/w/alice/echo-headers", allow_redirects=False) as r:
+                assert r.status == 302 and r.headers["Location"].startswith("/login")
+            page = await (await http.get(base + "/login")).text()
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+            assert csrf is not None
+            form = {"csrf": csrf.group(1), "user": "alice", "password": PASSWORDS["alice"]}
+            async with http.post(base + "/login", data=form, allow_redirects=False) as r:
+                assert r.status == 302
+            carried_by_router.clear()
+
+            for _ in range(3):  # the first asks the router; the others use nginx's cache
+                async with http.get(
+                    base + "/w/alice/echo-headers?q=%2F", headers={"Cookie": "theirs=1"}
+                ) as r:
+                    assert r.status == 200
+                    echoed = await r.json()
+            headers = {k.lower(): v for k, v in echoed["headers"].items()}
+            assert headers["cookie"] == "theirs=1"  # the router's session cookie stayed out
+            assert headers["x-forwarded-prefix"] == "/w/alice"
+            assert headers["host"] == f"127.0.0.1:{front_port}"
+            async with http.get(base + "/w/alice/redirect", allow_redirects=False) as r:
+                assert r.headers["Location"] == "/w/alice/files/target.txt"
+            async with http.post(base + "/w/alice/upload", data=b"y" * 300_000) as r:
+                assert (await r.json())["received"] == 300_000
+            async with http.ws_connect(
+                base + "/w/alice/ws", protocols=("echo",), origin=base
+            ) as ws:
+                await ws.send_str("through the front")
+                assert await ws.receive_str() == "through the front"
+            assert carried_by_router == []  # nginx carried all of it
+
+            async with http.get(base + "/w/alice/", headers={"Accept": "text/html"}) as r:
+                assert (await r.text()).count("/assets/heartbeat.js") == 1
+            assert carried_by_router == ["/"]  # the page went through the router
+            async with http.get(base + "/w/bob/echo-headers") as r:
+                assert r.status == 403  # the router's refusal
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(
+                    base + "/w/alice/ws", protocols=("echo",), origin="http://evil.example"
+                )
+            assert refused.value.status == 403
+            await pool.release("alice")
+            await asyncio.sleep(2.5)  # nginx's yes and the router's address cache expire
+            async with http.get(base + "/w/alice/echo-headers") as r:
+                assert r.status == 409  # stopped: the router says so
+    await pool.close()

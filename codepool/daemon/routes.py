@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -366,6 +367,13 @@ async def ping(request: web.Request) -> web.StreamResponse:
 # -- the workspace proxy ---------------------------------------------------------------------
 
 
+def may_enter(router: Router, session: Session, owner: str) -> bool:
+    """The owner, or an admin where router.admins_enter_workspaces allows it."""
+    return session.user == owner or (
+        session.admin and router.settings.router.admins_enter_workspaces
+    )
+
+
 async def workspace(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     owner = request.match_info["user"]
@@ -374,9 +382,7 @@ async def workspace(request: web.Request) -> web.StreamResponse:
     if not raw.startswith(prefix + "/") and raw != prefix:
         raise web.HTTPNotFound()
     session = await require_session(request)
-    if session.user != owner and not (
-        session.admin and router.settings.router.admins_enter_workspaces
-    ):
+    if not may_enter(router, session, owner):
         raise web.HTTPForbidden(text="this workspace belongs to someone else")
     if raw == prefix:
         raise web.HTTPFound(prefix + "/")
@@ -400,6 +406,48 @@ async def workspace(request: web.Request) -> web.StreamResponse:
             action_label="Resume my workspace",
         )
         return web.Response(text=text, status=409, content_type="text/html")
+
+
+# -- the nginx front's authorization ---------------------------------------------------------
+
+_WORKSPACE_URI = re.compile(r"^/w/([^/?#]+)/")
+AUTH_CACHE_S = 2  # how long nginx may reuse a "yes" (as long as the proxy trusts its cache)
+
+
+async def authorize(request: web.Request) -> web.StreamResponse:
+    """`auth_request` of nginx/front.conf: may nginx carry this workspace request straight
+    to the box? 200 with the box's address if so (nginx caches it AUTH_CACHE_S). Anything
+    else gets 403, and the front hands the request to the router's own proxy, which gives
+    the right answer: a login redirect, the stopped page, a refusal, or an HTML document
+    with the heartbeat injected. Only peers in router.trusted_proxies are answered: the
+    box's address is not for browsers."""
+    router = request.app[ROUTER]
+    if not _is_trusted(request.remote or "", router.trusted_proxies):
+        raise web.HTTPNotFound()
+    no = web.Response(status=403, headers={"Cache-Control": "no-store"})
+    match = _WORKSPACE_URI.match(request.headers.get("X-Original-URI", ""))
+    if match is None or "text/html" in request.headers.get("Accept", ""):
+        return no
+    owner = match.group(1)
+    session = await session_of(request)
+    if session is None or not may_enter(router, session, owner):
+        return no
+    is_ws = request.headers.get("X-Original-Upgrade", "").lower() == "websocket"
+    if is_ws and request.headers.get("Origin", "").lower() != router.origin:
+        return no
+    try:
+        ws = await router.proxy.workspace(owner)
+    except Stopped:
+        return no
+    box = urlsplit(ws.address)
+    return web.Response(
+        status=200,
+        headers={
+            "X-Codepool-Upstream": box.netloc,
+            "X-Codepool-Scheme": box.scheme,
+            "Cache-Control": f"private, max-age={AUTH_CACHE_S}",
+        },
+    )
 
 
 # -- admin ----------------------------------------------------------------------------------
@@ -504,6 +552,7 @@ def add_routes(app: web.Application) -> None:
         ("POST", "/admin/stop", admin_action),
         ("POST", "/admin/extend", admin_action),
         ("GET", "/health", health),
+        ("GET", "/auth/workspace", authorize),
         ("GET", "/metrics", metrics),
         ("GET", "/assets/{name}", asset),
         ("*", "/w/{user}", workspace),
