@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench"
@@ -121,7 +121,7 @@ class Proc:
                 self.proc.wait()
         self._log.close()
 
-    def __enter__(self) -> Proc:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -385,14 +385,13 @@ class RedisServer(Proc):
 def router_env(state_dir: Path, port: int, **settings: str) -> dict[str, str]:
     """The environment of a `codepool serve` for a benchmark: its own state directory, no
     warm spare, and the given settings (CODEPOOL_<SECTION>_<KEY>)."""
-    env = dict(os.environ)
-    env.update(
-        CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
-        CODEPOOL_POOL_WARM_SPARES="0",
-        CODEPOOL_ROUTER_PUBLIC_URL=f"http://127.0.0.1:{port}",
+    return {
+        **os.environ,
+        "CODEPOOL_LOCAL_STATE_DIR": str(state_dir),
+        "CODEPOOL_POOL_WARM_SPARES": "0",
+        "CODEPOOL_ROUTER_PUBLIC_URL": f"http://127.0.0.1:{port}",
         **settings,
-    )
-    return env
+    }
 
 
 def start_router(name: str, env: Mapping[str, str], port: int, workers: int = 1) -> Proc:
@@ -412,3 +411,75 @@ def session_cookies(state_dir: Path, users: Iterable[str]) -> dict[str, str]:
 
     sessions = Sessions(load_or_create_secret(state_dir / "session.key"), 86_400)
     return {u: sessions.issue(Account(u, False))[0] for u in users}
+
+
+NGINX_MAIN = """
+{user}worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    types {{ text/html html; text/javascript js; }}
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+{site}
+}}
+"""
+
+
+class Nginx(Proc):
+    """Debian's nginx with one site, in its own folder (one worker unless told)."""
+
+    def __init__(self, name: str, directory: Path, site: str, port: int, workers: int = 1) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the folder
+        conf = directory / "nginx.conf"
+        conf.write_text(NGINX_MAIN.format(user=user, workers=workers, dir=directory, site=site))
+        binary = need("nginx")
+        test = subprocess.run(
+            [binary, "-t", "-c", str(conf), "-p", str(directory)], capture_output=True, text=True
+        )
+        if test.returncode:
+            raise BenchError(f"nginx config of {name}: {test.stderr}")
+        super().__init__(name, [binary, "-c", str(conf), "-p", str(directory), "-g", "daemon off;"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise BenchError(f"nginx {name} did not listen on {port}; see {self.log_path}")
+
+
+def chp_binary() -> Path:
+    """configurable-http-proxy (JupyterHub's proxy), installed from npm into build/bench."""
+    prefix = OUT / "chp"
+    binary = prefix / "node_modules" / ".bin" / "configurable-http-proxy"
+    if not binary.exists():
+        if shutil.which("npm") is None:
+            raise BenchError("npm is needed to install configurable-http-proxy (Node.js 20)")
+        say("==> installing configurable-http-proxy from npm")
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-audit",
+                "--no-fund",
+                "configurable-http-proxy@4.6.3",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return binary

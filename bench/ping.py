@@ -29,14 +29,19 @@ USERS = 200
 
 
 async def _seed(url: str, prefix: str, users: list[str]) -> None:
-    """A running workspace per user, and the leader lease held by the benchmark."""
+    await _seed_records(url, prefix, dict.fromkeys(users, "http://127.0.0.1:9"))
+
+
+async def _seed_records(url: str, prefix: str, addresses: dict[str, str]) -> None:
+    """A running workspace per user at its address, and the leader lease held by the
+    benchmark (no router's reconcile may clear records whose boxes do not exist)."""
     from codepool.core.models import Workspace, WorkspaceState
     from codepool.core.store import create_store
 
     store = create_store(url, key_prefix=prefix)
-    for u in users:
+    for user, address in addresses.items():
         await store.put_workspace(
-            Workspace(u, f"i-{u}", "http://127.0.0.1:9", WorkspaceState.RUNNING, 1, 1)
+            Workspace(user, f"i-{user}", address, WorkspaceState.RUNNING, 1, 1)
         )
     assert await store.acquire_lease("leader", "bench", 24 * 3_600_000)
     await store.close()

@@ -190,14 +190,14 @@ def run(sizes: list[int]) -> dict[str, Any]:
                     out[f"{kind} {n}"] = asyncio.run(_one(kind, n, work, redis))
     rows = []
     for key, res in out.items():
-        kind, n = key.split()
+        kind, count = key.split()
         for step in ("reap, nobody idle", "reap, 1% idle", "reconcile walk"):
             m = res[step]
             mem = res.get(step + " (memory)") or res.get("reap, 1% idle, dry run (memory)")
             rows.append(
                 [
                     kind,
-                    f"{int(n):,}",
+                    f"{int(count):,}",
                     step,
                     m["seconds"],
                     m["round_trips"],

@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from codepool.core.models import WorkspaceState
-from codepool.daemon.auth import SESSION_COOKIE
+from codepool.daemon.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE
+from codepool.daemon.proxy import strip_cookies
 from tests.router_fixtures import PASSWORDS, Served, dispatched, login
 from tests.standin_workspace import GZIP_JS
 
@@ -491,3 +492,18 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(served: Served) -> 
     for n in range(limit):  # each "client" claims another address: all count as the peer
         await _failed_logins(c, f"user{n}", f"192.0.2.{n}", 0)
     assert await _failed_logins(c, "bob", "192.0.2.200", 0) == 429
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("a=1; codepool_session=x.y; b=2", "a=1; b=2"),
+        ("codepool_session=x; codepool_login_csrf=t", ""),
+        ("theirs=1", "theirs=1"),
+        ("xcodepool_session=1;  a=b=c", "xcodepool_session=1; a=b=c"),  # kept
+        ("a=1;codepool_session=x;;b", "a=1; b"),
+    ],
+)
+def test_strip_cookies_keeps_every_cookie_but_the_routers(header: str, expected: str) -> None:
+    private = frozenset({SESSION_COOKIE, LOGIN_CSRF_COOKIE})
+    assert strip_cookies(header, private) == expected

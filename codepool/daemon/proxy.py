@@ -19,7 +19,6 @@ import re
 import time
 import zlib
 from html import escape
-from http.cookies import SimpleCookie
 from typing import Any
 
 import aiohttp
@@ -77,13 +76,17 @@ def inject(html: bytes, tag: bytes) -> bytes:
 
 
 def strip_cookies(header: str, private: frozenset[str]) -> str:
-    """The Cookie header without the router's own cookies."""
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except Exception:  # an unparsable Cookie header goes upstream as it came
+    """The Cookie header without the router's own cookies. A split on ';' as browsers send
+    it (parsing into Morsels cost a twentieth of each proxied request); every other
+    cookie goes upstream byte for byte, whatever it holds."""
+    if not any(name in header for name in private):
         return header
-    return "; ".join(f"{k}={m.coded_value}" for k, m in jar.items() if k not in private)
+    kept = [
+        part
+        for part in (p.strip() for p in header.split(";"))
+        if part and part.partition("=")[0].strip() not in private
+    ]
+    return "; ".join(kept)
 
 
 class WorkspaceProxy:
