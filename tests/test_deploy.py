@@ -67,6 +67,7 @@ SHELL_SCRIPTS = [
     *sorted((ROOT / "deploy").glob("*.sh")),
     *(ROOT / "scripts" / name for name in ("_venv.sh", "codepool", "install-code-server", "test")),
     ROOT / ".ci" / "run",
+    ROOT / "bench" / "run",
 ]
 
 
