@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -290,9 +290,10 @@ class PingDuringReap:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    async def mark_stopping(self, user: str, instance_id: str, last_seen_ms: int) -> bool:
-        assert await self.inner.record_ping(user, instance_id, self.clock()) is PingResult.OK
-        return await self.inner.mark_stopping(user, instance_id, last_seen_ms)
+    async def mark_stopping_many(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        for user, instance_id, _ in items:
+            assert await self.inner.record_ping(user, instance_id, self.clock()) is PingResult.OK
+        return await self.inner.mark_stopping_many(items)
 
 
 async def test_a_ping_racing_a_reap_wins(
@@ -584,10 +585,10 @@ class SwallowsCancel:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+    async def acquire_leases(self, names: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.05)
-        return await self.inner.acquire_lease(name, holder, ttl_ms)
+        return await self.inner.acquire_leases(names, holder, ttl_ms)
 
 
 async def test_a_user_lock_is_given_back_even_if_its_renewal_swallows_a_cancel(

@@ -175,3 +175,36 @@ async def test_one_lease_holder_among_many(store: Store) -> None:
 
 async def test_check(store: Store) -> None:
     await store.check()
+
+
+async def test_the_batched_steps_decide_each_item_on_its_own(store: Store) -> None:
+    """The reap's batched steps: many leases, compare-and-sets and writes in one round trip,
+    each with the answer its single form would give."""
+    assert await store.acquire_lease("lock:b", "other", 60_000)
+    assert await store.acquire_leases(["lock:a", "lock:b", "lock:c"], "me", 60_000) == [
+        True,
+        False,
+        True,
+    ]
+    assert await store.acquire_leases(["lock:a"], "me", 60_000) == [True]  # a renewal
+    await store.release_leases(["lock:a", "lock:b", "lock:c"], "me")
+    assert await store.acquire_leases(["lock:a", "lock:b", "lock:c"], "x", 60_000) == [
+        True,
+        False,  # still the other holder's: release only gives back one's own
+        True,
+    ]
+    assert await store.acquire_leases([], "me", 1) == []
+
+    await store.put_workspaces([ws("u1", seen=100), ws("u2", seen=200), ws("u3", seen=300)])
+    await store.put_workspaces([ws("u4", state=STOPPED, stopped_at_ms=50)])
+    assert [w.user for w in await store.idle_workspaces(1000, 10)] == ["u1", "u2", "u3"]
+    assert [w.user for w in await store.expired_workspaces(1000, 10)] == ["u4"]
+    await store.record_ping("u2", "i-u2", 250)  # lands between the read and the stop
+    got = await store.mark_stopping_many(
+        [("u1", "i-u1", 100), ("u2", "i-u2", 200), ("u3", "i-wrong", 300), ("u4", "i-u4", 1000)]
+    )
+    assert got == [True, False, False, False]
+    assert [w.user for w in await store.idle_workspaces(1000, 10)] == ["u2", "u3"]
+    stopping = await store.get_workspace("u1")
+    assert stopping is not None and stopping.state is WorkspaceState.STOPPING
+    assert await store.mark_stopping_many([]) == []

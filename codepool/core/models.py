@@ -62,9 +62,11 @@ class Instance:
 
     @property
     def in_service(self) -> bool:
-        return self.lifecycle is not Lifecycle.STANDBY and self.state in (
-            InstanceState.PENDING,
-            InstanceState.RUNNING,
+        # Identity tests: `in (…)` compares enum members as strings, and scale asks this
+        # of every box of the group each cycle.
+        state = self.state
+        return self.lifecycle is not Lifecycle.STANDBY and (
+            state is InstanceState.RUNNING or state is InstanceState.PENDING
         )
 
     @property

@@ -104,7 +104,24 @@ class CodePool:
                 progress(f"waiting for another assignment or stop of {user} to finish")
                 waited = True
             await asyncio.sleep(POLL_S)
+        async with self._held([name], holder):
+            yield
 
+    @contextlib.asynccontextmanager
+    async def user_locks(self, users: Sequence[str]) -> AsyncIterator[set[str]]:
+        """The locks of many users at once, without waiting: yields the users whose lock
+        was free (a reap skips the others). One store round trip to take them all, one to
+        renew them all, one to give them back."""
+        holder = secrets.token_hex(8)
+        names = [f"lock:{u}" for u in users]
+        got = await self.store.acquire_leases(names, holder, LOCK_TTL_MS)
+        held = [n for n, ok in zip(names, got, strict=True) if ok]
+        async with self._held(held, holder):
+            yield {u for u, ok in zip(users, got, strict=True) if ok}
+
+    @contextlib.asynccontextmanager
+    async def _held(self, names: list[str], holder: str) -> AsyncIterator[None]:
+        """Keep leases taken by holder renewed while the body runs, then give them back."""
         done = asyncio.Event()
 
         async def renew() -> None:
@@ -116,11 +133,17 @@ class CodePool:
                     await asyncio.wait_for(done.wait(), LOCK_TTL_MS / 3000)
                     return
                 try:
-                    if not await self.store.acquire_lease(name, holder, LOCK_TTL_MS):
-                        log.warning("lost %s: it expired and another holder took it", name)
+                    renewed = await self.store.acquire_leases(names, holder, LOCK_TTL_MS)
                 except StoreUnavailable as exc:  # the step itself will meet the outage
-                    log.warning("could not renew %s: %s", name, exc)
+                    log.warning("could not renew %s: %s", ", ".join(names), exc)
+                    continue
+                for name, ok in zip(names, renewed, strict=True):
+                    if not ok:
+                        log.warning("lost %s: it expired and another holder took it", name)
 
+        if not names:
+            yield
+            return
         renewer = asyncio.create_task(renew())
         try:
             yield
@@ -128,7 +151,7 @@ class CodePool:
             done.set()
             with contextlib.suppress(Exception):  # a renewal's own failure was logged
                 await renewer
-            await self.store.release_lease(name, holder)
+            await self.store.release_leases(names, holder)
 
     # -- assign ---------------------------------------------------------------------------
 
@@ -272,16 +295,17 @@ class CodePool:
         ids = [w.instance_id for w in workspaces]
         result = await (self.backend.terminate(ids) if terminate else self.backend.stop(ids))
         now = self.clock()
-        for ws in workspaces:
-            if ws.instance_id not in result.succeeded:
-                continue
-            if terminate:
+        done = [w for w in workspaces if w.instance_id in result.succeeded]
+        if terminate:
+            for ws in done:
                 await self.store.delete_workspace(ws.user, ws.instance_id)
-            else:
-                stopped = replace(
-                    ws, state=WorkspaceState.STOPPED, stopped_at_ms=now, hold_until_ms=0
-                )
-                await self.store.put_workspace(stopped)
+        else:
+            await self.store.put_workspaces(
+                [
+                    replace(ws, state=WorkspaceState.STOPPED, stopped_at_ms=now, hold_until_ms=0)
+                    for ws in done
+                ]
+            )
         return dict(result.failed)
 
     # -- reap -----------------------------------------------------------------------------
@@ -311,36 +335,42 @@ class CodePool:
         if dry_run:
             return decisions
         by_user = {w.user: w for w in [*idle, *expired]}
-        async with contextlib.AsyncExitStack() as locks:
-            to_stop: list[Workspace] = []
-            to_delete: list[Workspace] = []
-            outcome: dict[str, ReapDecision] = {}
-            for d in decisions:
-                if d.action is ReapAction.KEEP:
-                    continue
-                ws = by_user[d.user]
-                try:
-                    await locks.enter_async_context(self.user_lock(d.user, wait_s=0))
-                except Busy:
+        acting = [d for d in decisions if d.action is not ReapAction.KEEP]
+        decided = {d.user: d for d in acting}
+        outcome: dict[str, ReapDecision] = {}
+        # Every step below is one store round trip for the whole batch, not one per
+        # workspace: the cost of a cycle follows the number of idle workspaces, cheaply.
+        async with self.user_locks([d.user for d in acting]) as held:
+            for d in acting:
+                if d.user not in held:
                     outcome[d.user] = replace(d, action=ReapAction.KEEP, reason="busy elsewhere")
-                    continue
-                if ws.state is WorkspaceState.STOPPED:
-                    current = await self.store.get_workspace(d.user)
-                    if current == ws:  # unchanged since read: nobody resumed it meanwhile
-                        to_delete.append(ws)
-                    else:
-                        outcome[d.user] = replace(d, action=ReapAction.KEEP, reason="changed")
-                elif await self.store.mark_stopping(d.user, ws.instance_id, ws.last_seen_ms):
-                    to_stop.append(ws)
+            mine = [by_user[d.user] for d in acting if d.user in held]
+            running = [w for w in mine if w.state is not WorkspaceState.STOPPED]
+            marked = await self.store.mark_stopping_many(
+                [(w.user, w.instance_id, w.last_seen_ms) for w in running]
+            )
+            to_stop = [w for w, ok in zip(running, marked, strict=True) if ok]
+            for w, ok in zip(running, marked, strict=True):
+                if not ok:
+                    outcome[w.user] = replace(
+                        decided[w.user],
+                        action=ReapAction.KEEP,
+                        reason="active: pinged during the reap",
+                    )
+            to_delete: list[Workspace] = []
+            for ws in (w for w in mine if w.state is WorkspaceState.STOPPED):
+                # Unchanged since read: nobody resumed it meanwhile (few: retention only).
+                if await self.store.get_workspace(ws.user) == ws:
+                    to_delete.append(ws)
                 else:
-                    outcome[d.user] = replace(
-                        d, action=ReapAction.KEEP, reason="active: pinged during the reap"
+                    outcome[ws.user] = replace(
+                        decided[ws.user], action=ReapAction.KEEP, reason="changed"
                     )
             terminate_idle = p.on_idle == "terminate"
             failed = await self._stop(to_stop, terminate=terminate_idle)
             failed.update(await self._stop(to_delete, terminate=True))
             for ws in [*to_stop, *to_delete]:
-                d = next(x for x in decisions if x.user == ws.user)
+                d = decided[ws.user]
                 err = failed.get(ws.instance_id, "")
                 outcome[ws.user] = replace(d, done=not err, error=err)
                 log.info(
@@ -366,8 +396,8 @@ class CodePool:
         await self.store.add_spares(i.instance_id for i in free)
         pool = await self.store.spares()
         spares = [i for i in free if i.instance_id in pool]
-        booting = sum(1 for i in instances if i.is_booting_spare)  # spares in a minute
-        in_service = sum(1 for i in instances if i.in_service)
+        booting = sum(i.is_booting_spare for i in instances)  # spares in a minute
+        in_service = sum(i.in_service for i in instances)
         # Running unowned boxes not in the pool are being claimed right now: assigned.
         assigned = in_service - len(spares) - booting
         cap = await self.backend.capacity()

@@ -7,7 +7,7 @@ The backend stays the durable truth; everything here can be rebuilt by reconcile
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 from codepool.core.errors import ConfigError
@@ -30,6 +30,9 @@ class Store(Protocol):
     async def put_workspace(self, ws: Workspace) -> None:
         """Write the whole record and its indexes (lastSeen for running, stoppedAt for stopped)."""
 
+    async def put_workspaces(self, workspaces: Sequence[Workspace]) -> None:
+        """put_workspace for many, in one round trip."""
+
     async def delete_workspace(self, user: str, instance_id: str) -> bool:
         """Remove the record if it still names instance_id; True if removed."""
 
@@ -42,6 +45,10 @@ class Store(Protocol):
     async def mark_stopping(self, user: str, instance_id: str, last_seen_ms: int) -> bool:
         """Compare-and-set: running -> stopping only if lastSeen still equals last_seen_ms.
         A ping that landed since makes this fail, so the ping wins."""
+
+    async def mark_stopping_many(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        """mark_stopping for many (user, instance_id, last_seen_ms), each on its own, in one
+        round trip."""
 
     async def idle_workspaces(self, seen_before_ms: int, limit: int) -> list[Workspace]:
         """Running workspaces last seen before seen_before_ms, oldest first (from the index,
@@ -76,6 +83,12 @@ class Store(Protocol):
 
     async def release_lease(self, name: str, holder: str) -> None:
         """Give the lease back if holder still has it."""
+
+    async def acquire_leases(self, names: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
+        """acquire_lease for many names, each on its own, in one round trip."""
+
+    async def release_leases(self, names: Sequence[str], holder: str) -> None:
+        """release_lease for many names, in one round trip."""
 
     async def check(self) -> None:
         """Raise StoreUnavailable if the store cannot answer."""

@@ -54,6 +54,23 @@ _PING_RESULTS = (
     PingResult.OK,
 )
 
+# Whole records with their indexes, many in one call: KEYS = the lastSeen and stoppedAt
+# indexes; ARGV[1] the prefix of workspace keys; ARGV[2] JSON [[user, instanceId,
+# address, state, lastSeen, assignedAt, holdUntil, stoppedAt], ...].
+_PUT = """
+for _, w in ipairs(cjson.decode(ARGV[2])) do
+  local key = ARGV[1] .. w[1]
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'instanceId', w[2], 'address', w[3], 'state', w[4],
+    'lastSeen', w[5], 'assignedAt', w[6], 'holdUntil', w[7], 'stoppedAt', w[8])
+  if w[4] == 'running' then redis.call('ZADD', KEYS[1], w[5], w[1])
+  else redis.call('ZREM', KEYS[1], w[1]) end
+  if w[4] == 'stopped' then redis.call('ZADD', KEYS[2], w[8], w[1])
+  else redis.call('ZREM', KEYS[2], w[1]) end
+end
+return 0
+"""
+
 # Many records in one call: one reply to parse instead of one per key (the walk of 100k
 # workspaces spent most of its time in redis-py's per-reply work).
 _LOAD = """
@@ -62,12 +79,22 @@ for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
 return out
 """
 
+# Many compare-and-sets: KEYS[1] the lastSeen index, ARGV[1] the prefix of workspace
+# keys, ARGV[2] JSON [[user, instanceId, lastSeen], ...]; each is decided on its own.
 _MARK_STOPPING = """
-local h = redis.call('HMGET', KEYS[1], 'instanceId', 'state', 'lastSeen')
-if h[1] ~= ARGV[1] or h[2] ~= 'running' or h[3] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'stopping')
-redis.call('ZREM', KEYS[2], ARGV[3])
-return 1
+local out = {}
+for i, p in ipairs(cjson.decode(ARGV[2])) do
+  local key = ARGV[1] .. p[1]
+  local h = redis.call('HMGET', key, 'instanceId', 'state', 'lastSeen')
+  if h[1] == p[2] and h[2] == 'running' and tonumber(h[3]) == p[3] then
+    redis.call('HSET', key, 'state', 'stopping')
+    redis.call('ZREM', KEYS[1], p[1])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
 """
 
 _SET_HOLD = """
@@ -108,15 +135,21 @@ end
 return added
 """
 
-_ACQUIRE_LEASE = """
-local v = redis.call('GET', KEYS[1])
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-return 0
+_ACQUIRE_LEASES = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) out[i] = 1
+  elseif v == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) out[i] = 1
+  else out[i] = 0 end
+end
+return out
 """
 
-_RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+_RELEASE_LEASES = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
 return 0
 """
 
@@ -125,16 +158,18 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _to_hash(ws: Workspace) -> dict[Any, str | int]:
-    return {
-        "instanceId": ws.instance_id,
-        "address": ws.address,
-        "state": ws.state.value,
-        "lastSeen": ws.last_seen_ms,
-        "assignedAt": ws.assigned_at_ms,
-        "holdUntil": ws.hold_until_ms,
-        "stoppedAt": ws.stopped_at_ms,
-    }
+def _to_row(ws: Workspace) -> list[str | int]:
+    """A record as _PUT takes it (the order of its fields there)."""
+    return [
+        ws.user,
+        ws.instance_id,
+        ws.address,
+        ws.state.value,
+        ws.last_seen_ms,
+        ws.assigned_at_ms,
+        ws.hold_until_ms,
+        ws.stopped_at_ms,
+    ]
 
 
 def _from_hash(user: str, h: dict[str, str]) -> Workspace | None:
@@ -170,9 +205,10 @@ class RedisStore:
         self._claim_spare = client.register_script(_CLAIM_SPARE)
         self._add_spares = client.register_script(_ADD_SPARES)
         self._take_spare = client.register_script(_TAKE_SPARE)
-        self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
-        self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._acquire_leases = client.register_script(_ACQUIRE_LEASES)
+        self._release_leases = client.register_script(_RELEASE_LEASES)
         self._load_script = client.register_script(_LOAD)
+        self._put = client.register_script(_PUT)
         self._pings = GroupCommit(self._write_pings, max_batch=batch_size)
 
     @classmethod
@@ -202,19 +238,15 @@ class RedisStore:
         return _from_hash(user, h)
 
     async def put_workspace(self, ws: Workspace) -> None:
-        pipe = self.r.pipeline(transaction=True)
-        key = self._ws_key(ws.user)
-        pipe.delete(key)
-        pipe.hset(key, mapping=_to_hash(ws))
-        if ws.state is WorkspaceState.RUNNING:
-            pipe.zadd(self.k_last_seen, {ws.user: ws.last_seen_ms})
-        else:
-            pipe.zrem(self.k_last_seen, ws.user)
-        if ws.state is WorkspaceState.STOPPED:
-            pipe.zadd(self.k_stopped_at, {ws.user: ws.stopped_at_ms})
-        else:
-            pipe.zrem(self.k_stopped_at, ws.user)
-        await self._do(pipe.execute())
+        await self.put_workspaces([ws])
+
+    async def put_workspaces(self, workspaces: Sequence[Workspace]) -> None:
+        if not workspaces:
+            return
+        rows = [_to_row(w) for w in workspaces]
+        keys = [self.k_last_seen, self.k_stopped_at]
+        args = [self._ws_key(""), json.dumps(rows, separators=(",", ":"))]
+        await self._do(self._put(keys=keys, args=args))
 
     async def delete_workspace(self, user: str, instance_id: str) -> bool:
         keys = [self._ws_key(user), self.k_last_seen, self.k_stopped_at]
@@ -233,10 +265,14 @@ class RedisStore:
         return bool(await self._do(self._set_hold(keys=keys, args=[instance_id, hold_until_ms])))
 
     async def mark_stopping(self, user: str, instance_id: str, last_seen_ms: int) -> bool:
-        keys = [self._ws_key(user), self.k_last_seen]
-        return bool(
-            await self._do(self._mark_stopping(keys=keys, args=[instance_id, last_seen_ms, user]))
-        )
+        return (await self.mark_stopping_many([(user, instance_id, last_seen_ms)]))[0]
+
+    async def mark_stopping_many(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        if not items:
+            return []
+        args = [self._ws_key(""), json.dumps(items, separators=(",", ":"))]
+        codes = await self._do(self._mark_stopping(keys=[self.k_last_seen], args=args))
+        return [bool(c) for c in codes]
 
     async def _load(self, users: list[str]) -> list[Workspace]:
         flat = await self._do(self._load_script(keys=[self._ws_key(u) for u in users]))
@@ -302,11 +338,22 @@ class RedisStore:
     # -- leases ---------------------------------------------------------------------------
 
     async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
-        key = f"{self.prefix}lease:{name}"
-        return bool(await self._do(self._acquire_lease(keys=[key], args=[holder, ttl_ms])))
+        return (await self.acquire_leases([name], holder, ttl_ms))[0]
 
     async def release_lease(self, name: str, holder: str) -> None:
-        await self._do(self._release_lease(keys=[f"{self.prefix}lease:{name}"], args=[holder]))
+        await self.release_leases([name], holder)
+
+    async def acquire_leases(self, names: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
+        if not names:
+            return []
+        keys = [f"{self.prefix}lease:{n}" for n in names]
+        codes = await self._do(self._acquire_leases(keys=keys, args=[holder, ttl_ms]))
+        return [bool(c) for c in codes]
+
+    async def release_leases(self, names: Sequence[str], holder: str) -> None:
+        if names:
+            keys = [f"{self.prefix}lease:{n}" for n in names]
+            await self._do(self._release_leases(keys=keys, args=[holder]))
 
     async def check(self) -> None:
         await self._do(self.r.ping())

@@ -131,22 +131,31 @@ class SQLiteStore:
         return await self._run(q)
 
     async def put_workspace(self, ws: Workspace) -> None:
+        await self.put_workspaces([ws])
+
+    async def put_workspaces(self, workspaces: Sequence[Workspace]) -> None:
+        rows = [
+            (
+                ws.user,
+                ws.instance_id,
+                ws.address,
+                ws.state.value,
+                ws.last_seen_ms,
+                ws.assigned_at_ms,
+                ws.hold_until_ms,
+                ws.stopped_at_ms,
+            )
+            for ws in workspaces
+        ]
+
         def q(db: sqlite3.Connection) -> None:
-            db.execute(
+            db.executemany(
                 f"INSERT OR REPLACE INTO workspaces ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ws.user,
-                    ws.instance_id,
-                    ws.address,
-                    ws.state.value,
-                    ws.last_seen_ms,
-                    ws.assigned_at_ms,
-                    ws.hold_until_ms,
-                    ws.stopped_at_ms,
-                ),
+                rows,
             )
 
-        await self._run(q, write=True)
+        if rows:
+            await self._run(q, write=True)
 
     async def delete_workspace(self, user: str, instance_id: str) -> bool:
         def q(db: sqlite3.Connection) -> bool:
@@ -178,21 +187,21 @@ class SQLiteStore:
         return await self._run(q, write=True)
 
     async def mark_stopping(self, user: str, instance_id: str, last_seen_ms: int) -> bool:
-        def q(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                "UPDATE workspaces SET state = ? WHERE user = ? AND instance_id = ? "
-                "AND state = ? AND last_seen_ms = ?",
-                (
-                    WorkspaceState.STOPPING.value,
-                    user,
-                    instance_id,
-                    WorkspaceState.RUNNING.value,
-                    last_seen_ms,
-                ),
-            )
-            return cur.rowcount == 1
+        return (await self.mark_stopping_many([(user, instance_id, last_seen_ms)]))[0]
 
-        return await self._run(q, write=True)
+    async def mark_stopping_many(self, items: Sequence[tuple[str, str, int]]) -> list[bool]:
+        def q(db: sqlite3.Connection) -> list[bool]:
+            return [
+                db.execute(
+                    "UPDATE workspaces SET state = ? WHERE user = ? AND instance_id = ? "
+                    "AND state = ? AND last_seen_ms = ?",
+                    (WorkspaceState.STOPPING.value, user, iid, WorkspaceState.RUNNING.value, seen),
+                ).rowcount
+                == 1
+                for user, iid, seen in items
+            ]
+
+        return await self._run(q, write=True) if items else []
 
     async def idle_workspaces(self, seen_before_ms: int, limit: int) -> list[Workspace]:
         def q(db: sqlite3.Connection) -> list[Workspace]:
@@ -300,24 +309,36 @@ class SQLiteStore:
     # -- leases ---------------------------------------------------------------------------
 
     async def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
-        def q(db: sqlite3.Connection) -> bool:
-            now = _now_ms()
-            cur = db.execute(
-                "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
-                "expires_ms = excluded.expires_ms "
-                "WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?",
-                (name, holder, now + ttl_ms, now),
-            )
-            return cur.rowcount == 1
-
-        return await self._run(q, write=True)
+        return (await self.acquire_leases([name], holder, ttl_ms))[0]
 
     async def release_lease(self, name: str, holder: str) -> None:
-        def q(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+        await self.release_leases([name], holder)
 
-        await self._run(q, write=True)
+    async def acquire_leases(self, names: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
+        def q(db: sqlite3.Connection) -> list[bool]:
+            now = _now_ms()
+            return [
+                db.execute(
+                    "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                    "expires_ms = excluded.expires_ms "
+                    "WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?",
+                    (name, holder, now + ttl_ms, now),
+                ).rowcount
+                == 1
+                for name in names
+            ]
+
+        return await self._run(q, write=True) if names else []
+
+    async def release_leases(self, names: Sequence[str], holder: str) -> None:
+        rows = [(name, holder) for name in names]
+
+        def q(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM leases WHERE name = ? AND holder = ?", rows)
+
+        if rows:
+            await self._run(q, write=True)
 
     async def check(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
