@@ -450,6 +450,12 @@ async def test_one_leader_runs_the_cycle_and_reaps(make_served: Callable[..., An
     metrics = await (await alice.get("/metrics")).text()
     assert 'codepool_reaps_total{action="stop"} 1.0' in metrics
     assert "codepool_leader 1.0" in metrics
+    # The gauges are counted on the cycle's reconcile walk, before its reap...
+    assert 'codepool_workspaces{state="running"} 1.0' in metrics
+    assert await served.router.loops.cycle()  # ... so the stop shows in the next cycle
+    metrics = await (await alice.get("/metrics")).text()
+    assert 'codepool_workspaces{state="running"} 0.0' in metrics
+    assert 'codepool_workspaces{state="stopped"} 1.0' in metrics
     await served.router.loops.stop()  # gives the lease back
     assert await other.router.loops.cycle()
 

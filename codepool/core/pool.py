@@ -457,9 +457,13 @@ class CodePool:
 
     # -- reconcile ------------------------------------------------------------------------
 
-    async def reconcile(self, dry_run: bool = False) -> list[ReconcileAction]:
+    async def reconcile(
+        self, dry_run: bool = False, seen: Callable[[Workspace], None] | None = None
+    ) -> list[ReconcileAction]:
         """Make the store agree with the backend (the truth), in batches. Rebuilt running
-        workspaces get a fresh lastSeen: a grace period, not an instant reap."""
+        workspaces get a fresh lastSeen: a grace period, not an instant reap. `seen` is
+        shown every record of the walk (the leader counts its gauges on it: the one full
+        walk of a cycle)."""
         now = self.clock()  # before the list: records written since are newer than it
         instances = await self.backend.list_instances()
         by_id = {i.instance_id: i for i in instances}
@@ -468,10 +472,12 @@ class CodePool:
             if inst.owner is not None:
                 owned[inst.owner].append(inst)
         actions: list[ReconcileAction] = []
-        seen: set[str] = set()
+        walked: set[str] = set()
         async for batch in self.store.iter_workspaces():
             for ws in batch:
-                seen.add(ws.user)
+                walked.add(ws.user)
+                if seen is not None:
+                    seen(ws)
                 if max(ws.last_seen_ms, ws.assigned_at_ms, ws.stopped_at_ms) >= now:
                     # Written after the list above was asked for (an assignment finishing,
                     # a ping): the list is older than the record. Judged next cycle.
@@ -479,7 +485,7 @@ class CodePool:
                 actions += await self._reconcile_user(
                     ws.user, ws, owned.get(ws.user, []), by_id, now, dry_run
                 )
-        for user in sorted(set(owned) - seen):
+        for user in sorted(set(owned) - walked):
             actions += await self._reconcile_user(user, None, owned[user], by_id, now, dry_run)
         actions += await self._reconcile_spares(instances, dry_run)
         return actions
@@ -615,14 +621,16 @@ class CodePool:
 
     # -- status ---------------------------------------------------------------------------
 
-    async def status(self) -> PoolStatus:
-        """Pool numbers, one row per workspace, and the warnings of DESIGN §6."""
+    async def status(self, walk: bool = True) -> PoolStatus:
+        """Pool numbers, one row per workspace, and the warnings of DESIGN §6. walk=False
+        leaves out the rows (the store is not read)."""
         instances = await self.backend.list_instances()
         cap = await self.backend.capacity()
         workspaces: list[Workspace] = []
-        async for batch in self.store.iter_workspaces():
-            workspaces.extend(batch)
-        workspaces.sort(key=lambda w: w.user)
+        if walk:
+            async for batch in self.store.iter_workspaces():
+                workspaces.extend(batch)
+            workspaces.sort(key=lambda w: w.user)
         in_service = sum(1 for i in instances if i.in_service)
         return PoolStatus(
             capacity=cap,

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from codepool.core.errors import CodepoolError, StoreUnavailable
-from codepool.core.models import ReapAction
+from codepool.core.models import ReapAction, WorkspaceState
 from codepool.core.pool import CodePool
 from codepool.daemon.metrics import Metrics
 
@@ -72,11 +74,18 @@ class Loops:
         self.metrics.leader.set(1 if self.is_leader else 0)
         if not self.is_leader:
             return False
-        ok = await self._step("reconcile", self.pool.reconcile)
+        # The gauges are counted on reconcile's walk, the cycle's one read of every record
+        # (so they show the workspaces as the cycle began: a reap's stops appear next time).
+        walked: Counter[WorkspaceState] = Counter()
+        walk_ok = await self._step(
+            "reconcile",
+            functools.partial(self.pool.reconcile, seen=lambda w: walked.update([w.state])),
+        )
         # Reaping on a store that failed to reconcile could act on stale data: skip it.
-        ok = ok and await self._step("reap", self._reap)
+        ok = walk_ok and await self._step("reap", self._reap)
         ok = await self._step("scale", self.pool.scale) and ok
-        ok = await self._step("status", self._observe) and ok
+        observe = functools.partial(self._observe, walked if walk_ok else None)
+        ok = await self._step("status", observe) and ok
         self.metrics.cycles.labels("ok" if ok else "error").inc()
         return True
 
@@ -99,8 +108,9 @@ class Loops:
             if d.action is not ReapAction.KEEP and d.done:
                 self.metrics.reaps.labels(d.action.value).inc()
 
-    async def _observe(self) -> None:
-        self.metrics.observe_status(await self.pool.status())
+    async def _observe(self, walked: Counter[WorkspaceState] | None) -> None:
+        status = await self.pool.status(walk=walked is None)
+        self.metrics.observe_status(status, walked)
 
     async def stop(self) -> None:
         """Finish the cycle under way, then give the lease back so another router leads."""

@@ -3,6 +3,9 @@ process do not share counters."""
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Mapping
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -50,12 +53,15 @@ class Metrics:
         for state in WorkspaceState:
             self.workspaces.labels(state.value)
 
-    def observe_status(self, status: PoolStatus) -> None:
-        counts = {s.value: 0 for s in WorkspaceState}
-        for w in status.workspaces:
-            counts[w.state.value] += 1
-        for state, n in counts.items():
-            self.workspaces.labels(state).set(n)
+    def observe_status(
+        self, status: PoolStatus, counts: Mapping[WorkspaceState, int] | None = None
+    ) -> None:
+        """The gauges: workspaces by state (counted from status's rows unless given), and
+        the group's numbers."""
+        if counts is None:
+            counts = collections.Counter(w.state for w in status.workspaces)
+        for state in WorkspaceState:
+            self.workspaces.labels(state.value).set(counts.get(state, 0))
         self.spares.set(status.spares)
         self.desired.set(status.capacity.desired)
         self.max_size.set(status.capacity.max_size)
