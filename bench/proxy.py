@@ -184,6 +184,7 @@ def _run(work: Path, procs: list[Proc], seconds: float, rounds: int) -> dict[str
     targets_of = {
         "direct": up,
         "nginx": ngx,
+        "nginx, no keepalive": ngx_new,
         "chp": chp,
         "codepool": routers["codepool"],
         "codepool x2": routers["codepool x2"],
