@@ -94,9 +94,9 @@ def serve(
 ) -> None:
     """Run the router: login, dispatch, heartbeat, the workspace proxy and the idle reaper.
 
-    With no config it serves on http://127.0.0.1:8000 with local accounts. Examples:
-    codepool serve --port 8080
-    codepool serve --workers 2    # one router process per core
+    With no config it serves on http://127.0.0.1:8000 with local accounts.
+
+    Example: codepool serve --port 8080 --workers 2   (one router process per core)
     """
     with render.exits_on_error(False):
         if log_format not in ("text", "json"):
