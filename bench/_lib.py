@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "build" / "bench"
+CACHE = ROOT / "build" / "bench"  # tools the benchmarks install (configurable-http-proxy)
+OUT = Path(os.environ.get("CODEPOOL_BENCH_OUT") or CACHE)  # results (the tests use a temp dir)
 LOGS = OUT / "logs"
 
 
@@ -462,7 +463,7 @@ class Nginx(Proc):
 
 def chp_binary() -> Path:
     """configurable-http-proxy (JupyterHub's proxy), installed from npm into build/bench."""
-    prefix = OUT / "chp"
+    prefix = CACHE / "chp"
     binary = prefix / "node_modules" / ".bin" / "configurable-http-proxy"
     if not binary.exists():
         if shutil.which("npm") is None:

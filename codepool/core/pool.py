@@ -500,6 +500,17 @@ class CodePool:
         dry_run: bool,
     ) -> list[ReconcileAction]:
         actions: list[ReconcileAction] = []
+        # The common case, first and cheap (the walk asks it of every workspace): one box,
+        # the one the record names, and the record says what the box says.
+        only = boxes[0] if len(boxes) == 1 else None
+        if (
+            ws is not None
+            and only is not None
+            and only.instance_id == ws.instance_id
+            and not _half_stopped(only)
+            and _expected(ws, only, now) is ws
+        ):
+            return actions
         inst = by_id.get(ws.instance_id) if ws is not None else None
         if inst is not None and inst.owner != user:
             inst = None
