@@ -27,10 +27,28 @@ class Job:
     result: Assignment | None = None
     error: CodepoolError | None = None
     finished_at: float = 0.0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def done(self) -> bool:
         return self.finished_at > 0
+
+    def say(self, message: str) -> None:
+        self.messages.append(message)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()  # everyone waiting on this one returns...
+        self._changed = asyncio.Event()  # ... and later waiters wait for the next change
+
+    async def wait_change(self, seen: int, timeout_s: float) -> None:
+        """Return when the job has finished or said more than `seen` messages, or after
+        timeout_s: the long poll of the starting page (it learns of the ready workspace
+        at once, not at its next poll)."""
+        if self.done or len(self.messages) > seen:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
 
 
 class Dispatcher:
@@ -56,7 +74,7 @@ class Dispatcher:
     async def _run(self, job: Job) -> None:
         """Run the assignment; its outcome is kept on the job, for the status polls."""
         try:
-            job.result = await self.pool.assign(job.user, job.messages.append)
+            job.result = await self.pool.assign(job.user, job.say)
         except CodepoolError as exc:
             job.error = exc
         except Exception as exc:  # a bug: logged with its traceback, reported plainly
@@ -64,6 +82,7 @@ class Dispatcher:
             job.error = CodepoolError(f"could not start the workspace: {exc}")
         finally:
             job.finished_at = time.monotonic()
+            job._wake()
 
     def _forget_old(self) -> None:
         now = time.monotonic()

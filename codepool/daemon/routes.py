@@ -31,6 +31,7 @@ log = logging.getLogger("codepool.router")
 
 MAX_PING_BYTES = 1024
 DISPATCH_WAIT_S = 1.0  # answer /dispatch directly when the workspace is this quick
+STATUS_WAIT_S = 10.0  # the longest /dispatch/status?seen=N holds its answer
 
 # Core errors as HTTP answers: (status, short kind for JSON).
 HTTP_ERRORS: dict[type[errors.CodepoolError], tuple[int, str]] = {
@@ -308,11 +309,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def dispatch_status(request: web.Request) -> web.StreamResponse:
-    """Progress of the user's assignment, for the 'starting' page's polls. A poll that
-    reaches another router (behind a load balancer) starts or joins one there."""
+    """Progress of the user's assignment, for the 'starting' page's polls. With ?seen=N
+    (the messages the page has shown) the answer waits, up to STATUS_WAIT_S, until the
+    assignment finishes or says something new. A poll that reaches another router (behind
+    a load balancer) starts or joins one there."""
     router = request.app[ROUTER]
     session = await require_session(request)
     job = router.dispatcher.current(session.user) or router.dispatcher.start(session.user)
+    seen = request.query.get("seen", "")
+    if seen.isdigit() and len(seen) < 6:  # a long poll: answer when there is news
+        await job.wait_change(int(seen), STATUS_WAIT_S)
     body: dict[str, Any] = {"messages": job.messages}
     if job.result is not None:
         body.update(state="ready", url=f"/w/{session.user}/")

@@ -16,7 +16,8 @@
   }
 
   function poll() {
-    fetch("/dispatch/status", { credentials: "same-origin", cache: "no-store" })
+    // A long poll: the router answers as soon as there is news (or after 10 s).
+    fetch("/dispatch/status?seen=" + shown, { credentials: "same-origin", cache: "no-store" })
       .then(function (r) {
         if (r.status === 401) { location.href = "/login?next=/dispatch"; return null; }
         return r.json();
@@ -37,7 +38,7 @@
         } else {
           statusEl.textContent = s.messages && s.messages.length
             ? s.messages[s.messages.length - 1] + "…" : "Starting…";
-          setTimeout(poll, 700);
+          setTimeout(poll, 100);
         }
       })
       .catch(function () { setTimeout(poll, 2000); });
