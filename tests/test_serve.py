@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from codepool.daemon.auth import Users
@@ -180,8 +181,8 @@ async def test_workers_share_the_port_and_the_store(
         users.add(name, f"{name}-password")
     server = Server(env, free_port(), "--workers", "2")
     servers.append(server)
-    started = time.monotonic()
     server.wait_up()
+    started = time.monotonic()  # the workers were forked before this: older than it
     try:
         await asyncio.sleep(1.5)  # a loop cycle on each worker
         seen = [await _health(server.url) for _ in range(40)]
@@ -196,13 +197,20 @@ async def test_workers_share_the_port_and_the_store(
         victim = min(pids)
         await asyncio.sleep(max(0.0, 5.5 - (time.monotonic() - started)))
         os.kill(victim, signal.SIGKILL)
+        now: set[int] = set()
         for _ in range(100):
-            now = {int(str((await _health(server.url))["pid"])) for _ in range(10)}
+            try:
+                now = {int(str((await _health(server.url))["pid"])) for _ in range(10)}
+            except aiohttp.ClientConnectionError:
+                # Connections that were queued at the killed worker's socket are reset:
+                # the price of SO_REUSEPORT when a worker dies (docs/router.md).
+                await asyncio.sleep(0.2)
+                continue
             if victim not in now and len(now) == 2:
                 break
             await asyncio.sleep(0.2)
         else:
-            raise AssertionError(f"no worker replaced the killed one: {now}")
+            raise AssertionError(f"no worker replaced the killed one: {now}\n{server.stop()}")
         out = server.stop()
         assert server.proc.returncode == 0, out
         assert "starting another" in out
