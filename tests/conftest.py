@@ -167,3 +167,5 @@ def servers() -> Iterator[list[Any]]:
         if s.proc.poll() is None:
             s.proc.kill()
             s.proc.communicate()
+        elif s.proc.stdout is not None and not s.proc.stdout.closed:
+            s.proc.stdout.close()  # a test killed it and did not read its output

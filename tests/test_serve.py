@@ -5,6 +5,7 @@ one leader, one workspace per person."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -219,6 +220,46 @@ async def test_workers_share_the_port_and_the_store(
                 os.kill(pid, 0)
     finally:
         drop_redis_keys(redis_url, prefix)
+
+
+async def test_workers_die_with_their_supervisor(
+    state_dir: Path, servers: list[Server], redis_url: str
+) -> None:
+    """A supervisor killed outright (SIGKILL, as systemd does after its stop timeout) takes
+    its workers along: none is left serving old code on the port."""
+    prefix = f"codepool-serve-{secrets.token_hex(4)}:"
+    env = serve_env(state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=prefix)
+    server = Server(env, free_port(), "--workers", "2")
+    servers.append(server)
+    server.wait_up()
+    try:
+        pids: set[int] = set()
+        for _ in range(40):
+            pids.add(int(str((await _health(server.url))["pid"])))
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+        server.proc.kill()
+        server.proc.wait(10)
+        for _ in range(50):
+            alive = [p for p in pids if _alive(p)]
+            if not alive:
+                break
+            await asyncio.sleep(0.1)
+        assert not alive, f"workers outlived their supervisor: {alive}"
+    finally:
+        drop_redis_keys(redis_url, prefix)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (its parent is gone, nobody reaped it) is not serving.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(") ")[-1][:1] != "Z"
+    return False
 
 
 def test_workers_need_a_shared_store(state_dir: Path) -> None:

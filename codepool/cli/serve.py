@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import io
@@ -182,6 +183,7 @@ RESTART_AFTER_S = 5.0  # a worker that dies sooner after starting is not restart
 def supervise(settings: Settings, count: int) -> int:
     """Fork `count` workers and keep them running until a signal; the exit code."""
     log = logging.getLogger("codepool.router")
+    parent = os.getpid()
     children: dict[int, float] = {}  # pid -> when it started
     stopping = False
 
@@ -190,6 +192,7 @@ def supervise(settings: Settings, count: int) -> int:
         if pid == 0:  # the worker: its own pool, connections and event loop
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 signal.signal(sig, signal.SIG_DFL)
+            _die_with(parent)
             code = 1
             try:
                 pool = build_pool(settings)
@@ -234,6 +237,22 @@ def supervise(settings: Settings, count: int) -> int:
             log.error("worker %d exited (%d): starting another", pid, exit_code)
             spawn()
     return code
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when the supervisor dies, even by SIGKILL:
+    an orphaned worker would go on serving the old code on the shared port. (Linux; the
+    workspaces a worker starts run in their own session and are not affected.)"""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's signals still reach it
+        return
+    if os.getppid() != parent:  # it died before the line above: nobody would tell us
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def _dump_tasks() -> None:
