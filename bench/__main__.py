@@ -1,6 +1,6 @@
 """Every benchmark, one after another: `bench/run` (or python -m bench).
 
-    bench/run                      # all of them (about 15 minutes on 2 cores)
+    bench/run                      # all of them (about 12 minutes on 2 cores)
     bench/run --quick              # shorter runs, one round: a check that they work
     bench/run --only ping,proxy    # some of them
 
@@ -25,7 +25,7 @@ NAMES = ("ping", "proxy", "reap", "aws", "workspace")
 def _runners(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
     from bench import aws, ping, proxy, reap, workspace
 
-    seconds, rounds = (2.0, 1) if quick else (5.0, 3)
+    seconds, rounds = (2.0, 1) if quick else (4.0, 5)
     return {
         "ping": lambda: ping.run(seconds, rounds, 64),
         "proxy": lambda: proxy.run(seconds, rounds),

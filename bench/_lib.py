@@ -266,6 +266,13 @@ def interleave(
     return samples
 
 
+def paired(a: Sequence[Sample], b: Sequence[Sample]) -> float:
+    """How many times b's req/s a does: the median of the ratios round by round. Two
+    samples of one round ran minutes apart at most, so a slow spell of the machine (it is
+    shared) moves both; a ratio of two medians can pair a good round with a bad one."""
+    return statistics.median(x.rps / y.rps for x, y in zip(a, b, strict=True))
+
+
 def summarize(samples: Sequence[Sample]) -> dict[str, float]:
     rps = [s.rps for s in samples]
     return {
