@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 import urllib.request
@@ -98,7 +100,8 @@ def run(sizes: list[int]) -> dict[str, Any]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every call
     port = _lib.free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    with contextlib.redirect_stdout(sys.stderr):  # its greeting is not a result
+        server.start()
     out = {}
     try:
         with tempfile.TemporaryDirectory(prefix="codepool-bench-") as tmp:

@@ -81,7 +81,8 @@ def _backend(rows: list[Workspace]) -> MemoryBackend:
 
 
 class Trips:
-    """Store round trips: the Redis server's own count, or SQLite transactions."""
+    """Store operations: the commands the Redis server ran (those inside scripts too), or
+    SQLite transactions."""
 
     def __init__(self, store: Store, redis: RedisServer | None) -> None:
         self.redis = redis
@@ -190,7 +191,7 @@ def run(sizes: list[int]) -> dict[str, Any]:
     print(
         _lib.table(
             "Leader's store work (reap: store.batch_size 500 stops per cycle at most)",
-            ["store", "workspaces", "step", "seconds", "round trips", "items", "peak MB"],
+            ["store", "workspaces", "step", "seconds", "store ops", "items", "peak MB"],
             rows,
         )
     )
