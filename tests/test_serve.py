@@ -262,6 +262,30 @@ def _alive(pid: int) -> bool:
     return False
 
 
+def test_workers_refuse_a_port_another_router_serves(
+    state_dir: Path, servers: list[Server]
+) -> None:
+    """SO_REUSEPORT would let a second `--workers` router join the first on its port,
+    unnoticed: it is refused like any busy port instead."""
+    env = serve_env(state_dir)
+    port = free_port()
+    first = Server(env, port, "--workers", "2")
+    servers.append(first)
+    first.wait_up()
+    result = subprocess.run(
+        [sys.executable, "-m", "codepool", "serve", "--workers", "2", "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    out = first.stop()
+    assert first.proc.returncode == 0, out
+
+
 def test_workers_need_a_shared_store(state_dir: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "codepool", "serve", "--workers", "2", "--port", "1"],

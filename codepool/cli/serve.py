@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Annotated
 
@@ -127,7 +128,27 @@ def serve(
     if router.workers == 1:
         raise typer.Exit(run_router(settings, pool, app, reuse_port=False))
     asyncio.run(pool.close())  # each worker opens its own connections after the fork
+    problem = port_taken(router.host, router.port)
+    if problem:
+        render.err.print(f"error: cannot listen on {router.host}:{router.port}: {problem}")
+        raise typer.Exit(1)
     raise typer.Exit(supervise(settings, router.workers))
+
+
+def port_taken(host: str, port: int) -> str:
+    """Why the port cannot be had ('' if it can). The workers bind with SO_REUSEPORT,
+    which would let them join another router already serving there, unnoticed; a plain
+    bind first fails in that case as in any other."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
+            probe.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
