@@ -9,6 +9,7 @@ non-2xx answer or socket error is refused rather than reported.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -35,6 +36,47 @@ LOGS = OUT / "logs"
 
 class BenchError(Exception):
     """A benchmark could not run as asked (a tool missing, a server that never came up)."""
+
+
+def command(run: Callable[[], object]) -> None:
+    """Run a benchmark as a command: a BenchError is one line and exit 1, not a traceback."""
+    try:
+        run()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = 0.0
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return x
+
+
+def sizes(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of whole numbers of at least 1."""
+    try:
+        return [positive_int(x) for x in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers of at least 1"
+        ) from None
 
 
 def free_port() -> int:

@@ -148,13 +148,14 @@ def run(sizes: list[int]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sizes", default="100,1000", help="idle workspace counts (default 100,1000)")
+    ap.add_argument(
+        "--sizes",
+        type=_lib.sizes,
+        default=[100, 1000],
+        help="idle workspace counts (default 100,1000)",
+    )
     a = ap.parse_args()
-    try:
-        sizes = [int(x) for x in a.sizes.split(",")]
-    except ValueError:
-        ap.error(f"--sizes {a.sizes!r}: a comma-separated list of whole numbers")
-    run(sizes)
+    _lib.command(lambda: run(a.sizes))
 
 
 if __name__ == "__main__":

@@ -62,11 +62,17 @@ async def _oldest_seen(url: str, prefix: str, users: list[str]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=5, help="length of one run (default 5)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    ap.add_argument(
+        "--seconds", type=_lib.positive_float, default=5, help="length of one run (default 5)"
+    )
+    ap.add_argument(
+        "--rounds", type=_lib.positive_int, default=3, help="interleaved rounds (default 3)"
+    )
+    ap.add_argument(
+        "--connections", type=_lib.positive_int, default=64, help="wrk connections (default 64)"
+    )
     a = ap.parse_args()
-    run(a.seconds, a.rounds, a.connections)
+    _lib.command(lambda: run(a.seconds, a.rounds, a.connections))
 
 
 def run(seconds: float, rounds: int, connections: int) -> dict[str, Any]:

@@ -7,8 +7,9 @@ connection. Then WebSocket round trips of small messages, direct vs through code
     python -m bench.proxy [--seconds 5] [--rounds 3]
 
 The workspace end is an nginx serving the two files (fast enough not to be the limit)
-and an aiohttp WebSocket echo server. The routers' workspaces are real Redis records
-pointing at them; the benchmark holds the leader lease so that no reconcile clears them.
+and the tests' stand-in workspace (tests/standin_workspace.py) for its WebSocket echo.
+The routers' workspaces are real Redis records pointing at them; the benchmark holds
+the leader lease so that no reconcile clears them.
 The page is text/html, so the router's own proxy buffers it to inject the heartbeat (as
 it does for every HTML document); the front passes it through, since wrk does not ask
 for text/html (a browser's page loads go to the router).
@@ -77,7 +78,7 @@ async def _ws_rtts(url: str, origin: str, cookie: str) -> list[float]:
     headers = {"Cookie": f"codepool_session={cookie}"} if cookie else {}
     async with (
         aiohttp.ClientSession() as http,
-        http.ws_connect(url, origin=origin, headers=headers) as ws,
+        http.ws_connect(url, origin=origin, headers=headers, protocols=("echo",)) as ws,
     ):
         times = []
         for i in range(WS_MESSAGES):
@@ -115,7 +116,14 @@ def _run(work: Path, procs: list[Proc], seconds: float, rounds: int) -> dict[str
     echo_port = _lib.free_port()
     echo = Proc(
         "ws-echo",
-        [sys.executable, "-m", "bench.peers.echo_app", "--port", str(echo_port)],
+        [
+            sys.executable,
+            str(_lib.ROOT / "tests" / "standin_workspace.py"),
+            "--port",
+            str(echo_port),
+            "--home",
+            str(work),
+        ],
         cwd=_lib.ROOT,
     )
     procs.append(echo)
@@ -226,9 +234,9 @@ def _run(work: Path, procs: list[Proc], seconds: float, rounds: int) -> dict[str
     _lib.say(f"proxy: WebSocket, {WS_MESSAGES} round trips of small messages")
     origin = f"http://127.0.0.1:{front}"
     ws_targets = {
-        "direct": (f"ws://127.0.0.1:{echo_port}/echo", ""),
-        "codepool": (f"ws://127.0.0.1:{routers['codepool']}/w/ws/echo", cookies["codepool"]["ws"]),
-        "front": (f"ws://127.0.0.1:{front}/w/ws/echo", cookies["codepool"]["ws"]),
+        "direct": (f"ws://127.0.0.1:{echo_port}/ws", ""),
+        "codepool": (f"ws://127.0.0.1:{routers['codepool']}/w/ws/ws", cookies["codepool"]["ws"]),
+        "front": (f"ws://127.0.0.1:{front}/w/ws/ws", cookies["codepool"]["ws"]),
     }
     ws_out: dict[str, list[float]] = {n: [] for n in ws_targets}
     for _ in range(rounds):
@@ -330,10 +338,14 @@ def _report(out: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=5, help="length of one run (default 5)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument(
+        "--seconds", type=_lib.positive_float, default=5, help="length of one run (default 5)"
+    )
+    ap.add_argument(
+        "--rounds", type=_lib.positive_int, default=3, help="interleaved rounds (default 3)"
+    )
     a = ap.parse_args()
-    run(a.seconds, a.rounds)
+    _lib.command(lambda: run(a.seconds, a.rounds))
 
 
 if __name__ == "__main__":

@@ -227,14 +227,13 @@ def run(sizes: list[int]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--sizes", default="1000,10000,100000", help="workspace counts (default 1000,10000,100000)"
+        "--sizes",
+        type=_lib.sizes,
+        default=[1000, 10000, 100000],
+        help="workspace counts (default 1000,10000,100000)",
     )
     a = ap.parse_args()
-    try:
-        sizes = [int(x) for x in a.sizes.split(",")]
-    except ValueError:
-        ap.error(f"--sizes {a.sizes!r}: a comma-separated list of whole numbers")
-    run(sizes)
+    _lib.command(lambda: run(a.sizes))
 
 
 if __name__ == "__main__":

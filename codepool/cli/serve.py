@@ -29,7 +29,7 @@ from aiohttp import web
 from codepool.cli import render
 from codepool.core.errors import InvalidInput
 from codepool.core.pool import CodePool, build_pool
-from codepool.core.settings import Settings, load_settings
+from codepool.core.settings import RouterSettings, Settings, load_settings
 from codepool.daemon.app import create_app
 from codepool.daemon.auth import Users
 
@@ -120,6 +120,11 @@ def serve(
         first_admin(settings)
         pool = build_pool(settings)
         app = create_app(pool, settings)  # also checks the settings before anything forks
+    if router.workers > 1:
+        asyncio.run(pool.close())  # each worker opens its own connections after the fork
+        problem = port_taken(router.host, router.port)
+        if problem:
+            raise typer.Exit(cannot_listen(router, problem))
     render.err.print(
         f"codepool: serving on [bold]{settings.public_url}/[/]"
         + (f" with {router.workers} workers" if router.workers > 1 else "")
@@ -127,12 +132,12 @@ def serve(
     )
     if router.workers == 1:
         raise typer.Exit(run_router(settings, pool, app, reuse_port=False))
-    asyncio.run(pool.close())  # each worker opens its own connections after the fork
-    problem = port_taken(router.host, router.port)
-    if problem:
-        render.err.print(f"error: cannot listen on {router.host}:{router.port}: {problem}")
-        raise typer.Exit(1)
     raise typer.Exit(supervise(settings, router.workers))
+
+
+def cannot_listen(router: RouterSettings, reason: str) -> int:
+    render.err.print(f"error: cannot listen on {router.host}:{router.port}: {reason}")
+    return 1
 
 
 def port_taken(host: str, port: int) -> str:
@@ -193,8 +198,7 @@ def run_router(settings: Settings, pool: CodePool, app: web.Application, reuse_p
             loop=new_event_loop(),
         )
     except OSError as exc:
-        render.err.print(f"error: cannot listen on {r.host}:{r.port}: {exc.strerror}")
-        return 1
+        return cannot_listen(r, exc.strerror or str(exc))
     return 0
 
 

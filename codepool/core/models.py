@@ -46,6 +46,20 @@ class Workspace:
     hold_until_ms: int = 0
     stopped_at_ms: int = 0
 
+    def row(self) -> tuple[str, str, str, str, int, int, int, int]:
+        """The fields in the order above, the state as its text: how the stores write a
+        record (SQLite's columns, the Redis script's array)."""
+        return (
+            self.user,
+            self.instance_id,
+            self.address,
+            self.state.value,
+            self.last_seen_ms,
+            self.assigned_at_ms,
+            self.hold_until_ms,
+            self.stopped_at_ms,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Instance:

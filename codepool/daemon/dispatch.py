@@ -37,6 +37,10 @@ class Job:
         self.messages.append(message)
         self._wake()
 
+    def finish(self) -> None:
+        self.finished_at = time.monotonic()
+        self._wake()
+
     def _wake(self) -> None:
         self._changed.set()  # everyone waiting on this one returns...
         self._changed = asyncio.Event()  # ... and later waiters wait for the next change
@@ -81,8 +85,7 @@ class Dispatcher:
             log.exception("assign of %s failed", job.user)
             job.error = CodepoolError(f"could not start the workspace: {exc}")
         finally:
-            job.finished_at = time.monotonic()
-            job._wake()
+            job.finish()
 
     def _forget_old(self) -> None:
         now = time.monotonic()

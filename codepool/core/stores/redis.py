@@ -56,7 +56,7 @@ _PING_RESULTS = (
 
 # Whole records with their indexes, many in one call: KEYS = the lastSeen and stoppedAt
 # indexes; ARGV[1] the prefix of workspace keys; ARGV[2] JSON [[user, instanceId,
-# address, state, lastSeen, assignedAt, holdUntil, stoppedAt], ...].
+# address, state, lastSeen, assignedAt, holdUntil, stoppedAt], ...] (Workspace.row).
 _PUT = """
 for _, w in ipairs(cjson.decode(ARGV[2])) do
   local key = ARGV[1] .. w[1]
@@ -171,20 +171,6 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _to_row(ws: Workspace) -> list[str | int]:
-    """A record as _PUT takes it (the order of its fields there)."""
-    return [
-        ws.user,
-        ws.instance_id,
-        ws.address,
-        ws.state.value,
-        ws.last_seen_ms,
-        ws.assigned_at_ms,
-        ws.hold_until_ms,
-        ws.stopped_at_ms,
-    ]
-
-
 _STATES = {s.value: s for s in WorkspaceState}  # a dict lookup: WorkspaceState(v) is slower
 
 
@@ -261,7 +247,7 @@ class RedisStore:
     async def put_workspaces(self, workspaces: Sequence[Workspace]) -> None:
         if not workspaces:
             return
-        rows = [_to_row(w) for w in workspaces]
+        rows = [w.row() for w in workspaces]
         keys = [self.k_last_seen, self.k_stopped_at]
         args = [self._ws_key(""), json.dumps(rows, separators=(",", ":"))]
         await self._do(self._put(keys=keys, args=args))

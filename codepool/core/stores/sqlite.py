@@ -134,19 +134,7 @@ class SQLiteStore:
         await self.put_workspaces([ws])
 
     async def put_workspaces(self, workspaces: Sequence[Workspace]) -> None:
-        rows = [
-            (
-                ws.user,
-                ws.instance_id,
-                ws.address,
-                ws.state.value,
-                ws.last_seen_ms,
-                ws.assigned_at_ms,
-                ws.hold_until_ms,
-                ws.stopped_at_ms,
-            )
-            for ws in workspaces
-        ]
+        rows = [ws.row() for ws in workspaces]
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany(
