@@ -10,6 +10,7 @@ non-2xx answer or socket error is refused rather than reported.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -435,9 +436,11 @@ class RedisServer(Proc):
 def router_env(state_dir: Path, port: int, **settings: str) -> dict[str, str]:
     """The environment of a `codepool serve` for a benchmark: its own state directory, no
     warm spare, and the given settings (CODEPOOL_<SECTION>_<KEY>)."""
+    need("bwrap", "bubblewrap")
     return {
         **os.environ,
         "CODEPOOL_LOCAL_STATE_DIR": str(state_dir),
+        "CODEPOOL_LOCAL_ISOLATION": "sandbox",  # as any ordinary user's (root's: accounts)
         "CODEPOOL_POOL_WARM_SPARES": "0",
         "CODEPOOL_ROUTER_PUBLIC_URL": f"http://127.0.0.1:{port}",
         **settings,
@@ -454,13 +457,39 @@ def start_router(name: str, env: Mapping[str, str], port: int, workers: int = 1)
     return proc
 
 
-def session_cookies(state_dir: Path, users: Iterable[str]) -> dict[str, str]:
-    """Signed session cookies for these users, made with the router's own key (what a
-    login would hand them), so the load is all pings and no logins."""
-    from codepool.daemon.auth import Account, Sessions, load_or_create_secret
+def session_cookies(
+    store_url: str, prefix: str, users: Iterable[str]
+) -> dict[str, tuple[str, str]]:
+    """For each user an account, a session of the main origin and one of their workspace
+    origin, written into the store as a login and an entry would (so the load is all
+    pings and requests, no logins): user -> (main cookie, workspace cookie)."""
+    return asyncio.run(_sessions(store_url, prefix, list(users)))
 
-    sessions = Sessions(load_or_create_secret(state_dir / "session.key"), 86_400)
-    return {u: sessions.issue(Account(u, False))[0] for u in users}
+
+async def _sessions(store_url: str, prefix: str, users: list[str]) -> dict[str, tuple[str, str]]:
+    from codepool.core.models import Account, SessionRecord
+    from codepool.core.origins import label_of
+    from codepool.core.store import create_store
+    from codepool.daemon.sessions import new_token, token_hash
+
+    store = create_store(store_url, key_prefix=prefix)
+    out = {}
+    day = int(time.time() * 1000) + 86_400_000
+    try:
+        for user in users:
+            await store.add_account(Account(user, False, "not-for-logging-in", 1))
+            main, ws = new_token(), new_token()
+            record = SessionRecord(token_hash(main), user, "csrf", 1, 1, day)
+            await store.put_session(record)
+            await store.put_session(
+                SessionRecord(
+                    token_hash(ws), user, "csrf", 1, 1, day, "", user, label_of(user), record.sid
+                )
+            )
+            out[user] = (main, ws)
+    finally:
+        await store.close()
+    return out
 
 
 NGINX_MAIN = """

@@ -172,14 +172,14 @@ def _start(
         url = redis.url if kind == "redis" else f"sqlite:///{state / 'codepool.db'}"
         asyncio.run(_seed(url, prefix if kind == "redis" else "", users))
         stores[name] = (url, prefix if kind == "redis" else "")
-        cookies = _lib.session_cookies(state, users)
+        cookies = _lib.session_cookies(url, stores[name][1], users)
         env = _lib.router_env(state, port, CODEPOOL_STORE_URL=url, CODEPOOL_STORE_KEY_PREFIX=prefix)
         procs.append(_lib.start_router(name.replace(" ", "-"), env, port, workers))
         reqs = [
             Request(
                 "POST",
                 "/ping",
-                {"Content-Type": "application/json", "Cookie": f"codepool_session={cookies[u]}"},
+                {"Content-Type": "application/json", "Cookie": f"codepool_session={cookies[u][0]}"},
                 json.dumps({"instanceId": f"i-{u}"}),
             )
             for u in users

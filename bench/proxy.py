@@ -1,4 +1,4 @@
-"""The workspace proxy: a 2 KB page and a 1 MB asset through /w/<user>/ vs straight to the
+"""The workspace proxy: a 2 KB page and a 1 MB asset through <user>.localhost vs straight to the
 server (direct), vs plain nginx, vs configurable-http-proxy (JupyterHub's proxy, Node,
 from npm), and through nginx/front.conf (nginx carries the bytes, the router
 authorizes); req/s, p50, p99 at 64 connections, and the latency added at one
@@ -63,10 +63,14 @@ server {{
 
 def _front_site(port: int, router_port: int, cache: Path) -> str:
     conf = (_lib.ROOT / "nginx" / "front.conf").read_text()
+    # Two server blocks on one port: listen options go on the first only.
+    conf = conf.replace("listen 80;", f"listen 127.0.0.1:{port} backlog=4096;", 1)
     for old, new in {
-        "listen 80;": f"listen 127.0.0.1:{port} backlog=4096;",
+        "listen 80;": f"listen 127.0.0.1:{port};",
         "server 127.0.0.1:8000;": f"server 127.0.0.1:{router_port};",
         "/var/cache/nginx/codepool-auth": str(cache),
+        "server_name router.example.com;": "server_name 127.0.0.1;",
+        r"\.ws\.example\.com$;": r"\.localhost$;",
     }.items():
         if old not in conf:
             raise _lib.BenchError(f"nginx/front.conf no longer has {old!r}")
@@ -75,7 +79,7 @@ def _front_site(port: int, router_port: int, cache: Path) -> str:
 
 
 async def _ws_rtts(url: str, origin: str, cookie: str) -> list[float]:
-    headers = {"Cookie": f"codepool_session={cookie}"} if cookie else {}
+    headers = {"Cookie": f"codepool_ws={cookie}", "Host": origin.split("//")[1]} if cookie else {}
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(url, origin=origin, headers=headers, protocols=("echo",)) as ws,
@@ -168,7 +172,8 @@ def _run(work: Path, procs: list[Proc], seconds: float, rounds: int) -> dict[str
             "ws": f"http://127.0.0.1:{echo_port}"
         }
         asyncio.run(_seed_records(redis.url, prefix, records))
-        cookies[name] = _lib.session_cookies(state, [*USERS, "ws"])
+        sessions = _lib.session_cookies(redis.url, prefix, [*USERS, "ws"])
+        cookies[name] = {u: ws for u, (_, ws) in sessions.items()}
         env = _lib.router_env(
             state,
             port,
@@ -200,9 +205,13 @@ def _run(work: Path, procs: list[Proc], seconds: float, rounds: int) -> dict[str
     }
 
     def requests(name: str, file: str) -> list[Request]:
-        if name in cookies:
+        if name in cookies:  # each user's own origin, u.localhost, with its cookie
             return [
-                Request("GET", f"/w/{u}/{file}", {"Cookie": f"codepool_session={cookies[name][u]}"})
+                Request(
+                    "GET",
+                    f"/{file}",
+                    {"Host": f"{u}.localhost:{front}", "Cookie": f"codepool_ws={cookies[name][u]}"},
+                )
                 for u in USERS
             ]
         return [Request("GET", f"/{file}")]
@@ -232,11 +241,11 @@ def _run(work: Path, procs: list[Proc], seconds: float, rounds: int) -> dict[str
     out["2 KB page, 1 connection"] = {n: _lib.summarize(v) for n, v in one.items()}
 
     _lib.say(f"proxy: WebSocket, {WS_MESSAGES} round trips of small messages")
-    origin = f"http://127.0.0.1:{front}"
+    origin = f"http://ws.localhost:{front}"  # the workspace of the user "ws"
     ws_targets = {
         "direct": (f"ws://127.0.0.1:{echo_port}/ws", ""),
-        "codepool": (f"ws://127.0.0.1:{routers['codepool']}/w/ws/ws", cookies["codepool"]["ws"]),
-        "front": (f"ws://127.0.0.1:{front}/w/ws/ws", cookies["codepool"]["ws"]),
+        "codepool": (f"ws://127.0.0.1:{routers['codepool']}/ws", cookies["codepool"]["ws"]),
+        "front": (f"ws://127.0.0.1:{front}/ws", cookies["codepool"]["ws"]),
     }
     ws_out: dict[str, list[float]] = {n: [] for n in ws_targets}
     for _ in range(rounds):

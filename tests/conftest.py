@@ -45,14 +45,22 @@ def need(what: str, why: str) -> None:
 
 
 def standin_command(delay_s: float = 0.0) -> list[str]:
-    cmd = [sys.executable, str(STANDIN), "--port", "{port}", "--home", "{home}"]
+    cmd = [sys.executable, str(STANDIN), "--socket", "{socket}", "--home", "{home}"]
     return [*cmd, "--delay", str(delay_s)] if delay_s else cmd
+
+
+# Local workspaces run in a bubblewrap sandbox in the tests (as any ordinary user's would;
+# the per-person accounts of root are tested on their own), and must see the stand-in's
+# Python and code: the interpreter's installation and this checkout (which holds .venv).
+ROOT = Path(__file__).resolve().parents[1]
+SANDBOX_PATHS = [str(ROOT), sys.base_prefix]
+TEST_LOCAL = {"isolation": "sandbox", "sandbox_paths": SANDBOX_PATHS}
 
 
 def make_settings(state_dir: Path, **sections: dict[str, Any]) -> Settings:
     """Settings for a pool in state_dir running the stand-in workspace, plus overrides."""
     data: dict[str, dict[str, Any]] = {
-        "local": {"state_dir": str(state_dir), "command": standin_command()},
+        "local": {"state_dir": str(state_dir), "command": standin_command(), **TEST_LOCAL},
         "pool": {"assign_timeout_s": 20},
     }
     for name, values in sections.items():

@@ -104,6 +104,9 @@ class MemoryBackend:
         for iid in instance_ids:
             self.boxes[iid] = replace(self.boxes[iid], tagged=True)
 
+    async def refuses(self, user: str) -> str:
+        return ""  # every box is a machine of its own
+
     async def checks(self) -> list[Check]:
         return [Check("memory backend", True, "a test fake")]
 

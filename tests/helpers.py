@@ -6,10 +6,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from codepool.core.models import Assignment
 
@@ -53,12 +56,16 @@ def one_box_each(assignments: Iterable[Assignment]) -> dict[str, str]:
 
 def codepool_env(state_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for a `codepool` subprocess: a pool in state_dir running the stand-in."""
-    from tests.conftest import standin_command
+    import shlex
+
+    from tests.conftest import SANDBOX_PATHS, standin_command
 
     env = dict(os.environ)
     env.update(
         CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
         CODEPOOL_LOCAL_COMMAND=" ".join(standin_command()),
+        CODEPOOL_LOCAL_ISOLATION="sandbox",
+        CODEPOOL_LOCAL_SANDBOX_PATHS=shlex.join(SANDBOX_PATHS),
     )
     env.update(extra)
     return env
@@ -72,3 +79,30 @@ def drop_redis_keys(url: str, prefix: str) -> None:
     for key in client.scan_iter(match=prefix + "*", count=500):
         client.delete(key)
     client.close()
+
+
+class LoopbackNames(AbstractResolver):
+    """localhost and every *.localhost name on 127.0.0.1, as browsers resolve them (this
+    machine's resolver knows only localhost)."""
+
+    def __init__(self) -> None:
+        self.default = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if host == "localhost" or host.endswith(".localhost"):
+            return [
+                ResolveResult(
+                    hostname=host,
+                    host="127.0.0.1",
+                    port=port,
+                    family=socket.AF_INET,
+                    proto=0,
+                    flags=socket.AI_NUMERICHOST,
+                )
+            ]
+        return await self.default.resolve(host, port, family)
+
+    async def close(self) -> None:
+        await self.default.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -17,24 +18,81 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
+from yarl import URL
 
+from codepool.core.accounts import hash_password
+from codepool.core.models import Account
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import Settings
-from codepool.core.store import create_store
+from codepool.core.store import Store, create_store
 from codepool.daemon.app import create_app
-from codepool.daemon.auth import Users
 from codepool.daemon.context import ROUTER, Router
 from tests.conftest import make_settings
-from tests.helpers import serve_app
+from tests.helpers import LoopbackNames, serve_app
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "root": "root-password"}
+
+
+@functools.cache
+def password_hash(user: str) -> str:
+    """The test accounts' hashes, made once per run (argon2id costs 50 ms or more)."""
+    return hash_password(PASSWORDS[user])
+
+
+async def add_test_accounts(store: Store) -> None:
+    """alice, bob and the admin root, with the passwords of PASSWORDS."""
+    for name in PASSWORDS:
+        await store.add_account(Account(name, name == "root", password_hash(name), 1))
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Client:
+    """A browser's view for the tests: one cookie jar over the main origin and every
+    workspace origin (host-only cookies stay with their host), paths relative to the main
+    origin or whole URLs. Every response is released when the client closes."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(resolver=LoopbackNames()),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
+        self._responses: list[aiohttp.ClientResponse] = []
+
+    def url(self, path: str) -> str:
+        return path if "://" in path else self.origin + path
+
+    async def request(self, method: str, path: str, **kw: Any) -> aiohttp.ClientResponse:
+        resp = await self.session.request(method, self.url(path), **kw)
+        self._responses.append(resp)
+        return resp
+
+    async def get(self, path: str, **kw: Any) -> aiohttp.ClientResponse:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, **kw: Any) -> aiohttp.ClientResponse:
+        return await self.request("POST", path, **kw)
+
+    def ws_connect(self, path: str, **kw: Any) -> Any:
+        return self.session.ws_connect(self.url(path), **kw)
+
+    def cookie(self, name: str, url: str = "") -> str | None:
+        """The value of a cookie the browser would send to url (the main origin by default)."""
+        found = self.session.cookie_jar.filter_cookies(URL(self.url(url or "/")))
+        return found[name].value if name in found else None
+
+    async def close(self) -> None:
+        for resp in self._responses:
+            resp.release()
+        await self.session.close()
 
 
 @dataclass
@@ -45,16 +103,35 @@ class Served:
     origin: str
     make_client: Callable[[], Any]
 
-    async def client(self, user: str | None = None) -> TestClient[Any, Any]:
-        c: TestClient[Any, Any] = await self.make_client()
+    async def client(self, user: str | None = None) -> Client:
+        c: Client = await self.make_client()
         if user is not None:
             resp = await login(c, user, PASSWORDS[user])
             assert resp.status == 302, await resp.text()
         return c
 
+    def ws(self, user: str, path: str = "/") -> str:
+        """The URL of path in user's workspace (its own origin, or /w/<user> in path mode)."""
+        return self.router.origins.workspace_url(user, path)
+
+    def ping_url(self, user: str) -> str:
+        """Where user's workspace page sends its heartbeat."""
+        return self.ws(user, "/_codepool/ping") if self.router.origins.per_user else "/ping"
+
+    async def enter(self, c: Client, user: str) -> None:
+        """Open user's workspace origin as a browser does the first time: through the main
+        origin's one-time pass, which leaves the workspace origin's own cookie."""
+        name = self.router.cookies.workspace
+        if not self.router.origins.per_user or c.cookie(name, self.ws(user)) is not None:
+            return  # path mode, or entered already
+        resp = await c.get(self.ws(user), headers={"Accept": "text/html"})
+        assert resp.status == 200, await resp.text()
+        assert resp.url.path == "/_codepool/enter", resp.url
+        assert c.cookie(name, self.ws(user)) is not None
+
 
 async def login(
-    c: TestClient[Any, Any], user: str, password: str, next_path: str = "/dispatch"
+    c: Client, user: str, password: str, next_path: str = "/dispatch"
 ) -> aiohttp.ClientResponse:
     page = await (await c.get("/login")).text()
     csrf = re.search(r'name="csrf" value="([^"]+)"', page)
@@ -72,7 +149,7 @@ async def make_served(
 ) -> AsyncIterator[Callable[..., Any]]:
     """Build routers on the local backend, or on the AWS backend (moto) whose boxes all
     answer at one in-process stand-in workspace: every router test runs on both."""
-    clients: list[TestClient[Any, Any]] = []
+    clients: list[Client] = []
     servers: list[TestServer] = []
     pools: list[CodePool] = []
     async with contextlib.AsyncExitStack() as stack:
@@ -137,7 +214,7 @@ def _env(name: str, value: str) -> Iterator[None]:
 async def _builder(
     state_dir: Path,
     aws: Callable[[Settings], CodePool] | None,
-    clients: list[TestClient[Any, Any]],
+    clients: list[Client],
     servers: list[TestServer],
     pools: list[CodePool],
 ) -> Callable[..., Any]:
@@ -148,18 +225,14 @@ async def _builder(
         sections.setdefault("pool", {}).setdefault("warm_spares", 0)
         sections.setdefault("router", {})["public_url"] = origin
         settings = make_settings(state_dir, **sections)
-        users = Users(settings.users_file)
-        for name, password in PASSWORDS.items():
-            if users.get(name) is None:
-                users.add(name, password, admin=name == "root")
         pool = aws(settings) if aws is not None else build_pool(settings)
         pools.append(pool)
+        await add_test_accounts(pool.store)
         app = create_app(pool, settings, run_loops=False)
         server = TestServer(app, host="127.0.0.1", port=port)
 
-        async def make_client() -> TestClient[Any, Any]:
-            c: TestClient[Any, Any] = TestClient(server, auto_decompress=False)
-            await c.start_server()
+        async def make_client() -> Client:
+            c = Client(origin)
             clients.append(c)
             return c
 
@@ -176,12 +249,17 @@ async def served(make_served: Callable[..., Any]) -> Served:
     return result
 
 
-async def dispatched(c: TestClient[Any, Any], user: str) -> None:
-    """Follow /dispatch until it sends the user to their workspace."""
+async def dispatched(c: Client, user: str, served: Served | None = None) -> None:
+    """Follow /dispatch until it sends the user to their workspace (and, given served,
+    enter that workspace's origin)."""
     for _ in range(100):
         resp = await c.get("/dispatch", allow_redirects=False)
         if resp.status == 302:
-            assert resp.headers["Location"] == f"/w/{user}/"
+            location = resp.headers["Location"]
+            port = URL(c.origin).port
+            assert location in (f"/w/{user}/", f"http://{user}.localhost:{port}/"), location
+            if served is not None:
+                await served.enter(c, user)
             return
         assert resp.status == 200, await resp.text()
         status = await (await c.get("/dispatch/status")).json()

@@ -12,7 +12,11 @@ import time
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
+from codepool.core.accounts import hash_password
+from codepool.core.models import Account
+from codepool.core.store import create_store
 from tests.helpers import codepool_env
 
 
@@ -54,11 +58,36 @@ class Server:
         return out
 
 
+async def add_accounts(
+    state_dir: Path,
+    names: list[str],
+    store_url: str = "",
+    key_prefix: str = "",
+    admins: tuple[str, ...] = (),
+) -> None:
+    """Accounts for names, each with the password "<name>-password", in the store a router
+    on state_dir uses (its SQLite file unless store_url says otherwise)."""
+    url = store_url or f"sqlite:///{state_dir / 'codepool.db'}"
+    hashes = await asyncio.gather(
+        *(asyncio.to_thread(hash_password, f"{name}-password") for name in names)
+    )
+    store = create_store(url, key_prefix=key_prefix)
+    try:
+        for name, digest in zip(names, hashes, strict=True):
+            assert await store.add_account(Account(name, name in admins, digest, 1))
+    finally:
+        await store.close()
+
+
 def client() -> aiohttp.ClientSession:
-    """A browser's session: its cookies, and no request that may hang (a stuck one fails
-    the test naming its URL)."""
+    """A browser's session: its cookies, *.localhost on the loopback address as browsers
+    have it, and no request that may hang (a stuck one fails the test naming its URL)."""
+    from tests.helpers import LoopbackNames
+
     return aiohttp.ClientSession(
-        cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=60)
+        connector=aiohttp.TCPConnector(resolver=LoopbackNames()),
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        timeout=aiohttp.ClientTimeout(total=60),
     )
 
 
@@ -81,13 +110,23 @@ async def log_in_and_dispatch(http: aiohttp.ClientSession, base: str, user: str)
         raise AssertionError(f"{user} never dispatched: {await resp.text()}")
 
 
+async def enter(http: aiohttp.ClientSession, location: str) -> None:
+    """Open a workspace's origin the first time, as a browser does (through the main
+    origin's one-time pass)."""
+    async with http.get(location, headers={"Accept": "text/html"}) as resp:
+        assert resp.status == 200, (location, resp.status, await resp.text())
+        assert resp.url.path == "/_codepool/enter", (location, resp.url)
+
+
 async def login_and_dispatch(base: str, user: str) -> str:
-    """One visit in a fresh browser, checked to land in a workspace that answers."""
+    """One visit in a fresh browser, checked to land in a workspace that answers; the
+    workspace's host."""
     async with client() as http:
         location = await log_in_and_dispatch(http, base, user)
-        async with http.get(base + location + "healthz") as probe:
+        await enter(http, location + "healthz")
+        async with http.get(location + "healthz") as probe:
             assert probe.status == 200, (user, location, probe.status, await probe.text())
-    return location
+    return str(URL(location).host)
 
 
 async def is_leader(server: Server) -> bool:

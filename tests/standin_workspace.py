@@ -1,10 +1,15 @@
 """A small stand-in for code-server, started by the local backend in tests.
 
 It answers /healthz like code-server, lists the files of its folder on /, reads and writes
-files under /files/<name> (so tests can prove a resumed workspace has the same disk), and
-has what the proxy tests need: a WebSocket echo, a gzip asset, a large streamed body, an
-upload counter, a header echo and an absolute redirect.
-Usage: python standin_workspace.py --port N --home DIR [--delay S]
+files under /files/<name> (so tests can prove a resumed workspace has the same disk; a
+.html, .js or .txt file is served as such, so a test can put a page of its own in a
+workspace), and has what the proxy tests need: a WebSocket echo, a gzip asset, a large
+streamed body, an upload counter, a header echo and an absolute redirect. Every request
+is noted in <home>/.requests (method and path), so a test can tell whether anything
+reached this box.
+It also runs shell commands (POST /exec, the command as the body), as code-server's
+terminal would: the isolation tests run their attempts through it.
+Usage: python standin_workspace.py (--socket PATH | --port N) --home DIR [--delay S]
 """
 
 from __future__ import annotations
@@ -12,13 +17,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import mimetypes
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
 GZIP_JS = gzip.compress(b"console.log('compressed');\n" * 200, mtime=0)
+# What /set-cookies answers: the box's own cookie, and what a hostile box would try.
+SET_COOKIES = (
+    "theirs=1; Path=/",
+    "codepool_session=planted; Path=/",
+    "codepool_ws=planted; Path=/",
+    "__Host-codepool_ws=planted; Path=/; Secure",
+    "CODEPOOL_SESSION=planted",
+    "spread=1; Domain=localhost; Path=/",
+    "spread2=1; path=/; DOMAIN=.localhost",
+)
 
 
 def make_app(home: Path) -> web.Application:
@@ -38,7 +55,8 @@ def make_app(home: Path) -> web.Application:
         f = home / Path(request.match_info["name"]).name
         if not f.is_file():
             raise web.HTTPNotFound(text="no such file")
-        return web.Response(body=f.read_bytes())
+        kind = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
+        return web.Response(body=f.read_bytes(), headers={"Content-Type": kind})
 
     async def put_file(request: web.Request) -> web.Response:
         (home / Path(request.match_info["name"]).name).write_bytes(await request.read())
@@ -87,7 +105,32 @@ def make_app(home: Path) -> web.Application:
                 await ws.send_bytes(msg.data)
         return ws
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    @web.middleware
+    async def note(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != "/healthz":  # readiness probes are the router's own
+            with (home / ".requests").open("a") as log:
+                log.write(f"{request.method} {request.raw_path}\n")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def run(request: web.Request) -> web.Response:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", await request.text(), cwd=home,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        body = {"code": proc.returncode, "out": out.decode(errors="replace")}
+        return web.json_response({**body, "err": err.decode(errors="replace")})
+
+    async def set_cookies(_: web.Request) -> web.Response:
+        response = web.Response(text="cookies")
+        for header in SET_COOKIES:
+            response.headers.add("Set-Cookie", header)
+        response.headers["Service-Worker-Allowed"] = "/"
+        response.headers["Clear-Site-Data"] = '"cookies"'
+        return response
+
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[note])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
     app.router.add_get("/nohead", nohead)
@@ -100,18 +143,26 @@ def make_app(home: Path) -> web.Application:
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/slow", slow)
     app.router.add_get("/ws", ws_echo)
+    app.router.add_get("/set-cookies", set_cookies)
+    app.router.add_post("/exec", run)
     return app
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="listen on this Unix socket (as code-server --socket)")
+    where.add_argument("--port", type=int)
     parser.add_argument("--home", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before listening")
     args = parser.parse_args()
     time.sleep(args.delay)
-    web.run_app(make_app(Path(args.home)), host=args.host, port=args.port, print=None)
+    app = make_app(Path(args.home))
+    if args.socket:
+        web.run_app(app, path=args.socket, print=None)
+    else:
+        web.run_app(app, host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

@@ -357,12 +357,11 @@ async def test_the_router_works_unchanged_on_aws(
     router code, now over the AWS backend on moto."""
     import asyncio
 
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import TestServer
 
     from codepool.daemon.app import create_app
-    from codepool.daemon.auth import Users
     from codepool.daemon.context import ROUTER
-    from tests.router_fixtures import dispatched, login
+    from tests.router_fixtures import Client, add_test_accounts, dispatched, login
 
     port = free_port()
     settings = make_settings(
@@ -370,28 +369,39 @@ async def test_the_router_works_unchanged_on_aws(
         pool={"warm_spares": 1, "idle_timeout_s": 1},
         router={"public_url": f"http://127.0.0.1:{port}"},
     )
-    Users(settings.users_file).add("alice", "alice-password")
     pool = CodePool(settings, SQLiteStore(str(tmp_path / "pool.db")), backend)
+    await add_test_accounts(pool.store)
     calls = record(backend, moto_aws)
     app = create_app(pool, settings, run_loops=False)
-    async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as c:
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    c = Client(f"http://127.0.0.1:{port}")
+    try:
         assert (await login(c, "alice", "alice-password")).status == 302
         await dispatched(c, "alice")
+        home = f"http://alice.localhost:{port}"
+        entered = await c.get(home + "/healthz", headers={"Accept": "text/html"})
+        assert entered.status == 200 and entered.url.path == "/_codepool/enter"
+        ping = home + "/_codepool/ping"
         ws = await pool.store.get_workspace("alice")
         assert ws is not None and owner_of(moto_aws, ws.instance_id) == "alice"
-        resp = await c.post("/ping", json={"instanceId": ws.instance_id})
+        resp = await c.post(ping, json={"instanceId": ws.instance_id})
         assert resp.status == 204
         await asyncio.sleep(1.2)
         assert await app[ROUTER].loops.cycle()  # the leader reaps the idle workspace
         stopped = await pool.store.get_workspace("alice")
         assert stopped is not None and stopped.state is WorkspaceState.STOPPED
-        assert (await c.post("/ping", json={"instanceId": ws.instance_id})).status == 409
+        assert (await c.post(ping, json={"instanceId": ws.instance_id})).status == 409
         await dispatched(c, "alice")
+        assert (await c.get(home + "/healthz")).status == 200
         again = await pool.store.get_workspace("alice")
         assert again is not None and again.instance_id == ws.instance_id
         assert again.state is WorkspaceState.RUNNING
         health = await (await c.get("/health")).json()
         assert health["checks"] == {"store": "ok", "backend": "ok"}
+    finally:
+        await c.close()
+        await server.close()
     assert calls.count("ExitStandby") == 1 and calls.count("StopInstances") == 1
     await pool.close()
 

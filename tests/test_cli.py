@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -12,8 +13,10 @@ from typer.testing import CliRunner
 
 from codepool.cli.app import app
 from codepool.cli.render import EXIT_CODES
+from codepool.core.accounts import Accounts
 from codepool.core.errors import NoWorkspace
-from tests.conftest import standin_command
+from codepool.core.store import create_store
+from tests.conftest import SANDBOX_PATHS, standin_command
 
 runner = CliRunner()
 
@@ -22,8 +25,10 @@ runner = CliRunner()
 def config(state_dir: Path, tmp_path: Path) -> Path:
     path = tmp_path / "codepool.toml"
     command = ", ".join(json.dumps(part) for part in standin_command())
+    paths = ", ".join(json.dumps(p) for p in SANDBOX_PATHS)
     path.write_text(
         f'[local]\nstate_dir = "{state_dir}"\nmax_size = 3\ncommand = [{command}]\n'
+        f'isolation = "sandbox"\nsandbox_paths = [{paths}]\n'
         "[pool]\nassign_timeout_s = 20\n"
     )
     return path
@@ -44,7 +49,8 @@ def cli_json(config: Path, *args: str) -> dict[str, Any]:
 def test_assign_status_reap_release_assign(config: Path, state_dir: Path) -> None:
     a = cli_json(config, "assign", "alice")
     assert a["user"] == "alice" and a["state"] == "running" and a["how"] == "launched"
-    assert str(a["url"]).startswith("http://127.0.0.1:")
+    assert a["url"] == "http://alice.localhost:8000/"  # her own origin, through the router
+    assert str(a["address"]).startswith(f"unix:{state_dir}/slots/")  # a socket, not a port
     (state_dir / "slots" / str(a["instance_id"]) / "home" / "f.txt").write_text("kept")
 
     status = cli_json(config, "status")
@@ -148,6 +154,14 @@ def test_help_has_examples_and_version() -> None:
     assert json.loads(result.output) == {"version": "0.1.0"}
 
 
+async def password_works(state_dir: Path, user: str, password: str) -> bool:
+    store = create_store(f"sqlite:///{state_dir / 'codepool.db'}")
+    try:
+        return await Accounts(store).verify(user, password) is not None
+    finally:
+        await store.close()
+
+
 def test_users_commands(config: Path, state_dir: Path) -> None:
     def users(*args: str, stdin: str = "") -> tuple[int, str]:
         result = runner.invoke(app, ["--config", str(config), "users", *args], input=stdin)
@@ -162,15 +176,30 @@ def test_users_commands(config: Path, state_dir: Path) -> None:
     assert code == 2 and "invalid user name" in out
     assert users("add", "root", "--admin", "--password-stdin", stdin="root-password\n")[0] == 0
     code, out = users("list", "--json")
-    assert code == 0 and json.loads(out) == [
-        {"admin": False, "name": "alice"},
-        {"admin": True, "name": "root"},
-    ]
+    assert code == 0
+    assert [(u["name"], u["admin"]) for u in json.loads(out)] == [("alice", False), ("root", True)]
+    assert "hash" not in out and "argon2" not in out
     assert users("passwd", "alice", "--password-stdin", stdin="new-password\n")[0] == 0
-    from codepool.daemon.auth import Users
-
-    assert Users(state_dir / "users.json").verify("alice", "new-password") is not None
+    assert asyncio.run(password_works(state_dir, "alice", "new-password"))
+    code, out = users("admin", "root", "--revoke", "--json")
+    assert code == 0 and json.loads(out)["admin"] is False
+    code, out = users("logout", "alice", "--json")
+    assert code == 0 and json.loads(out) == {"name": "alice", "sessions_ended": 0}
+    backup = state_dir.parent / "accounts.json"
+    code, out = users("export", str(backup), "--json")
+    assert code == 0 and json.loads(out)["accounts"] == 2
+    assert backup.stat().st_mode & 0o777 == 0o600
+    code, out = users("export", str(backup))
+    assert code == 2 and "exists" in out
     assert users("remove", "alice")[0] == 0
+    code, out = users("import", str(backup), "--json")
+    assert code == 0 and json.loads(out)["imported"] == ["alice"]  # root is still there
+    assert asyncio.run(password_works(state_dir, "alice", "new-password"))
+    assert users("remove", "alice")[0] == 0
+    code, out = users("import", str(state_dir / "nope.json"))
+    assert code == 2 and "no such file" in out
     code, out = users("remove", "alice")
     assert code == 2 and "no user 'alice'" in out
-    assert (state_dir / "users.json").stat().st_mode & 0o777 == 0o600
+    code, out = users("logout", "Not A Name")
+    assert code == 2 and "invalid user name" in out
+    assert (state_dir / "codepool.db").stat().st_mode & 0o777 == 0o600

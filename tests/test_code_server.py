@@ -11,6 +11,7 @@ from codepool.core.backends.local import LocalBackend
 from codepool.core.pool import CodePool
 from codepool.core.ready import http_ok
 from codepool.core.settings import DEFAULT_COMMAND
+from codepool.core.sockets import parse
 from codepool.core.store import create_store
 from tests.conftest import make_settings
 
@@ -18,10 +19,11 @@ pytestmark = pytest.mark.code_server
 
 
 async def get(address: str, path: str) -> tuple[int, bytes]:
-    """A plain HTTP GET (status, body) without a client library."""
-    host, port = address.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    """A plain HTTP GET (status, body) on a workspace's socket, without a client library."""
+    unix = parse(address)
+    assert unix is not None, address  # the default command listens on a socket, not a port
+    reader, writer = await asyncio.open_unix_connection(unix.path)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
     data = await reader.read()
     writer.close()
     await writer.wait_closed()
@@ -38,7 +40,9 @@ async def test_real_code_server_assign_stop_resume_keeps_files(
         local={"command": [code_server, *DEFAULT_COMMAND[1:]]},
         pool={"assign_timeout_s": 90, "warm_spares": 0},
     )
-    pool = CodePool(settings, create_store(settings.store_url), LocalBackend(settings.local))
+    pool = CodePool(
+        settings, create_store(settings.store_url), LocalBackend(settings.local, settings.state_dir)
+    )
     try:
         a = await pool.assign("alice")
         status, body = await get(a.workspace.address, "/healthz")

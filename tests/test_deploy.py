@@ -57,6 +57,15 @@ def test_the_group_is_safe_for_codepool() -> None:
     assert all("CidrIp" not in rule and "SourceSecurityGroupId" in rule for rule in ingress)
 
 
+def test_the_workspace_origins_get_a_wildcard_name_and_certificate() -> None:
+    resources = load()["Resources"]
+    record = resources["WorkspaceRecord"]["Properties"]
+    assert record["Name"] == {"Fn::Sub": "*.${WorkspaceDomain}"}
+    certificate = resources["Certificate"]["Properties"]
+    assert certificate["SubjectAlternativeNames"] == [{"Fn::Sub": "*.${WorkspaceDomain}"}]
+    assert certificate["ValidationMethod"] == "DNS"
+
+
 def test_the_router_role_has_exactly_the_iam_policy() -> None:
     role = load()["Resources"]["RouterRole"]["Properties"]
     [policy] = role["Policies"]

@@ -16,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from codepool.core.errors import BackendError
 from codepool.core.models import InstanceState, WorkspaceState
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.stores.sqlite import SQLiteStore
 from codepool.daemon.app import create_app
-from codepool.daemon.auth import Users
 from codepool.daemon.context import ROUTER, Router
 from tests.conftest import make_settings, need
 from tests.fakes import OutageBackend
-from tests.router_fixtures import PASSWORDS, free_port, login
+from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
 
 
 class PrivateRedis:
@@ -86,9 +85,9 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 @pytest.fixture
 async def serving(
     private_redis: PrivateRedis, state_dir: Path
-) -> AsyncIterator[tuple[Router, TestClient[Any, Any]]]:
+) -> AsyncIterator[tuple[Router, Client]]:
     """A router on the private Redis and the local backend, loops driven by the test,
-    with alice logged in and working in her workspace."""
+    with alice logged in and working in her workspace (its origin entered)."""
     port = free_port()
     settings = make_settings(
         state_dir,
@@ -96,26 +95,35 @@ async def serving(
         pool={"warm_spares": 0, "idle_timeout_s": 5},
         router={"public_url": f"http://127.0.0.1:{port}"},
     )
-    Users(settings.users_file).add("alice", PASSWORDS["alice"])
     pool = build_pool(settings)
+    await add_test_accounts(pool.store)
     app = create_app(pool, settings, run_loops=False)
-    async with TestClient(TestServer(app, port=port)) as client:
-        await pool.assign("alice")
-        assert (await login(client, "alice", PASSWORDS["alice"])).status == 302
-        yield app[ROUTER], client
+    server = TestServer(app, port=port)
+    await server.start_server()
+    client = Client(f"http://127.0.0.1:{port}")
+    await pool.assign("alice")
+    await log_in_and_enter(client, app[ROUTER])
+    yield app[ROUTER], client
+    await client.close()
+    await server.close()
     await pool.close()
 
 
-async def ping(client: TestClient[Any, Any], instance_id: str) -> tuple[int, Any]:
-    resp = await client.post(
-        "/ping", json={"instanceId": instance_id}, headers={"Origin": str(client.make_url(""))}
-    )
+async def log_in_and_enter(client: Client, router: Router) -> None:
+    assert (await login(client, "alice", PASSWORDS["alice"])).status == 302
+    resp = await client.get(router.origins.workspace_url("alice"), headers={"Accept": "text/html"})
+    assert resp.status == 200 and resp.url.path == "/_codepool/enter"
+
+
+async def ping(client: Client, instance_id: str) -> tuple[int, Any]:
+    url = client.origin.replace("127.0.0.1", "alice.localhost") + "/_codepool/ping"
+    resp = await client.post(url, json={"instanceId": instance_id})
     body = await resp.json() if resp.content_type == "application/json" else None
     return resp.status, body
 
 
 async def test_a_redis_restart_answers_503_then_recovers_and_stops_nobody_who_was_working(
-    serving: tuple[Router, TestClient[Any, Any]], private_redis: PrivateRedis
+    serving: tuple[Router, Client], private_redis: PrivateRedis
 ) -> None:
     router, client = serving
     ws = await router.pool.store.get_workspace("alice")
@@ -150,7 +158,7 @@ async def test_a_redis_restart_answers_503_then_recovers_and_stops_nobody_who_wa
 
 
 async def test_after_the_grace_an_idle_workspace_is_stopped_again(
-    serving: tuple[Router, TestClient[Any, Any]], private_redis: PrivateRedis
+    serving: tuple[Router, Client], private_redis: PrivateRedis
 ) -> None:
     """The grace is one idle timeout, not forever: without pings, the reaper acts after it."""
     router, _ = serving
@@ -166,15 +174,22 @@ async def test_after_the_grace_an_idle_workspace_is_stopped_again(
 
 
 async def test_an_emptied_redis_is_rebuilt_by_the_next_cycle_with_a_grace_period(
-    serving: tuple[Router, TestClient[Any, Any]], private_redis: PrivateRedis
+    serving: tuple[Router, Client], private_redis: PrivateRedis
 ) -> None:
     """A Redis that comes back empty (no persistence, a failover to a blank replica):
-    the boxes are the truth, so one cycle puts every assignment back, fresh."""
+    the boxes are the truth, so one cycle puts every assignment back, fresh. Accounts and
+    sessions are not on the boxes: everyone is logged out, and the accounts come back
+    from a backup (`codepool users export`, then `users import`)."""
     router, client = serving
     ws = await router.pool.store.get_workspace("alice")
     assert ws is not None
     await asyncio.sleep(1.1)  # so that "fresh" below is told apart from her old lastSeen
     assert private_redis.command("FLUSHALL").startswith(b"+OK")
+    await asyncio.sleep(1.1)  # the router's session cache
+    assert (await ping(client, ws.instance_id))[0] == 401  # logged out with the store
+    await add_test_accounts(router.pool.store)  # the operator restores the accounts
+    client.session.cookie_jar.clear()
+    await log_in_and_enter(client, router)
     status, _ = await ping(client, ws.instance_id)
     assert status == 409  # the store does not know her workspace: refused, not invented
     assert await router.loops.cycle()  # reconcile rebuilds from the backend

@@ -1,7 +1,7 @@
 """Hostile input, generated: hypothesis throws bodies, form fields, paths and arguments at
 the router and the CLI. Every answer must be a clean refusal (a 4xx, a redirect to the
 login, or an exit code with one line), never a 5xx or a traceback, and nothing may be
-written: the store, the users file and the boxes are compared before and after.
+written: the workspaces, the accounts and the boxes are compared before and after.
 
 The hand-written cases (CSRF, Origin checks, fixation, rate limit, JWT forgery, open
 redirects, other users' paths) are in test_router.py and test_jwt.py."""
@@ -14,15 +14,14 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
+from yarl import URL
 
 from codepool.cli.app import app
-from codepool.core.models import Workspace
-from codepool.daemon.auth import SESSION_COOKIE
-from tests.router_fixtures import Served, dispatched
+from codepool.core.models import Account, Workspace
+from tests.router_fixtures import Client, Served, dispatched
 
 # One router serves every example of a test (that is the point: state must not drift).
 FUZZ = settings(
@@ -47,40 +46,45 @@ JSON_VALUES = st.recursive(
 )
 
 
-async def snapshot(served: Served) -> tuple[list[Workspace], set[str], bytes, list[Any]]:
+async def snapshot(served: Served) -> tuple[list[Workspace], set[str], list[Account], list[Any]]:
     """Everything a request could change: workspaces, spares, accounts, boxes."""
     found: list[Workspace] = []
     async for batch in served.pool.store.iter_workspaces():
         found += batch
-    users = Path(served.settings.users_file).read_bytes()
+    users = await served.pool.store.list_accounts()
     boxes = sorted(await served.pool.backend.list_instances(), key=lambda i: i.instance_id)
     return sorted(found, key=lambda w: w.user), await served.pool.store.spares(), users, boxes
 
 
 @pytest.fixture
-async def bob_working(served: Served) -> TestClient[Any, Any]:
-    """Bob has a workspace; the fuzzing client is alice, who has none."""
-    await dispatched(await served.client("bob"), "bob")
-    return await served.client("alice")
+async def bob_working(served: Served) -> Client:
+    """Bob has a workspace; the fuzzing client is alice, who has none (but has entered her
+    own workspace origin, so that her requests there carry its session)."""
+    await dispatched(await served.client("bob"), "bob", served)
+    alice = await served.client("alice")
+    await served.enter(alice, "alice")
+    return alice
 
 
 @local_only
 @FUZZ
 @given(body=st.one_of(st.binary(max_size=2048), JSON_VALUES.map(lambda v: json.dumps(v).encode())))
 async def test_fuzzed_pings_are_refused_and_write_nothing(
-    served: Served, bob_working: TestClient[Any, Any], body: bytes
+    served: Served, bob_working: Client, body: bytes
 ) -> None:
     bob = await served.pool.store.get_workspace("bob")
     assert bob is not None
     before = await snapshot(served)
     for payload in (body, json.dumps({"instanceId": bob.instance_id}).encode()):
-        resp = await bob_working.post(
-            "/ping",
-            data=payload,
-            headers={"Content-Type": "application/json", "Origin": served.origin},
-        )
-        assert resp.status in (400, 403, 404, 409, 413), (payload, await resp.text())
-        assert resp.content_type == "application/json"
+        for url, origin in (
+            ("/ping", served.origin),  # path mode's heartbeat
+            (served.ping_url("alice"), served.ws("alice")[:-1]),  # her workspace origin's
+        ):
+            resp = await bob_working.post(
+                url, data=payload, headers={"Content-Type": "application/json", "Origin": origin}
+            )
+            assert resp.status in (400, 403, 404, 409, 413), (payload, await resp.text())
+            assert resp.content_type == "application/json"
     assert await snapshot(served) == before
 
 
@@ -98,7 +102,7 @@ async def test_fuzzed_logins_never_log_in_or_fail(served: Served, fields: dict[s
         "/login", data=fields, headers={"Origin": served.origin}, allow_redirects=False
     )
     assert resp.status in (200, 400, 403, 429), await resp.text()
-    assert not any(m.key == SESSION_COOKIE for m in c.session.cookie_jar)
+    assert c.cookie(served.router.cookies.session) is None
     assert await snapshot(served) == before
 
 
@@ -106,20 +110,30 @@ async def test_fuzzed_logins_never_log_in_or_fail(served: Served, fields: dict[s
 @FUZZ
 @given(segment=NASTY, rest=NASTY)
 async def test_fuzzed_workspace_paths_never_reach_another_users_box(
-    served: Served, bob_working: TestClient[Any, Any], segment: str, rest: str
+    served: Served, bob_working: Client, segment: str, rest: str
 ) -> None:
-    """alice (no workspace) asks for /w/<anything>/<anything>, raw and percent-encoded:
-    only her own prefix may be proxied, so bob's box is never reached."""
+    """alice (no workspace) asks bob's workspace origin, her own, and a host of any name
+    for any path, raw and percent-encoded: bob's box is never reached (every answer is
+    the router's own: a way to log in, a refusal, or alice's stopped page)."""
     before = await snapshot(served)
-    for path in (
-        f"/w/{quote(segment, safe='')}/{quote(rest, safe='/')}",
-        f"/w/{quote(segment, safe='/%.')}/{quote(rest, safe='')}",
-        f"/w/alice/..%2F..%2Fw%2Fbob%2F{quote(rest, safe='')}",
+    port = URL(served.origin).port
+    label = quote(segment, safe="").lower()[:60] or "x"
+    for url in (
+        served.ws("bob", "/" + quote(rest, safe="/")),
+        served.ws("bob", "/" + quote(rest, safe="")),
+        served.ws("alice", "/..%2F..%2F" + quote(rest, safe="")),
+        f"http://127.0.0.1:{port}/w/{quote(segment, safe='')}/{quote(rest, safe='/')}",
     ):
-        resp = await bob_working.get(path, allow_redirects=False)
+        resp = await bob_working.get(url, allow_redirects=False)
         text = await resp.text()
-        assert resp.status in (302, 400, 403, 404, 409), (path, resp.status, text)
-        assert "bob" not in resp.headers.get("Location", "").replace("/login?next=", ""), path
+        assert resp.status in (302, 400, 401, 403, 404, 409), (url, resp.status, text)
+        assert resp.headers.get("Content-Type", "").split(";")[0] != "application/octet-stream"
+    resp = await bob_working.get(
+        f"http://127.0.0.1:{port}/" + quote(rest, safe="/"),
+        headers={"Host": f"{label}.localhost:{port}"},
+        allow_redirects=False,
+    )
+    assert resp.status in (200, 302, 400, 401, 403, 404, 409, 421), (label, resp.status)
     assert await snapshot(served) == before
 
 

@@ -1,5 +1,6 @@
 """router.auth = "jwt": tokens from an identity provider, verified against its JWKS served
-by a real HTTP server on loopback (signature, expiry, issuer, audience, user claim)."""
+by a real HTTP server on loopback (signature, expiry, issuer, audience, user claim), and
+the workspace origin entered with them."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import jwt
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
+from yarl import URL
 
 from codepool.core.errors import ConfigError
 from codepool.core.settings import settings_from_mapping
+from codepool.daemon.auth import user_from_claims
 from tests.helpers import serve_app
-from tests.router_fixtures import Served
+from tests.router_fixtures import Served, dispatched
 
 ISSUER = "https://idp.example/pool"
 AUDIENCE = "codepool"
@@ -51,7 +54,7 @@ def token(keys: dict[str, Any], *, key: str = "good", kid: str = "k1", **claims:
         "aud": AUDIENCE,
         "exp": now + 600,
         "iat": now,
-        "preferred_username": "alice",
+        "sub": "alice",
         **claims,
     }
     body = {k: v for k, v in body.items() if v is not None}
@@ -83,20 +86,28 @@ async def test_a_valid_token_opens_the_workspace_by_header_or_cookie(
             break
         await resp.release()
         await asyncio.sleep(0.2)
-    assert resp.status == 302 and resp.headers["Location"] == "/w/alice/"
-    echoed = await (await c.get("/w/alice/echo-headers", headers=auth)).json()
-    assert "authorization" not in {k.lower() for k in echoed["headers"]}  # never upstream
-    c.session.cookie_jar.update_cookies({"codepool_token": token(keys)}, served_url(served))
-    resp = await c.get("/w/alice/healthz")
-    assert resp.status == 200
-    echoed = await (await c.get("/w/alice/echo-headers")).json()
-    assert "codepool_token" not in echoed["headers"].get("Cookie", "")
+    assert resp.status == 302 and resp.headers["Location"] == served.ws("alice")
+    # The token is the main origin's; the workspace origin gets its own cookie through a
+    # pass. Here the token rides in the cookie the provider's front would set.
+    c.session.cookie_jar.update_cookies({"codepool_token": token(keys)}, URL(served.origin))
+    await served.enter(c, "alice")
+    echoed = await (await c.get(served.ws("alice", "/echo-headers"), headers=auth)).json()
+    headers = {k.lower(): v for k, v in echoed["headers"].items()}
+    assert "authorization" not in headers  # never upstream
+    assert "codepool" not in headers.get("cookie", "")
+    assert (await c.get(served.ws("alice", "/healthz"))).status == 200
 
 
-def served_url(served: Served) -> Any:
-    from yarl import URL
-
-    return URL(served.origin)
+async def test_users_logout_ends_a_jwt_persons_workspace_sessions(
+    served: Served, keys: dict[str, Any]
+) -> None:
+    c = await served.client()
+    c.session.cookie_jar.update_cookies({"codepool_token": token(keys)}, URL(served.origin))
+    await dispatched(c, "alice", served)
+    assert (await c.get(served.ws("alice", "/healthz"))).status == 200
+    assert await served.router.accounts.logout("alice") == 1
+    await asyncio.sleep(1.1)  # the router's lookup cache
+    assert (await c.get(served.ws("alice", "/healthz"))).status == 401
 
 
 @pytest.mark.parametrize(
@@ -108,9 +119,14 @@ def served_url(served: Served) -> Any:
         ("signed by another key", lambda k: token(k, key="evil")),
         ("unknown key id", lambda k: token(k, kid="nope")),
         ("no expiry", lambda k: token(k, exp=None)),
-        ("no user claim", lambda k: token(k, preferred_username=None)),
-        ("unusable user name", lambda k: token(k, preferred_username="../root")),
-        ("alg none", lambda k: jwt.encode({"preferred_username": "alice"}, "", algorithm="none")),
+        ("no issuer", lambda k: token(k, iss=None)),
+        ("no audience", lambda k: token(k, aud=None)),
+        ("no sub", lambda k: token(k, sub=None)),
+        ("unusable user name", lambda k: token(k, sub="../root")),
+        ("a name that needs lower-casing", lambda k: token(k, sub="Alice")),
+        ("a name that Unicode folding would make", lambda k: token(k, sub="\u212aarl")),
+        ("only a preferred_username", lambda k: token(k, sub=None, preferred_username="alice")),
+        ("alg none", lambda k: jwt.encode({"sub": "alice"}, "", algorithm="none")),
         ("garbage", lambda k: "not.a.token"),
     ],
 )
@@ -124,13 +140,29 @@ async def test_bad_tokens_are_refused(
     resp = await c.post("/ping", json={"instanceId": "x"}, headers=headers)
     assert resp.status == 401, why
     assert await served.pool.store.get_workspace("alice") is None
+    assert await served.pool.store.get_workspace("karl") is None
+
+
+@pytest.mark.parametrize(
+    ("claims", "user"),
+    [
+        ({"email": "jane@example.com", "email_verified": True}, "jane@example.com"),
+        ({"email": "jane@example.com", "email_verified": "true"}, None),
+        ({"email": "jane@example.com"}, None),
+        ({"email": "Jane@Example.com", "email_verified": True}, None),
+    ],
+)
+def test_an_email_claim_counts_only_when_verified_and_as_it_is(
+    claims: dict[str, Any], user: str | None
+) -> None:
+    assert user_from_claims({"sub": "x", **claims}, "email") == user
 
 
 async def test_admins_come_from_config_and_login_page_points_away(
     served: Served, keys: dict[str, Any]
 ) -> None:
     c = await served.client()
-    root = {"Authorization": f"Bearer {token(keys, preferred_username='root')}"}
+    root = {"Authorization": f"Bearer {token(keys, sub='root')}"}
     alice = {"Authorization": f"Bearer {token(keys)}"}
     assert (await c.get("/admin", headers=root)).status == 200
     assert (await c.get("/admin", headers=alice)).status == 403
@@ -139,6 +171,12 @@ async def test_admins_come_from_config_and_login_page_points_away(
     assert (await c.post("/login", data={"user": "alice"})).status == 404
 
 
-def test_jwt_needs_a_jwks_url() -> None:
+def test_jwt_needs_a_jwks_url_an_issuer_and_an_audience() -> None:
     with pytest.raises(ConfigError, match=r"needs jwt\.jwks_url"):
         settings_from_mapping({"router": {"auth": "jwt"}}, "f.toml")
+    for missing in ("issuer", "audience"):
+        conf = {"jwks_url": "https://idp/jwks", "issuer": ISSUER, "audience": AUDIENCE}
+        del conf[missing]
+        with pytest.raises(ConfigError, match=r"needs jwt\.issuer and jwt\.audience"):
+            settings_from_mapping({"router": {"auth": "jwt"}, "jwt": conf}, "f.toml")
+    assert settings_from_mapping({}).jwt.user_claim == "sub"

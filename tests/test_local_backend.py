@@ -18,7 +18,8 @@ from tests.conftest import make_settings, standin_command
 
 
 def backend_for(state_dir: Path, **local: object) -> LocalBackend:
-    return LocalBackend(make_settings(state_dir, local=dict(local)).local)
+    settings = make_settings(state_dir, local=dict(local))
+    return LocalBackend(settings.local, settings.state_dir)
 
 
 def meta(state_dir: Path, iid: str) -> SlotMeta:
@@ -113,7 +114,9 @@ async def test_a_bad_placeholder_is_named(state_dir: Path) -> None:
 
 async def test_assign_stop_assign_keeps_files_through_the_core(state_dir: Path) -> None:
     settings = make_settings(state_dir)
-    pool = CodePool(settings, create_store(settings.store_url), LocalBackend(settings.local))
+    pool = CodePool(
+        settings, create_store(settings.store_url), LocalBackend(settings.local, settings.state_dir)
+    )
     try:
         a = await pool.assign("alice")
         home = state_dir / "slots" / a.workspace.instance_id / "home"
@@ -129,7 +132,9 @@ async def test_assign_stop_assign_keeps_files_through_the_core(state_dir: Path) 
 
 async def test_slow_start_is_waited_for(state_dir: Path) -> None:
     settings = make_settings(state_dir, local={"command": standin_command(delay_s=1.0)})
-    pool = CodePool(settings, create_store(settings.store_url), LocalBackend(settings.local))
+    pool = CodePool(
+        settings, create_store(settings.store_url), LocalBackend(settings.local, settings.state_dir)
+    )
     progress: list[str] = []
     try:
         a = await pool.assign("alice", progress.append)

@@ -7,6 +7,7 @@ A box provisioned by deploy/ serves real code-server to the router over verified
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -15,11 +16,12 @@ import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from codepool.core.errors import UntrustedBox
 from codepool.core.pool import CodePool
@@ -27,12 +29,11 @@ from codepool.core.ready import probe
 from codepool.core.store import create_store
 from codepool.core.tls import workspace_tls
 from codepool.daemon.app import create_app
-from codepool.daemon.auth import Users
 from codepool.daemon.context import ROUTER
 from tests.conftest import make_settings, need
 from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
-from tests.router_fixtures import PASSWORDS, free_port, login
+from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
 from tests.standin_workspace import GZIP_JS, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,17 +302,25 @@ async def test_a_provisioned_box_serves_code_server_to_the_router_over_verified_
     backend = MemoryBackend(address)
     backend.tls = workspace_tls(ca, name)
     pool = CodePool(settings, create_store("memory://"), backend)
-    Users(settings.users_file).add("alice", PASSWORDS["alice"])
+    await add_test_accounts(pool.store)
     server = TestServer(create_app(pool, settings, run_loops=False), port=router_port)
-    async with TestClient(server) as c:
+    await server.start_server()
+    c = Client(f"http://127.0.0.1:{router_port}")
+    try:
         assigned = await pool.assign("alice")  # readiness over verified TLS
         assert assigned.workspace.address == address
         assert (await login(c, "alice", PASSWORDS["alice"])).status == 302
-        resp = await c.get("/w/alice/", headers={"Accept": "text/html"})
+        home, html = f"http://alice.localhost:{router_port}/", {"Accept": "text/html"}
+        entered = await c.get(home, headers=html)  # her origin's login, by a one-time pass
+        assert entered.status == 200 and entered.url.path == "/_codepool/enter"
+        resp = await c.get(home, headers=html)
         page = await resp.text()
         assert resp.status == 200, page
-        assert page.count("/assets/heartbeat.js") == 1  # the workbench, through TLS
-    await pool.close()
+        assert page.count("/_codepool/heartbeat.js") == 1  # the workbench, through TLS
+    finally:
+        await c.close()
+        await server.close()
+        await pool.close()
 
 
 def adapt_all(text: str, replacements: dict[str, str]) -> str:
@@ -324,19 +333,20 @@ async def test_front_conf_carries_workspace_traffic_the_router_allows(
     nginx: Callable[[str], None], workspace: str, tmp_path: Path
 ) -> None:
     """nginx/front.conf: after the router's yes, nginx carries assets, redirects, uploads and
-    WebSockets to the box itself, without the router's cookies. The router still answers
-    HTML documents (the heartbeat), people not logged in, other people's workspaces,
-    foreign-Origin WebSockets and stopped workspaces."""
+    WebSockets of a workspace origin to the box itself, without any of the router's
+    cookies (every copy). The router still answers HTML documents (the heartbeat), people
+    not logged in, other people's workspaces, requests from other origins, foreign-Origin
+    WebSockets and stopped workspaces."""
     front_port = free_port()
     base = f"http://127.0.0.1:{front_port}"
+    alice_home = f"http://alice.localhost:{front_port}"
     settings = make_settings(
         tmp_path / "state",
         pool={"warm_spares": 0},
         router={"public_url": base, "trusted_proxies": ["127.0.0.1"]},
     )
     pool = CodePool(settings, create_store("memory://"), MemoryBackend(workspace))
-    for user in ("alice", "bob"):
-        Users(settings.users_file).add(user, PASSWORDS[user])
+    await add_test_accounts(pool.store)
     app = create_app(pool, settings, run_loops=False)
     proxy = app[ROUTER].proxy
     carried_by_router: list[str] = []
@@ -359,56 +369,114 @@ async def test_front_conf_carries_workspace_traffic_the_router_allows(
                     "listen 80;": f"listen 127.0.0.1:{front_port};",
                     "server 127.0.0.1:8000;": f"server {router_url.removeprefix('http://')};",
                     "/var/cache/nginx/codepool-auth": str(tmp_path / "auth-cache"),
+                    "server_name router.example.com;": "server_name 127.0.0.1;",
+                    r"\.ws\.example\.com$;": r"\.localhost$;",
                 },
             )
         )
         await wait_listening(front_port)
         await pool.assign("alice")
         await pool.assign("bob")
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-            async with http.get(base + "/w/alice/echo-headers", allow_redirects=False) as r:
-                assert r.status == 302 and r.headers["Location"].startswith("/login")
-            page = await (await http.get(base + "/login")).text()
-            csrf = re.search(r'name="csrf" value="([^"]+)"', page)
-            assert csrf is not None
-            form = {"csrf": csrf.group(1), "user": "alice", "password": PASSWORDS["alice"]}
-            async with http.post(base + "/login", data=form, allow_redirects=False) as r:
-                assert r.status == 302
+        c = Client(base)
+        try:
+            resp = await c.get(alice_home + "/echo-headers", allow_redirects=False)
+            assert resp.status == 401  # not logged in: the router's answer
+            assert (await login(c, "alice", PASSWORDS["alice"])).status == 302
+            resp = await c.get(alice_home + "/", headers={"Accept": "text/html"})
+            assert resp.status == 200 and resp.url.path == "/_codepool/enter"
             carried_by_router.clear()
 
             for _ in range(3):  # the first asks the router; the others use nginx's cache
-                async with http.get(
-                    base + "/w/alice/echo-headers?q=%2F", headers={"Cookie": "theirs=1"}
-                ) as r:
-                    assert r.status == 200
-                    echoed = await r.json()
+                resp = await c.get(alice_home + "/echo-headers?x=a%26b%20c")
+                assert resp.status == 200
+                echoed = await resp.json()
             headers = {k.lower(): v for k, v in echoed["headers"].items()}
-            assert headers["cookie"] == "theirs=1"  # the router's session cookie stayed out
-            assert headers["x-forwarded-prefix"] == "/w/alice"
-            assert headers["host"] == f"127.0.0.1:{front_port}"
-            async with http.get(base + "/w/alice/redirect", allow_redirects=False) as r:
-                assert r.headers["Location"] == "/w/alice/files/target.txt"
-            async with http.post(base + "/w/alice/upload", data=b"y" * 300_000) as r:
-                assert (await r.json())["received"] == 300_000
-            async with http.ws_connect(
-                base + "/w/alice/ws", protocols=("echo",), origin=base
+            assert "codepool" not in headers.get("cookie", "")  # the router's stayed out
+            assert echoed["path_qs"] == "/echo-headers?x=a%26b%20c"
+            assert headers["host"] == f"alice.localhost:{front_port}"
+            resp = await c.get(alice_home + "/redirect", allow_redirects=False)
+            assert resp.headers["Location"] == "/files/target.txt"
+            resp = await c.post(alice_home + "/upload", data=b"y" * 300_000)
+            assert (await resp.json())["received"] == 300_000
+            async with c.ws_connect(
+                alice_home + "/ws", protocols=("echo",), origin=alice_home
             ) as ws:
                 await ws.send_str("through the front")
                 assert await ws.receive_str() == "through the front"
+            resp = await c.get(alice_home + "/set-cookies")
+            assert "Set-Cookie" not in resp.headers  # nginx cannot pick: it sets none
+            assert "Service-Worker-Allowed" not in resp.headers
+            assert "Clear-Site-Data" not in resp.headers
             assert carried_by_router == []  # nginx carried all of it
+            # People's own apps (behind code-server's /proxy/<port>/) keep their cookies:
+            # the router carries them and drops only what may not pass.
+            resp = await c.get(alice_home + "/proxy/3000/set-cookies")
+            assert carried_by_router == ["/proxy/3000/set-cookies"]
+            carried_by_router.clear()
 
-            async with http.get(base + "/w/alice/", headers={"Accept": "text/html"}) as r:
-                assert (await r.text()).count("/assets/heartbeat.js") == 1
-            assert carried_by_router == ["/"]  # the page went through the router
-            async with http.get(base + "/w/bob/echo-headers") as r:
-                assert r.status == 403  # the router's refusal
-            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-                await http.ws_connect(
-                    base + "/w/alice/ws", protocols=("echo",), origin="http://evil.example"
+            # Every copy of every router cookie is cut; past four copies the router
+            # carries the request instead, and cuts them all too.
+            session = c.cookie(app[ROUTER].cookies.workspace, alice_home)
+            assert session is not None
+            planted = ["codepool_session=x", "__Host-codepool_ws=y", "codepool_state=z"]
+            for copies in (1, 3):
+                header = "; ".join(
+                    [f"codepool_ws={session}", "theirs=1", *planted * copies, "more=2"]
                 )
+                echoed = await raw_get(front_port, "alice.localhost", "/echo-headers", header)
+                sent = {k.lower(): v for k, v in echoed["headers"].items()}["cookie"]
+                assert sent == "theirs=1; more=2", (copies, sent)
+            assert carried_by_router == ["/echo-headers"]  # the many-copies one
+
+            resp = await c.get(alice_home + "/", headers={"Accept": "text/html"})
+            assert (await resp.text()).count("/_codepool/heartbeat.js") == 1
+            assert carried_by_router[-1] == "/"  # the page went through the router
+            resp = await c.get(f"http://bob.localhost:{front_port}/echo-headers")
+            assert resp.status == 401  # alice has no session on bob's origin
+            resp = await c.get(
+                alice_home + "/echo-headers",
+                headers={
+                    "Origin": f"http://bob.localhost:{front_port}",
+                    "Sec-Fetch-Site": "same-site",
+                },
+            )
+            assert resp.status == 403  # from another origin: refused by the router
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await c.ws_connect(alice_home + "/ws", protocols=("echo",), origin=base)
             assert refused.value.status == 403
+            resp = await c.get(alice_home + "/_codepool/auth")
+            assert resp.status == 404  # the front's questions are not for browsers
             await pool.release("alice")
             await asyncio.sleep(2.5)  # nginx's yes and the router's address cache expire
-            async with http.get(base + "/w/alice/echo-headers") as r:
-                assert r.status == 409  # stopped: the router says so
+            resp = await c.get(alice_home + "/echo-headers")
+            assert resp.status == 409  # stopped: the router says so
+        finally:
+            await c.close()
     await pool.close()
+
+
+async def raw_get(port: int, host: str, path: str, cookie: str) -> dict[str, Any]:
+    """A GET with exactly this Cookie header (HTTP clients merge and dedupe cookies)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nCookie: {cookie}\r\n"
+    writer.write((request + "Connection: close\r\n\r\n").encode())
+    raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), (head, body, cookie)
+    if b"chunked" in head.lower():
+        body = dechunk(body)
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size, _, body = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        out, body = out + body[:n], body[n + 2 :]
+    return out

@@ -15,14 +15,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from codepool.daemon.auth import Users
+from codepool.core.accounts import Accounts
+from codepool.core.store import create_store
 from tests.helpers import drop_redis_keys
 from tests.router_fixtures import free_port
-from tests.serving import Server, client, is_leader, login_and_dispatch, serve_env
+from tests.serving import (
+    Server,
+    add_accounts,
+    client,
+    is_leader,
+    login_and_dispatch,
+    serve_env,
+)
+
+
+async def verify(state_dir: Path, user: str, password: str) -> Any:
+    store = create_store(f"sqlite:///{state_dir / 'codepool.db'}")
+    try:
+        return await Accounts(store).verify(user, password)
+    finally:
+        await store.close()
 
 
 def test_first_start_prints_the_admin_password_once(state_dir: Path, servers: list[Server]) -> None:
@@ -34,7 +51,7 @@ def test_first_start_prints_the_admin_password_once(state_dir: Path, servers: li
     assert first.proc.returncode == 0, out
     match = re.search(r"user admin\s+password (\S+)", out)
     assert match is not None, out
-    account = Users(state_dir / "users.json").verify("admin", match.group(1))
+    account = asyncio.run(verify(state_dir, "admin", match.group(1)))
     assert account is not None and account.admin
     second = Server(env, free_port())
     servers.append(second)
@@ -76,11 +93,8 @@ async def test_two_routers_on_one_redis(
         CODEPOOL_STORE_KEY_PREFIX=prefix,
         CODEPOOL_LOCAL_MAX_SIZE=str(PEOPLE + 10),
     )
-    users = Users(state_dir / "users.json")
-    state_dir.mkdir(parents=True, exist_ok=True)
     names = [f"dev{n}" for n in range(PEOPLE)]
-    for name in names:
-        users.add(name, f"{name}-password")
+    await add_accounts(state_dir, names, redis_url, prefix)
     a, b = Server(env, free_port()), Server(env, free_port())
     servers.extend([a, b])
     a.wait_up()
@@ -102,7 +116,7 @@ async def test_two_routers_on_one_redis(
             print("ROUTER A", a.stop()[-20000:])
             print("ROUTER B", b.stop()[-20000:])
             raise
-        assert sorted(set(locations)) == sorted(f"/w/{n}/" for n in names)
+        assert sorted(set(locations)) == sorted(f"{n}.localhost" for n in names)
         owners = [
             json.loads(m.read_text()).get("owner")
             for m in (state_dir / "slots").glob("*/meta.json")
@@ -128,11 +142,8 @@ async def test_a_router_and_the_cli_share_one_sqlite_store(
     """The embedded default: one router, and an operator's `codepool assign` runs at the
     same moment as people's dispatches, for the same people, on one SQLite file."""
     env = serve_env(state_dir, CODEPOOL_LOCAL_MAX_SIZE="30", CODEPOOL_POOL_ASSIGN_TIMEOUT_S="90")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    users = Users(state_dir / "users.json")
     names = [f"ops{n}" for n in range(10)]
-    for name in names:
-        users.add(name, f"{name}-password")
+    await add_accounts(state_dir, names)
     server = Server(env, free_port())
     servers.append(server)
     server.wait_up()
@@ -149,7 +160,7 @@ async def test_a_router_and_the_cli_share_one_sqlite_store(
     web = [login_and_dispatch(server.url, n) for n in names for _ in range(2)]
     cli = [cli_assign(n) for n in names for _ in range(2)]
     results = await asyncio.gather(*web, *cli)
-    assert sorted(set(results[: len(web)])) == sorted(f"/w/{n}/" for n in names)
+    assert sorted(set(results[: len(web)])) == sorted(f"{n}.localhost" for n in names)
     by_user: dict[str, set[str]] = {}
     cli_of = [n for n in names for _ in range(2)]
     for name, instance in zip(cli_of, results[len(web) :], strict=True):
@@ -175,11 +186,8 @@ async def test_workers_share_the_port_and_the_store(
     SIGTERM stops them all."""
     prefix = f"codepool-serve-{secrets.token_hex(4)}:"
     env = serve_env(state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=prefix)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    users = Users(state_dir / "users.json")
     names = [f"w{n}" for n in range(8)]
-    for name in names:
-        users.add(name, f"{name}-password")
+    await add_accounts(state_dir, names, redis_url, prefix)
     server = Server(env, free_port(), "--workers", "2")
     servers.append(server)
     server.wait_up()
@@ -193,7 +201,7 @@ async def test_workers_share_the_port_and_the_store(
         # A login made on one worker holds on the other (one key), and dispatch works
         # whichever worker each request reaches (one store).
         locations = await asyncio.gather(*(login_and_dispatch(server.url, n) for n in names))
-        assert sorted(locations) == sorted(f"/w/{n}/" for n in names)
+        assert sorted(locations) == sorted(f"{n}.localhost" for n in names)
 
         victim = min(pids)
         await asyncio.sleep(max(0.0, 5.5 - (time.monotonic() - started)))

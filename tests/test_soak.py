@@ -20,9 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from codepool.daemon.auth import Users
 from tests.router_fixtures import free_port
-from tests.serving import Server, client, log_in_and_dispatch, serve_env
+from tests.serving import Server, add_accounts, client, enter, log_in_and_dispatch, serve_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK_S = float(os.environ.get("CODEPOOL_SOAK_S", "20"))
@@ -45,8 +44,8 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def instance_of(http: aiohttp.ClientSession, base: str, user: str) -> str:
-    async with http.get(f"{base}/w/{user}/", headers={"Accept": "text/html"}) as resp:
+async def instance_of(http: aiohttp.ClientSession, home: str) -> str:
+    async with http.get(home + "/", headers={"Accept": "text/html"}) as resp:
         page = await resp.text()
     match = re.search(r'data-instance-id="([^"]+)"', page)
     assert match is not None, page[:500]
@@ -57,17 +56,20 @@ async def work(
     http: aiohttp.ClientSession, base: str, user: str, until: float, seen: Counter[str]
 ) -> None:
     """One person's tab and editor: pings, assets, files, now and then a dispatch."""
-    instance = await instance_of(http, base, user)
-    origin = {"Origin": base}
+    home = base.replace("127.0.0.1", f"{user}.localhost")  # the workspace's own origin
+    await enter(http, home + "/")
+    instance = await instance_of(http, home)
+    origin = {"Origin": home}
     n = 0
     while time.monotonic() < until:
         n += 1
-        async with http.post(base + "/ping", json={"instanceId": instance}, headers=origin) as r:
+        ping = home + "/_codepool/ping"
+        async with http.post(ping, json={"instanceId": instance}, headers=origin) as r:
             seen[f"ping {r.status}"] += 1
-        async with http.get(f"{base}/w/{user}/gzip.js", headers={"Accept-Encoding": "gzip"}) as r:
+        async with http.get(home + "/gzip.js", headers={"Accept-Encoding": "gzip"}) as r:
             await r.read()
             seen[f"asset {r.status}"] += 1
-        async with http.get(f"{base}/w/{user}/healthz") as r:
+        async with http.get(home + "/healthz") as r:
             await r.read()
             seen[f"health {r.status}"] += 1
         if n % 10 == 0:
@@ -78,11 +80,8 @@ async def work(
 async def test_the_router_holds_steady_under_a_mixed_load(
     state_dir: Path, servers: list[Server]
 ) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    users = Users(state_dir / "users.json")
     names = [f"soak{n}" for n in range(USERS)]
-    for name in names:
-        users.add(name, f"{name}-password")
+    await add_accounts(state_dir, names)
     server = Server(serve_env(state_dir, CODEPOOL_LOCAL_MAX_SIZE=str(USERS + 2)), free_port())
     servers.append(server)
     server.wait_up()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import replace
 
-from codepool.core.models import Workspace, WorkspaceState
+from codepool.core.models import Account, EntryGrant, SessionRecord, Workspace, WorkspaceState
 from codepool.core.store import PingResult, Store
 
 RUNNING = WorkspaceState.RUNNING
@@ -208,3 +210,89 @@ async def test_the_batched_steps_decide_each_item_on_its_own(store: Store) -> No
     stopping = await store.get_workspace("u1")
     assert stopping is not None and stopping.state is WorkspaceState.STOPPING
     assert await store.mark_stopping_many([]) == []
+
+
+# -- accounts, sessions and entry passes -------------------------------------------------------
+
+
+def session(sid: str, user: str = "alice", expires_ms: int = 0, **kw: str) -> SessionRecord:
+    now = int(time.time() * 1000)
+    return SessionRecord(sid, user, "csrf-" + sid, now, now, expires_ms or now + 60_000, **kw)
+
+
+async def test_accounts_add_once_update_and_delete(store: Store) -> None:
+    alice = Account("alice", False, "hash-1", 5)
+    assert await store.get_account("alice") is None
+    assert await store.add_account(alice)
+    assert not await store.add_account(Account("alice", True, "other", 6))  # name taken
+    assert await store.get_account("alice") == alice
+    assert not await store.add_account(Account("root", True, "h", 7), only_if_none=True)
+    assert await store.update_account(Account("alice", True, "hash-2", 99), end_sessions=False)
+    got = await store.get_account("alice")
+    assert got == Account("alice", True, "hash-2", 5)  # created_ms is kept
+    assert not await store.update_account(Account("nobody", True, "h", 1), end_sessions=True)
+    assert await store.add_account(Account("bob", False, "h", 8))
+    assert [a.name for a in await store.list_accounts()] == ["alice", "bob"]
+    assert await store.delete_account("alice")
+    assert not await store.delete_account("alice")
+    assert [a.name for a in await store.list_accounts()] == ["bob"]
+
+
+async def test_only_one_first_account_when_many_race(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.add_account(Account(f"u{i}", True, "h", 1), only_if_none=True) for i in range(20))
+    )
+    assert results.count(True) == 1
+    assert len(await store.list_accounts()) == 1
+
+
+async def test_sessions_end_with_their_parent_their_user_and_their_expiry(store: Store) -> None:
+    await store.put_session(session("main-a"))
+    await store.put_session(session("ws-a", owner="alice", host="alice", parent="main-a"))
+    await store.put_session(session("main-b", user="bob"))
+    await store.put_session(session("old", expires_ms=int(time.time() * 1000) - 1))
+    got = await store.get_session("ws-a")
+    assert got is not None and (got.owner, got.host, got.parent) == ("alice", "alice", "main-a")
+    assert await store.get_session("old") is None
+    assert await store.get_session("nope") is None
+    await store.touch_session("main-a", 2**42)
+    touched = await store.get_session("main-a")
+    assert touched is not None and touched.last_seen_ms == 2**42
+    assert await store.delete_session("main-a")  # logout: the workspace session goes too
+    assert await store.get_session("ws-a") is None
+    assert not await store.delete_session("main-a")
+    await store.put_session(session("main-a2"))
+    await store.put_session(session("main-a3"))
+    assert await store.delete_user_sessions("alice") == 2
+    assert await store.get_session("main-a2") is None and await store.get_session("main-a3") is None
+    assert await store.get_session("main-b") is not None  # bob is untouched
+
+
+async def test_password_change_and_removal_end_sessions_in_the_same_step(store: Store) -> None:
+    await store.add_account(Account("alice", False, "h", 1))
+    await store.put_session(session("s1"))
+    assert await store.update_account(Account("alice", False, "h2", 1), end_sessions=True)
+    assert await store.get_session("s1") is None
+    await store.put_session(session("s2"))
+    assert await store.update_account(Account("alice", True, "h2", 1), end_sessions=False)
+    assert await store.get_session("s2") is not None
+    assert await store.delete_account("alice")
+    assert await store.get_session("s2") is None
+
+
+async def test_many_session_lookups_at_once_each_get_their_own(store: Store) -> None:
+    for i in range(30):
+        await store.put_session(session(f"s{i}", user=f"u{i}"))
+    found = await asyncio.gather(*(store.get_session(f"s{i}") for i in range(40)))
+    assert [s.user if s else None for s in found] == [f"u{i}" for i in range(30)] + [None] * 10
+
+
+async def test_an_entry_pass_is_taken_once(store: Store) -> None:
+    now = int(time.time() * 1000)
+    grant = EntryGrant("root", "alice", "alice", "main-r", "state-hash", now + 60_000, now + 10)
+    await store.put_entry("t1", grant)
+    await store.put_entry("t-old", replace(grant, expires_ms=now - 1))
+    taken = await asyncio.gather(*(store.take_entry("t1") for _ in range(10)))
+    assert taken.count(grant) == 1 and taken.count(None) == 9
+    assert await store.take_entry("t-old") is None
+    assert await store.take_entry("never") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -16,6 +17,7 @@ from codepool import __version__
 from codepool.cli import render, serve, users
 from codepool.core import policy
 from codepool.core.errors import InvalidInput
+from codepool.core.origins import Origins
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import Settings, load_settings
 
@@ -125,8 +127,10 @@ def assign(
     """
     _check_user(user, as_json)
     with _Progress(as_json) as progress:
-        result, _ = _run(ctx, as_json, lambda pool: pool.assign(user, progress))
-    render.assignment(result, as_json)
+        result, settings = _run(ctx, as_json, lambda pool: pool.assign(user, progress))
+    with render.exits_on_error(as_json):
+        url = Origins.from_settings(settings).workspace_url(user)
+    render.assignment(result, url, as_json)
 
 
 @app.command()
@@ -304,4 +308,7 @@ app.add_typer(users.users_app, name="users")
 
 
 def main() -> None:
+    # What codepool writes (the store, slots' metadata, exports) is its own alone; people's
+    # workspaces, started from here, keep their files to themselves too.
+    os.umask(0o077)
     app()

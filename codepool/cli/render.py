@@ -15,7 +15,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from codepool.core import errors
+from codepool.core import errors, sockets
 from codepool.core.models import (
     Assignment,
     Check,
@@ -91,16 +91,19 @@ def _table(title: str | None, *columns: str) -> Table:
     return table
 
 
-def url_of(ws: Workspace) -> str:
-    return ws.address.rstrip("/") + "/"
+def address_of(ws: Workspace) -> str:
+    """Where the router reaches a workspace: a box's URL, or a local socket's path."""
+    unix = sockets.parse(ws.address)
+    return f"unix:{unix.path}" if unix is not None else ws.address.rstrip("/") + "/"
 
 
 # -- one renderer per command -------------------------------------------------------------
 
 
-def assignment(a: Assignment, as_json: bool) -> None:
+def assignment(a: Assignment, url: str, as_json: bool) -> None:
+    """url: where the person opens it (through the router)."""
     if as_json:
-        print_json({**jsonable(a.workspace), "how": a.how, "url": url_of(a.workspace)})
+        print_json({**jsonable(a.workspace), "how": a.how, "url": url})
         return
     words = {
         "running": "already running",
@@ -108,7 +111,7 @@ def assignment(a: Assignment, as_json: bool) -> None:
         "spare": "warm spare",
         "launched": "new box",
     }
-    out.print(f"[bold]{a.workspace.user}[/]: {url_of(a.workspace)}")
+    out.print(f"[bold]{a.workspace.user}[/]: {url}")
     out.print(f"  instance {a.workspace.instance_id} ({words.get(a.how, a.how)})", style="dim")
 
 
@@ -212,7 +215,7 @@ def status_view(s: PoolStatus) -> RenderableType:
                 w.user,
                 w.instance_id,
                 w.state.value,
-                url_of(w),
+                address_of(w),
                 format_duration((s.now_ms - w.last_seen_ms) / 1000),
                 held,
                 format_duration((s.now_ms - w.assigned_at_ms) / 1000) + " ago",

@@ -27,11 +27,12 @@ import typer
 from aiohttp import web
 
 from codepool.cli import render
+from codepool.cli.users import with_accounts
+from codepool.core.accounts import Accounts, ImportResult
 from codepool.core.errors import InvalidInput
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import RouterSettings, Settings, load_settings
 from codepool.daemon.app import create_app
-from codepool.daemon.auth import Users
 
 
 class JsonLogs(logging.Formatter):
@@ -66,8 +67,24 @@ def configure_logging(fmt: str, with_pid: bool = False) -> None:
 
 
 def first_admin(settings: Settings) -> None:
-    """On the very first start, make an admin account and show its password once."""
-    password = Users(settings.users_file).ensure_admin()
+    """On the very first start (no account in the store), take the accounts of a users
+    file left by codepool 0.1, if there is one; else make an admin account and show its
+    password once."""
+    if settings.router.auth != "local":
+        return
+
+    async def prepare(accounts: Accounts) -> tuple[ImportResult | None, str | None]:
+        imported = None
+        if settings.users_file.is_file() and not await accounts.list():
+            imported = await accounts.import_file(settings.users_file)
+        return imported, await accounts.ensure_admin()
+
+    imported, password = with_accounts(settings, prepare)
+    if imported is not None and imported.imported:
+        render.err.print(
+            f"codepool: imported {len(imported.imported)} account(s) from "
+            f"{settings.users_file} into the store; the file is no longer read."
+        )
     if password is None:
         return
     render.err.print(

@@ -50,6 +50,10 @@ class Backend(Protocol):
     async def checks(self) -> list[Check]:
         """Whether the backend is set up safely (for `codepool doctor`)."""
 
+    async def refuses(self, user: str) -> str:
+        """Why user may not have a workspace here ('' if they may): a machine that cannot
+        keep workspaces apart serves one person only."""
+
     async def close(self) -> None:
         """Release clients and connections."""
 
@@ -59,7 +63,7 @@ def create_backend(settings: Settings) -> Backend:
     if settings.pool.backend == "local":
         from codepool.core.backends.local import LocalBackend
 
-        return LocalBackend(settings.local)
+        return LocalBackend(settings.local, settings.state_dir)
     if settings.pool.backend == "aws":
         from codepool.core.backends.aws import AwsBackend
 

@@ -179,3 +179,50 @@ class Check:
     name: str
     ok: bool
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A local account (router.auth = "local"): who may log in, and with what rights. The
+    password hash is kept beside it, never shown."""
+
+    name: str
+    admin: bool
+    password_hash: str = field(default="", repr=False)
+    created_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One login, kept in the store behind an opaque random cookie. Only the cookie's
+    SHA-256 is stored (`sid`), so a copy of the store opens no session.
+
+    A session of the main origin has no owner. A session of a workspace origin names
+    whose workspace (`owner`), the one host it is valid on, and the main session it came
+    from (`parent`): it ends when that one ends."""
+
+    sid: str
+    user: str  # who is logged in
+    csrf: str  # the token every state-changing request of this session must carry
+    created_ms: int
+    last_seen_ms: int
+    expires_ms: int
+    client: str = ""  # the address it logged in from
+    owner: str = ""
+    host: str = ""
+    parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EntryGrant:
+    """A one-time pass from the main origin to a workspace origin: taken once (the store
+    deletes it as it hands it out), before `expires_ms`, on `host` only, by the browser
+    that holds the state cookie whose hash is `state`."""
+
+    user: str  # who enters
+    owner: str  # whose workspace
+    host: str
+    parent: str  # the main session it comes from ("" with JWT sessions)
+    state: str
+    expires_ms: int
+    session_expires_ms: int  # the workspace session it opens ends by then

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from codepool.core import sockets
 from codepool.core.errors import AssignTimeout, UntrustedBox
 from codepool.core.tls import WorkspaceTls, connect_args
 
@@ -19,16 +20,26 @@ async def probe(
 ) -> str | None:
     """None if GET address+path answers 2xx/3xx within timeout_s, else why not.
     An https address is verified with tls (default: the system's CAs and its own name);
-    a certificate that does not verify raises UntrustedBox."""
+    a certificate that does not verify raises UntrustedBox. A `unix:` address is a
+    socket on this machine, answered only by its workspace's own process."""
     url = urlsplit(address)
+    unix = sockets.parse(address)
     host = url.hostname or "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
     secure = connect_args(tls, url.scheme)
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port, **secure)
+            if unix is not None:
+                reader, writer = await asyncio.open_unix_connection(unix.path)
+                why = sockets.peer_refusal(writer.get_extra_info("socket"), unix)
+                if why:
+                    writer.close()
+                    return why
+            else:
+                reader, writer = await asyncio.open_connection(host, port, **secure)
             try:
-                head = f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n\r\n"
+                netloc = "localhost" if unix is not None else url.netloc
+                head = f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\nConnection: close\r\n\r\n"
                 writer.write(head.encode())
                 await writer.drain()
                 status_line = await reader.readline()

@@ -37,8 +37,8 @@ def setting(
 
 DEFAULT_COMMAND = (
     "code-server",
-    "--bind-addr",
-    "127.0.0.1:{port}",
+    "--socket",
+    "{socket}",
     "--auth",
     "none",
     "--disable-telemetry",
@@ -82,15 +82,31 @@ class StoreSettings:
 @dataclass(frozen=True)
 class LocalSettings:
     state_dir: str = setting(
-        "~/.local/share/codepool", "where slots (users' disks) and the SQLite store live"
+        "",
+        "where slots (users' disks) and the SQLite store live; empty: /var/lib/codepool as "
+        "root, else $XDG_DATA_HOME/codepool (~/.local/share/codepool)",
     )
     min_size: int = setting(0, "fewest boxes the local group keeps", minimum=0)
     max_size: int = setting(10, "most boxes the local group may run", minimum=1)
     command: tuple[str, ...] = setting(
         DEFAULT_COMMAND,
-        "command that starts a workspace; placeholders {port} {home} {data_dir} {slot}",
+        "command that starts a workspace; placeholders {socket} {port} {home} {data_dir} "
+        "{slot} {host}",
     )
-    host: str = setting("127.0.0.1", "address workspaces bind to and the router dials")
+    isolation: str = setting(
+        "auto",
+        "how workspaces are kept apart from the router and each other: auto (accounts as "
+        "root, else sandbox if bubblewrap works, else none), accounts, sandbox, or none "
+        "(one person only)",
+        choices=("auto", "accounts", "sandbox", "none"),
+    )
+    unix_user: str = setting(
+        "cp-{name}", "each person's Unix account with isolation = accounts; {name} {hash}"
+    )
+    sandbox_paths: tuple[str, ...] = setting(
+        (), "read-only paths a sandbox sees besides the system's (/usr, /etc, /opt)"
+    )
+    host: str = setting("127.0.0.1", "address a {port} workspace command binds to")
     ready_path: str = setting("/healthz", "HTTP path that answers 200 once a workspace is ready")
 
 
@@ -132,8 +148,12 @@ class RouterSettings:
         "", "URL users browse to (origin checks, Secure cookies); empty: http://<host>:<port>"
     )
     auth: str = setting("local", "how users log in", choices=("local", "jwt"))
-    users_file: str = setting("", "local accounts (scrypt hashes); empty: <state_dir>/users.json")
-    secret_file: str = setting("", "key that signs session cookies; empty: <state_dir>/session.key")
+    users_file: str = setting(
+        "", "accounts file `codepool users import` reads; empty: <state_dir>/users.json"
+    )
+    secret_file: str = setting(
+        "", "key for JWT sessions' CSRF tokens; empty: <state_dir>/session.key"
+    )
     session_lifetime_s: int = setting(43200, "seconds a login lasts", minimum=60)
     login_attempts_per_minute: int = setting(
         10, "failed logins allowed per client and per user name each minute", minimum=1
@@ -144,8 +164,19 @@ class RouterSettings:
     reap_interval_s: int = setting(
         60, "seconds between reconcile, reap and scale cycles (leader only)", minimum=1
     )
+    origin_mode: str = setting(
+        "host",
+        "where workspaces are served: each on its own origin <user>.<workspace_domain> "
+        "(host), or under /w/<user>/ on the router's origin (path)",
+        choices=("host", "path"),
+    )
+    workspace_domain: str = setting(
+        "",
+        "wildcard DNS name of workspace origins (e.g. ws.example.com); empty: localhost "
+        "when the public URL is on this machine",
+    )
     admins_enter_workspaces: bool = setting(
-        False, "whether admin users may open other users' workspaces"
+        False, "whether admin users may open other users' workspaces (origin_mode = host)"
     )
     trusted_proxies: tuple[str, ...] = setting(
         (), "addresses or CIDRs of load balancers whose X-Forwarded-For is believed"
@@ -157,9 +188,11 @@ class JwtSettings:
     jwks_url: str = setting(
         "", "the identity provider's JWKS URL (required with router.auth = jwt)"
     )
-    issuer: str = setting("", "required `iss` of tokens; empty: not checked")
-    audience: str = setting("", "required `aud` of tokens; empty: not checked")
-    user_claim: str = setting("preferred_username", "claim that holds the user name")
+    issuer: str = setting("", "the `iss` tokens must carry (required with router.auth = jwt)")
+    audience: str = setting("", "the `aud` tokens must carry (required with router.auth = jwt)")
+    user_claim: str = setting(
+        "sub", "claim that holds the user name: sub, email (if verified) or another"
+    )
     cookie: str = setting("codepool_token", "cookie that may carry the token (besides Bearer)")
     login_url: str = setting("", "where /login sends people to get a token; empty: a notice")
     admin_users: tuple[str, ...] = setting((), "user names that get the admin page")
@@ -178,7 +211,9 @@ class Settings:
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.local.state_dir).expanduser()
+        if self.local.state_dir:
+            return Path(self.local.state_dir).expanduser()
+        return default_state_dir()
 
     @property
     def store_url(self) -> str:
@@ -204,6 +239,15 @@ class Settings:
             if self.router.secret_file
             else (self.state_dir / "session.key")
         )
+
+
+def default_state_dir() -> Path:
+    """Root's is the system's (/var/lib: the people's accounts must reach their folders,
+    which /root would not let them); anyone else's is in their own data folder."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/codepool")
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "codepool"
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -285,6 +329,18 @@ def settings_from_mapping(
         raise ConfigError(
             f"config error: {source}: router.auth = 'jwt' needs jwt.jwks_url "
             "(your identity provider's JWKS URL)"
+        )
+    if settings.router.auth == "jwt" and not (settings.jwt.issuer and settings.jwt.audience):
+        raise ConfigError(
+            f"config error: {source}: router.auth = 'jwt' needs jwt.issuer and jwt.audience: "
+            "without them a token your identity provider made for another application "
+            "would open workspaces here"
+        )
+    if settings.router.origin_mode == "path" and settings.router.admins_enter_workspaces:
+        raise ConfigError(
+            f"config error: {source}: router.admins_enter_workspaces needs router.origin_mode "
+            "= 'host': with every workspace under the router's own origin, a page in the "
+            "workspace an admin opens could act on the admin page as that admin"
         )
     if settings.local.min_size > settings.local.max_size:
         raise ConfigError(

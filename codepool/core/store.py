@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 from codepool.core.errors import ConfigError
-from codepool.core.models import Workspace
+from codepool.core.models import Account, EntryGrant, SessionRecord, Workspace
 
 
 class PingResult(enum.StrEnum):
@@ -89,6 +89,46 @@ class Store(Protocol):
 
     async def release_leases(self, names: Sequence[str], holder: str) -> None:
         """release_lease for many names, in one round trip."""
+
+    # -- accounts, sessions and entry passes (every router sees the same ones) ---------
+
+    async def get_account(self, name: str) -> Account | None:
+        """The account with its password hash, or None."""
+
+    async def list_accounts(self) -> list[Account]:
+        """Every account, by name."""
+
+    async def add_account(self, account: Account, *, only_if_none: bool = False) -> bool:
+        """Create the account if the name is free (and, with only_if_none, if there are no
+        accounts at all: the first admin); True if created."""
+
+    async def update_account(self, account: Account, *, end_sessions: bool) -> bool:
+        """Replace an existing account's hash and rights; with end_sessions, delete every
+        session of that user in the same step. False if there is no such account."""
+
+    async def delete_account(self, name: str) -> bool:
+        """Delete the account and every session of that user; True if it existed."""
+
+    async def put_session(self, session: SessionRecord) -> None:
+        """Record a session; it disappears by itself after its expiry."""
+
+    async def get_session(self, sid: str) -> SessionRecord | None:
+        """The session, or None if it is unknown, expired, or its parent session is gone."""
+
+    async def touch_session(self, sid: str, now_ms: int) -> None:
+        """Move the session's last seen time forward, if it still exists."""
+
+    async def delete_session(self, sid: str) -> bool:
+        """End one session (its children end with it); True if it existed."""
+
+    async def delete_user_sessions(self, user: str) -> int:
+        """End every session of a user, on every router; how many there were."""
+
+    async def put_entry(self, token_hash: str, grant: EntryGrant) -> None:
+        """Record a one-time entry pass under the hash of its token."""
+
+    async def take_entry(self, token_hash: str) -> EntryGrant | None:
+        """The pass, deleted in the same step (a second take gets None); None if expired."""
 
     async def check(self) -> None:
         """Raise StoreUnavailable if the store cannot answer."""

@@ -6,33 +6,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from codepool.core.accounts import Accounts
 from codepool.core.errors import ConfigError
+from codepool.core.origins import Origins
 from codepool.core.pool import CodePool
 from codepool.core.settings import Settings
 from codepool.daemon import routes
-from codepool.daemon.auth import (
-    LOGIN_CSRF_COOKIE,
-    SESSION_COOKIE,
-    JwtVerifier,
-    LoginLimiter,
-    Sessions,
-    Users,
-    load_or_create_secret,
-)
+from codepool.daemon.auth import JwtVerifier, LoginLimiter, load_or_create_secret
 from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.dispatch import Dispatcher
 from codepool.daemon.loops import Loops
 from codepool.daemon.metrics import Metrics
-from codepool.daemon.proxy import WorkspaceProxy
-
-
-def origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
+from codepool.daemon.proxy import Heartbeat, WorkspaceProxy
+from codepool.daemon.sessions import CookieNames, Sessions
+from codepool.daemon.workspace import PING, SCRIPT
 
 
 def trusted_networks(entries: tuple[str, ...]) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -50,27 +40,59 @@ def trusted_networks(entries: tuple[str, ...]) -> tuple[IPv4Network | IPv6Networ
 def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) -> web.Application:
     r = settings.router
     metrics = Metrics()
-    key = load_or_create_secret(settings.secret_file)
-    jwt = JwtVerifier(settings.jwt, key) if r.auth == "jwt" else None
+    origins = Origins.from_settings(settings)
+    secure = settings.public_url.startswith("https://")
+    cookies = CookieNames.for_scheme(secure)
+    accounts = Accounts(pool.store)
+    jwt = None
+    if r.auth == "jwt":
+        jwt = JwtVerifier(settings.jwt, load_or_create_secret(settings.secret_file))
+        admins = frozenset(settings.jwt.admin_users)
+
+        async def admin_of(user: str) -> bool | None:
+            return user in admins
+
+    else:
+
+        async def admin_of(user: str) -> bool | None:
+            account = await accounts.get(user)
+            return None if account is None else account.admin
+
     # Credentials of the router that must never reach a workspace.
-    private_cookies = {SESSION_COOKIE, LOGIN_CSRF_COOKIE} | (
-        {settings.jwt.cookie} if jwt else set()
+    private_cookies = cookies.all() | ({settings.jwt.cookie} if jwt else set())
+    heartbeat = (
+        Heartbeat(
+            script=SCRIPT,
+            ping=PING,
+            resume=origins.main + "/dispatch",
+            login="",
+            interval_s=r.heartbeat_interval_s,
+        )
+        if origins.per_user
+        else Heartbeat(
+            "/assets/heartbeat.js?v=2", "/ping", "/dispatch", "/login", r.heartbeat_interval_s
+        )
     )
     router = Router(
         pool=pool,
         settings=settings,
-        users=Users(settings.users_file),
-        sessions=Sessions(key, r.session_lifetime_s),
+        accounts=accounts,
+        sessions=Sessions(pool.store, admin_of, r.session_lifetime_s),
         jwt=jwt,
         limiter=LoginLimiter(r.login_attempts_per_minute),
         dispatcher=Dispatcher(pool),
         proxy=WorkspaceProxy(
-            pool, r.heartbeat_interval_s, frozenset(private_cookies), strip_authorization=bool(jwt)
+            pool,
+            heartbeat,
+            private_cookies,
+            path_mode=not origins.per_user,
+            strip_authorization=bool(jwt),
         ),
         loops=Loops(pool, metrics, r.reap_interval_s),
         metrics=metrics,
-        origin=origin_of(settings.public_url),
-        secure_cookies=settings.public_url.startswith("https://"),
+        origins=origins,
+        cookies=cookies,
+        secure_cookies=secure,
         trusted_proxies=trusted_networks(r.trusted_proxies),
     )
     app = web.Application(client_max_size=1024**2)

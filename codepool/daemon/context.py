@@ -7,13 +7,16 @@ from ipaddress import IPv4Network, IPv6Network
 
 from aiohttp import web
 
+from codepool.core.accounts import Accounts
+from codepool.core.origins import Origins
 from codepool.core.pool import CodePool
 from codepool.core.settings import Settings
-from codepool.daemon.auth import JwtVerifier, LoginLimiter, Sessions, Users
+from codepool.daemon.auth import JwtVerifier, LoginLimiter
 from codepool.daemon.dispatch import Dispatcher
 from codepool.daemon.loops import Loops
 from codepool.daemon.metrics import Metrics
 from codepool.daemon.proxy import WorkspaceProxy
+from codepool.daemon.sessions import CookieNames, Sessions
 
 
 @dataclass
@@ -22,7 +25,7 @@ class Router:
 
     pool: CodePool
     settings: Settings
-    users: Users
+    accounts: Accounts
     sessions: Sessions
     jwt: JwtVerifier | None  # set when router.auth = "jwt"
     limiter: LoginLimiter
@@ -30,7 +33,8 @@ class Router:
     proxy: WorkspaceProxy
     loops: Loops
     metrics: Metrics
-    origin: str  # scheme://host[:port] of the public URL: what Origin headers must say
+    origins: Origins  # the main origin, and each person's workspace origin
+    cookies: CookieNames
     secure_cookies: bool
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...]  # whose X-Forwarded-For counts
 

@@ -3,18 +3,19 @@ behind strict CSPs). Every value is escaped where it is put in."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 
 from codepool.core.models import PoolStatus
 from codepool.core.policy import format_duration
 
 
-def _page(title: str, body: str, *, scripts: str = "") -> str:
+def _page(title: str, body: str, *, scripts: str = "", head: str = "", assets: str = "") -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)} · codepool</title>
-<link rel="stylesheet" href="/assets/style.css">
+<link rel="stylesheet" href="{escape(assets)}/assets/style.css">{head}
 </head><body><main>
 <h1 class="brand">codepool</h1>
 {body}
@@ -55,18 +56,44 @@ a new one up to a few minutes.</p>""",
     )
 
 
-def problem(title: str, message: str, *, action: str = "", action_label: str = "") -> str:
+def problem(
+    title: str, message: str, *, action: str = "", action_label: str = "", assets: str = ""
+) -> str:
+    """An error page. assets: the origin of the router's stylesheet, when the page is shown
+    on a workspace origin (whose /assets/ belong to the workspace)."""
     button = (
         f'<p><a class="button" href="{escape(action)}">{escape(action_label)}</a></p>'
         if action
         else ""
     )
     return _page(
-        title, f'<h2>{escape(title)}</h2><div class="card"><p>{escape(message)}</p>{button}</div>'
+        title,
+        f'<h2>{escape(title)}</h2><div class="card"><p>{escape(message)}</p>{button}</div>',
+        assets=assets,
     )
 
 
-def admin(status: PoolStatus, csrf: str, notice: str = "") -> str:
+def moving_on(title: str, message: str, url: str, assets: str) -> str:
+    """A page that goes on to url by itself (and offers a link for when it does not). Used
+    on workspace origins where a redirect would not do: the browser's next request must
+    come from this origin's own page, not from the chain of redirects that led here."""
+    return _page(
+        title,
+        f'<h2>{escape(title)}</h2><div class="card"><p>{escape(message)}</p>'
+        f'<p><a class="button" href="{escape(url)}">Continue</a></p></div>',
+        head=f'\n<meta http-equiv="refresh" content="0; url={escape(url)}">',
+        assets=assets,
+    )
+
+
+def admin(
+    status: PoolStatus,
+    csrf: str,
+    notice: str = "",
+    workspace_origin: Callable[[str], str] | None = None,
+) -> str:
+    """The pool page; with workspace_origin (admins may enter workspaces) each running
+    workspace gets an Open link to its origin."""
     c = status.capacity
     rows = []
     for w in status.workspaces:
@@ -77,8 +104,10 @@ def admin(status: PoolStatus, csrf: str, notice: str = "") -> str:
             else ""
         )
         actions = ""
+        if w.state.value == "running" and workspace_origin is not None:
+            actions = f'<a href="{escape(workspace_origin(w.user))}/">Open</a>'
         if w.state.value == "running":
-            actions = f"""<form method="post" action="/admin/stop">
+            actions += f"""<form method="post" action="/admin/stop">
 <input type="hidden" name="csrf" value="{escape(csrf)}">
 <input type="hidden" name="user" value="{escape(w.user)}">
 <button type="submit">Stop</button></form>

@@ -1,10 +1,15 @@
-"""The workspace proxy: `/w/<user>/…` to that user's code-server, HTTP and WebSocket,
-streamed both ways (DESIGN §5). The caller (routes.py) has already checked the session
-and that the user may enter this workspace.
+"""The workspace proxy: a person's requests to their code-server, HTTP and WebSocket,
+streamed both ways. The caller (workspace.py) has already checked the session, that the
+person may enter this workspace, and that the request comes from the workspace's own
+origin.
 
-- The prefix is stripped; the browser's Host is kept (code-server compares it with the
-  Origin of WebSockets) and X-Forwarded-* are set.
+- On a workspace origin the path goes upstream as it came; in path mode the `/w/<user>`
+  prefix is stripped (and put back on redirects). The browser's Host is kept
+  (code-server compares it with the Origin of WebSockets) and X-Forwarded-* are set.
 - Hop-by-hop headers are dropped; the router's own cookies never reach the workspace.
+- What a box answers may not reach beyond its own origin: a Set-Cookie naming one of the
+  router's cookies or carrying a Domain attribute (which would reach sibling hosts), and
+  the Service-Worker-Allowed and Clear-Site-Data headers are dropped.
 - Only HTML documents are buffered, to inject the heartbeat script before </head>; for
   those requests Accept-Encoding is dropped so the HTML comes uncompressed. Everything
   else streams with its compression intact.
@@ -18,14 +23,20 @@ import logging
 import re
 import time
 import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from html import escape
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from yarl import URL
 
+from codepool.core import sockets
 from codepool.core.models import Workspace, WorkspaceState
 from codepool.core.pool import CodePool
 from codepool.core.tls import connect_args
@@ -54,17 +65,76 @@ MAX_HTML_BYTES = 8 * 1024 * 1024  # bigger "HTML" streams through untouched
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 CACHE_S = 2.0  # how long a workspace's address is trusted without asking the store
 _HEAD_CLOSE = re.compile(rb"</head\s*>", re.IGNORECASE)
+# A box may not send these: they reach beyond its own origin (the pages a service worker
+# may control; the cookies and storage of the whole site).
+_REFUSED_LOWER = frozenset(h.lower() for h in ("Service-Worker-Allowed", "Clear-Site-Data"))
+
+
+MAX_UNIX_SESSIONS = 256
+T = TypeVar("T")
+
+
+def _client_session(connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        auto_decompress=False,  # pass compressed bytes through untouched
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
+    )
+
+
+class StaleSocket(aiohttp.ClientConnectionError):
+    """A workspace's socket answered by another process than its address names."""
+
+
+class CheckedUnixConnector(aiohttp.UnixConnector):
+    """A local workspace's socket, reached only when the workspace's own process answers
+    (sockets.py says why). aiohttp has no public hook between connecting and sending, so
+    this extends its one connecting method."""
+
+    def __init__(self, address: sockets.UnixAddress) -> None:
+        super().__init__(address.path, limit=0, keepalive_timeout=30)
+        self.address = address
+
+    async def _create_connection(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> ResponseHandler:
+        proto = await super()._create_connection(req, traces, timeout)
+        transport = proto.transport
+        why = "no connection" if transport is None else ""
+        if transport is not None:
+            why = sockets.peer_refusal(transport.get_extra_info("socket"), self.address)
+        if why:
+            if transport is not None:
+                transport.close()
+            raise StaleSocket(why)
+        return proto
 
 
 class Stopped(Exception):
     """The user's workspace is not running: the caller shows the 'stopped' page."""
 
 
-def heartbeat_tag(instance_id: str, interval_s: int) -> bytes:
-    return (
-        f'<script defer src="/assets/heartbeat.js?v=1" data-instance-id="{escape(instance_id)}" '
-        f'data-interval="{interval_s}"></script>'
-    ).encode()
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Where the injected heartbeat script comes from and whom it talks to."""
+
+    script: str  # the script's URL
+    ping: str  # where it posts pings
+    resume: str  # where "Resume it" leads when the workspace stopped
+    login: str  # where to log in on a 401 ("": reload, which logs in again by itself)
+    interval_s: int
+
+    def tag(self, instance_id: str) -> bytes:
+        return (
+            f'<script defer src="{escape(self.script)}" '
+            f'data-instance-id="{escape(instance_id)}" data-interval="{self.interval_s}" '
+            f'data-ping="{escape(self.ping)}" data-resume="{escape(self.resume)}" '
+            f'data-login="{escape(self.login)}"></script>'
+        ).encode()
 
 
 def inject(html: bytes, tag: bytes) -> bytes:
@@ -75,10 +145,19 @@ def inject(html: bytes, tag: bytes) -> bytes:
     return html[: match.start()] + tag + html[match.start() :]
 
 
+def box_may_set(set_cookie: str, private: frozenset[str]) -> bool:
+    """Whether a box's Set-Cookie may pass: not one of the router's names (in any case),
+    and host-only (a Domain attribute would plant it on other people's hosts too)."""
+    name, _, attributes = set_cookie.partition(";")
+    if name.partition("=")[0].strip().lower() in private:
+        return False
+    return not any(a.partition("=")[0].strip().lower() == "domain" for a in attributes.split(";"))
+
+
 def strip_cookies(header: str, private: frozenset[str]) -> str:
-    """The Cookie header without the router's own cookies. A split on ';' as browsers send
-    it (parsing into Morsels cost a twentieth of each proxied request); every other
-    cookie goes upstream byte for byte, whatever it holds."""
+    """The Cookie header without the router's own cookies, every copy of each. A split on
+    ';' as browsers send it (parsing into Morsels cost a twentieth of each proxied
+    request); every other cookie goes upstream byte for byte, whatever it holds."""
     if not any(name in header for name in private):
         return header
     kept = [
@@ -93,33 +172,54 @@ class WorkspaceProxy:
     def __init__(
         self,
         pool: CodePool,
-        heartbeat_interval_s: int,
+        heartbeat: Heartbeat,
         private_cookies: frozenset[str],
+        *,
+        path_mode: bool,
         strip_authorization: bool = False,
     ) -> None:
         self.pool = pool
-        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat = heartbeat
         self.private_cookies = private_cookies  # the router's credentials: never upstream
+        self._private_lower = frozenset(n.lower() for n in private_cookies)
+        self.path_mode = path_mode  # workspaces under /w/<user>/ on the router's origin
         self.strip_authorization = strip_authorization
         self._cache: dict[str, tuple[Workspace, float]] = {}
         self._client: aiohttp.ClientSession | None = None
+        self._unix: dict[str, aiohttp.ClientSession] = {}  # one per socket address
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._client = aiohttp.ClientSession(
-            auto_decompress=False,  # pass compressed bytes through untouched
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
-        )
+        self._client = _client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+        for session in self._unix.values():
+            await session.close()
+        self._unix.clear()
 
     @property
     def client(self) -> aiohttp.ClientSession:
         assert self._client is not None, "proxy not started"
         return self._client
+
+    def upstream(self, address: str) -> tuple[aiohttp.ClientSession, str]:
+        """The client session and base URL that reach a workspace's address: a box over
+        the network, or a socket of the local backend (sockets.py), through a connector
+        that checks who answers."""
+        unix = sockets.parse(address)
+        if unix is None:
+            return self.client, address.rstrip("/")
+        session = self._unix.get(address)
+        if session is None:
+            if len(self._unix) >= MAX_UNIX_SESSIONS:  # old addresses of resumed workspaces
+                stale = self._unix.pop(next(iter(self._unix)))
+                closing = asyncio.create_task(stale.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+            session = self._unix[address] = _client_session(CheckedUnixConnector(unix))
+        return session, "http://localhost"
 
     async def workspace(self, user: str) -> Workspace:
         """The user's running workspace, from a short cache in front of the store."""
@@ -135,6 +235,29 @@ class WorkspaceProxy:
 
     def forget(self, user: str) -> None:
         self._cache.pop(user, None)
+
+    async def _open(
+        self, user: str, connect: Callable[[aiohttp.ClientSession, str], Awaitable[T]]
+    ) -> tuple[Workspace, T]:
+        """Connect to user's workspace. A socket answered by another process than the
+        address names (a workspace resumed since the address was cached: same path, new
+        process) is asked again once with a fresh address; nothing was sent yet."""
+        for attempt in (1, 2):
+            ws = await self.workspace(user)
+            client, base = self.upstream(ws.address)
+            try:
+                return ws, await connect(client, base)
+            except StaleSocket as exc:
+                self.forget(user)
+                if attempt == 2:
+                    log.warning("proxy %s: %s", user, exc)
+            except aiohttp.WSServerHandshakeError:
+                raise
+            except (aiohttp.ClientError, OSError) as exc:
+                self.forget(user)
+                log.warning("proxy %s %s: %s", user, base, exc)
+                break
+        raise web.HTTPBadGateway(text=f"workspace of {user} is not answering")
 
     def _upstream_headers(self, request: web.Request, prefix: str) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
@@ -154,21 +277,40 @@ class WorkspaceProxy:
         headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
         headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
         headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
-        headers["X-Forwarded-Prefix"] = prefix
+        if prefix:
+            headers["X-Forwarded-Prefix"] = prefix
         return headers
+
+    def prefix(self, user: str) -> str:
+        return f"/w/{user}" if self.path_mode else ""
+
+    def _response_headers(self, upstream: aiohttp.ClientResponse, prefix: str) -> CIMultiDict[str]:
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in upstream.headers.items():
+            low = name.lower()
+            if low in HOP_BY_HOP or low in _REFUSED_LOWER:
+                continue
+            if low == "set-cookie" and not box_may_set(value, self._private_lower):
+                log.info("proxy: a box's Set-Cookie was dropped (router name or Domain)")
+                continue
+            out.add(name, value)
+        location = out.get("Location")
+        if prefix and location and location.startswith("/") and not location.startswith("//"):
+            out["Location"] = prefix + location  # keep redirects inside the prefix
+        return out
 
     async def http(self, request: web.Request, user: str, path: str) -> web.StreamResponse:
         """Proxy one HTTP request; path is the raw (still percent-encoded) rest of the URL."""
-        ws = await self.workspace(user)
-        prefix = f"/w/{user}"
+        prefix = self.prefix(user)
         headers = self._upstream_headers(request, prefix)
         wants_html = "text/html" in request.headers.get("Accept", "")
         if wants_html:
             headers.pop("Accept-Encoding", None)  # HTML must arrive readable for injection
-        # encoded=True: the path and query go upstream byte for byte as the browser sent them
-        url = URL(ws.address.rstrip("/") + path, encoded=True)
-        try:
-            upstream = await self.client.request(
+
+        def send(client: aiohttp.ClientSession, base: str) -> Awaitable[aiohttp.ClientResponse]:
+            # encoded=True: the path and query go upstream byte for byte as the browser sent
+            url = URL(base + path, encoded=True)
+            return client.request(
                 request.method,
                 url,
                 headers=headers,
@@ -176,17 +318,10 @@ class WorkspaceProxy:
                 allow_redirects=False,
                 **connect_args(self.pool.backend.tls, url.scheme),
             )
-        except (aiohttp.ClientError, OSError) as exc:
-            self.forget(user)
-            log.warning("proxy %s %s: %s", user, url, exc)
-            raise web.HTTPBadGateway(text=f"workspace of {user} is not answering") from None
+
+        ws, upstream = await self._open(user, send)
         async with upstream:
-            out_headers = CIMultiDict(
-                (k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
-            )
-            location = out_headers.get("Location")
-            if location and location.startswith("/") and not location.startswith("//"):
-                out_headers["Location"] = prefix + location  # keep redirects inside the prefix
+            out_headers = self._response_headers(upstream, prefix)
             ctype = upstream.headers.get("Content-Type", "")
             first = b""
             if ctype.startswith("text/html") and request.method != "HEAD":
@@ -194,7 +329,7 @@ class WorkspaceProxy:
                 if html is not None:
                     out_headers.popall("Content-Encoding", None)
                     out_headers.popall("Content-Length", None)
-                    body = inject(html, heartbeat_tag(ws.instance_id, self.heartbeat_interval_s))
+                    body = inject(html, self.heartbeat.tag(ws.instance_id))
                     return web.Response(status=upstream.status, headers=out_headers, body=body)
             response = web.StreamResponse(status=upstream.status, headers=out_headers)
             if upstream.content_length is not None:
@@ -228,15 +363,17 @@ class WorkspaceProxy:
 
     async def websocket(self, request: web.Request, user: str, path: str) -> web.StreamResponse:
         """Proxy a WebSocket: connect upstream first, then accept the browser's."""
-        ws = await self.workspace(user)
-        headers = self._upstream_headers(request, f"/w/{user}")
+        headers = self._upstream_headers(request, self.prefix(user))
         headers.pop("Sec-WebSocket-Protocol", None)
         protocols = [
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
         ]
-        url = URL("ws" + ws.address.rstrip("/").removeprefix("http") + path, encoded=True)
-        try:
-            upstream = await self.client.ws_connect(
+
+        def connect(
+            client: aiohttp.ClientSession, base: str
+        ) -> Awaitable[aiohttp.ClientWebSocketResponse]:
+            url = URL("ws" + base.removeprefix("http") + path, encoded=True)
+            return client.ws_connect(
                 url,
                 headers=headers,
                 protocols=protocols,
@@ -244,13 +381,13 @@ class WorkspaceProxy:
                 autoping=True,
                 **connect_args(self.pool.backend.tls, url.scheme),
             )
+
+        try:
+            _, upstream = await self._open(user, connect)
         except aiohttp.WSServerHandshakeError as exc:
             raise web.HTTPBadGateway(
                 text=f"workspace refused the WebSocket ({exc.status})"
             ) from None
-        except (aiohttp.ClientError, OSError):
-            self.forget(user)
-            raise web.HTTPBadGateway(text=f"workspace of {user} is not answering") from None
         browser = web.WebSocketResponse(
             protocols=[upstream.protocol] if upstream.protocol else (),
             max_msg_size=MAX_WS_MESSAGE,

@@ -362,6 +362,9 @@ class AwsBackend:
 
         await self._call(run)
 
+    async def refuses(self, user: str) -> str:
+        return ""  # every box is a machine of its own
+
     async def checks(self) -> list[Check]:
         """The group is set up the way docs/aws.md says, and only routers reach boxes."""
 

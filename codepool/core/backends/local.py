@@ -1,17 +1,22 @@
 """The `local` backend: a pool of slots on this machine (DESIGN §4).
 
 A slot is a directory (the owner's disk: `home/` and code-server's `data/`) plus a
-workspace process on a loopback port. Slot metadata on disk (`meta.json`) is the
-durable truth, like EC2 tags. Processes run in their own session, so they outlive
-the command that started them, and are found again by pid and start time.
+workspace process listening on a Unix socket in the slot (a loopback port would be open
+to every process of the machine). Slot metadata on disk (`meta.json`) is the durable
+truth, like EC2 tags. Processes run in their own session, so they outlive the command
+that started them, and are found again by pid and start time. How workspaces are kept
+apart from the router and each other is isolation.py's.
 
-Layout under local.state_dir:
+Layout under local.state_dir (mode 0711 with per-person accounts, else 0700):
   group.json            {"desired": N}
   backend.lock          flock: one process changes slots at a time
-  slots/<id>/meta.json  owner, lifecycle, wanted state, port, pid
+  slots/<id>/meta.json  owner, lifecycle, wanted state, port, pid (the router's, 0600)
   slots/<id>/home/      the folder the user works in (kept across stop/resume)
   slots/<id>/data/      code-server's user data (settings, extensions)
+  slots/<id>/run/ws.sock  the socket code-server listens on
   slots/<id>/workspace.log
+home/, data/ and run/ are the workspace's (its account's, mode 0700); the rest is the
+router's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -31,6 +37,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from codepool.core import sockets
+from codepool.core.backends import isolation
 from codepool.core.errors import BackendError, NotASpare
 from codepool.core.models import (
     BatchResult,
@@ -56,10 +64,13 @@ T = TypeVar("T")
 
 
 def code_server_candidates() -> list[Path]:
-    """Where scripts/install-code-server puts code-server, for when it is not on PATH."""
+    """Where scripts/install-code-server puts code-server, for when it is not on PATH:
+    $CODEPOOL_CODE_SERVER_DIR, /opt/codepool (root's install: every account may run it),
+    the user's cache."""
     explicit = os.environ.get("CODEPOOL_CODE_SERVER_DIR")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     roots = [Path(explicit)] if explicit else []
+    roots.append(Path("/opt/codepool") / f"code-server-{CODE_SERVER_VERSION}")
     roots.append(cache / "codepool" / f"code-server-{CODE_SERVER_VERSION}")
     return [root / "node_modules" / ".bin" / "code-server" for root in roots]
 
@@ -89,22 +100,11 @@ class SlotMeta:
     pid_start: str  # /proc start time, guards against a recycled pid
     launched_at_ms: int
     stopped_at_ms: int = 0
+    account: str = ""  # the Unix account its process runs as ("": the router's)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _proc_start(pid: int) -> str:
-    """The kernel's start time of pid ('' if unknown or gone); zombies count as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return ""
-    return fields[19]
 
 
 def _reap_child(pid: int) -> None:
@@ -117,7 +117,7 @@ def _alive(meta: SlotMeta) -> bool:
     if meta.pid <= 0:
         return False
     _reap_child(meta.pid)
-    start = _proc_start(meta.pid)
+    start = sockets.proc_start(meta.pid)
     return bool(start) and start == meta.pid_start
 
 
@@ -137,12 +137,15 @@ def _free_port(host: str, preferred: int = 0) -> int:
 class LocalBackend:
     """Slots on this machine, mirroring the AWS group's lifecycle."""
 
-    def __init__(self, settings: LocalSettings) -> None:
+    def __init__(self, settings: LocalSettings, state_dir: Path) -> None:
         self.settings = settings
         self.ready_path = settings.ready_path
         self.tls: WorkspaceTls | None = None  # slots serve plain http on this machine
-        self.root = Path(settings.state_dir).expanduser()
+        self.root = state_dir
         self.slots = self.root / "slots"
+        self.isolation, self.isolation_detail = isolation.choose(settings.isolation)
+        # A Unix socket unless the command asks for a port ({port}: the operator's choice).
+        self.on_socket = not any("{port}" in part for part in settings.command)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -154,9 +157,20 @@ class LocalBackend:
         except OSError as exc:
             raise BackendError(f"local backend ({self.root}): {exc}") from None
 
+    def _make_dirs(self) -> None:
+        """The state folder and slots/: traversable (0711) when workspaces run as other
+        accounts, who must reach their own slot's folders; else the router's alone."""
+        mode = 0o711 if self.isolation == "accounts" else 0o700
+        for folder in (self.root, self.slots):
+            folder.mkdir(parents=True, exist_ok=True)
+            if folder.stat().st_mode & 0o777 != mode:
+                folder.chmod(mode)
+        if self.isolation == "accounts":
+            _check_reachable(self.root)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.slots.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         with (self.root / "backend.lock").open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -176,7 +190,9 @@ class LocalBackend:
     def _write(self, meta: SlotMeta) -> None:
         path = self.slots / meta.instance_id / "meta.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(meta), indent=2))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(meta), indent=2))
         os.replace(tmp, path)  # atomic: a crash leaves the old or the new, never half
 
     def _all(self) -> list[SlotMeta]:
@@ -212,19 +228,44 @@ class LocalBackend:
             state=state,
             lifecycle=Lifecycle(meta.lifecycle),
             owner=meta.owner,
-            address=f"http://{self.settings.host}:{meta.port}",
+            address=self._address(meta),
             launched_at_ms=meta.launched_at_ms,
             stopped_at_ms=meta.stopped_at_ms,
         )
 
+    def _address(self, meta: SlotMeta) -> str:
+        if not self.on_socket:
+            return f"http://{self.settings.host}:{meta.port}"
+        # With isolation, only the slot's own process may answer on its socket.
+        pid = meta.pid if self.isolation != "none" else 0
+        socket_path = str(self.slots / meta.instance_id / "run" / "ws.sock")
+        return str(sockets.UnixAddress(socket_path, pid, meta.pid_start))
+
     def _spawn(self, meta: SlotMeta) -> SlotMeta:
-        """Start the workspace process of a slot; it runs in its own session."""
+        """Start the workspace process of a slot, kept apart as local.isolation says (see
+        isolation.py); it runs in its own session."""
         slot = self.slots / meta.instance_id
-        port = _free_port(self.settings.host, meta.port)
+        home, data, run = slot / "home", slot / "data", slot / "run"
+        account = self._account_of(meta.owner, home)
+        for folder in (home, data, run):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if account is not None and folder.stat().st_uid != account.pw_uid:
+                isolation.own(folder, account.pw_uid, account.pw_gid)
+        socket_path = run / "ws.sock"
+        if self.on_socket and len(str(socket_path)) > sockets.MAX_PATH:
+            raise BackendError(
+                f"local.state_dir {self.root} is too deep: a workspace's socket path "
+                f"({len(str(socket_path))} bytes) must stay within {sockets.MAX_PATH}; "
+                "choose a shorter local.state_dir"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()  # a stale one from the last run
+        port = 0 if self.on_socket else _free_port(self.settings.host, meta.port)
         values = {
             "port": str(port),
-            "home": str(slot / "home"),
-            "data_dir": str(slot / "data"),
+            "socket": str(socket_path),
+            "home": str(home),
+            "data_dir": str(data),
             "slot": str(slot),
             "host": self.settings.host,
         }
@@ -233,17 +274,23 @@ class LocalBackend:
         except (KeyError, IndexError, ValueError) as exc:
             raise BackendError(
                 f"local.command: bad placeholder {exc}; allowed: "
-                "{port} {home} {data_dir} {slot} {host}"
+                "{socket} {port} {home} {data_dir} {slot} {host}"
             ) from None
         program = resolve_executable(argv[0])
-        (slot / "home").mkdir(parents=True, exist_ok=True)
-        (slot / "data").mkdir(parents=True, exist_ok=True)
+        env = isolation.clean_env(home, meta.owner or "workspace")
+        if self.isolation == "sandbox":
+            readable = [*self.settings.sandbox_paths, *_install_root(program)]
+            command = isolation.sandbox_argv(program, argv[1:], [home, data, run], readable, home)
+        elif account is not None:
+            command = isolation.setpriv_argv(account, *_in_home(program, argv[1:]))
+        else:
+            command = isolation.in_home(program, argv[1:])
         log = os.open(slot / "workspace.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             pid = os.posix_spawn(
-                program,
-                [program, *argv[1:]],
-                os.environ,
+                command[0],
+                command,
+                env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, log, 1),
@@ -255,22 +302,60 @@ class LocalBackend:
             raise BackendError(f"cannot start workspace {program}: {exc}") from None
         finally:
             os.close(log)
-        return replace(meta, port=port, pid=pid, pid_start=_proc_start(pid), want="running")
+        return replace(
+            meta,
+            port=port,
+            pid=pid,
+            pid_start=sockets.proc_start(pid),
+            want="running",
+            account=account.pw_name if account is not None else "",
+        )
+
+    def _account_of(self, owner: str | None, home: Path) -> pwd.struct_passwd | None:
+        """The account a slot's process runs as: the owner's own with per-person
+        accounts (nobody for an unowned spare); None: the router's (sandbox, none)."""
+        if self.isolation != "accounts":
+            return None
+        if owner is None:
+            return pwd.getpwnam(isolation.NOBODY)
+        name = isolation.account_name(self.settings.unix_user, owner)
+        return isolation.ensure_account(name, owner, home)
 
     def _kill(self, meta: SlotMeta) -> None:
-        """Stop a slot's process group: SIGTERM, then SIGKILL after a grace period."""
-        if not _alive(meta):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(meta.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while _alive(meta) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        """Stop a slot's process group: SIGTERM, then SIGKILL after a grace period. In a
+        sandbox that ends the whole sandbox; with per-person accounts every process of
+        the account ends too (jobs left in the background included)."""
         if _alive(meta):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(meta.pid, signal.SIGKILL)
-            while _alive(meta) and time.monotonic() < deadline + STOP_GRACE_S:
+                os.killpg(meta.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while _alive(meta) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if _alive(meta):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(meta.pid, signal.SIGKILL)
+                while _alive(meta) and time.monotonic() < deadline + STOP_GRACE_S:
+                    time.sleep(0.05)
+        if meta.account and meta.account != isolation.NOBODY:
+            with contextlib.suppress(KeyError):
+                account = pwd.getpwnam(meta.account)
+                if account.pw_gecos.startswith(isolation.MARK):
+                    isolation.kill_account(account.pw_uid)
+
+    def _other_owner(self, owner: str) -> str | None:
+        """Without isolation, the one person this machine serves, if it is not owner."""
+        if self.isolation != "none":
+            return None
+        return next((m.owner for m in self._all() if m.owner and m.owner != owner), None)
+
+    def _refusal(self, owner: str) -> str:
+        other = self._other_owner(owner)
+        if other is None:
+            return ""
+        return (
+            f"this machine cannot keep workspaces apart, so it serves one person only, and "
+            f"{other} has a workspace here; to serve several people, {isolation.INSTALL_HINT}"
+        )
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -308,7 +393,9 @@ class LocalBackend:
 
     def _launch(self) -> None:
         iid = f"slot-{secrets.token_hex(4)}"
-        (self.slots / iid).mkdir(parents=True)
+        # The router's; other accounts may only pass through, to their own folders in it.
+        (self.slots / iid).mkdir(mode=0o711 if self.isolation == "accounts" else 0o700)
+        (self.slots / iid).chmod(0o711 if self.isolation == "accounts" else 0o700)
         meta = SlotMeta(iid, None, Lifecycle.IN_SERVICE.value, "running", 0, 0, "", _now_ms())
         self._write(meta)  # recorded before the process starts: a crash leaves a visible slot
         try:
@@ -326,11 +413,26 @@ class LocalBackend:
                 inst = self._instance(meta)
                 if meta.owner is not None or not inst.is_spare:
                     raise NotASpare(f"{instance_id}: not an unowned running spare")
+                if refusal := self._refusal(owner):
+                    raise BackendError(refusal)
                 meta = replace(meta, owner=owner)
-                self._write(meta)
+                self._write(meta)  # the owner first: a crash leaves the box to its person
+                if self.isolation == "accounts":
+                    meta = self._restart_as_owner(meta)
                 return self._instance(meta)
 
         return await self._thread(run)
+
+    def _restart_as_owner(self, meta: SlotMeta) -> SlotMeta:
+        """A spare ran as nobody; its person's workspace runs as them, on folders made
+        afresh for them (nothing the spare wrote is kept)."""
+        self._kill(meta)
+        slot = self.slots / meta.instance_id
+        for folder in ("home", "data", "run"):
+            shutil.rmtree(slot / folder, ignore_errors=True)
+        meta = self._spawn(meta)
+        self._write(meta)
+        return meta
 
     def _leave_service(
         self, instance_ids: Sequence[str], step: Callable[[SlotMeta], None]
@@ -370,6 +472,8 @@ class LocalBackend:
                     raise BackendError(f"{instance_id}: no such slot")
                 if _alive(meta) and meta.want == "running":
                     return self._instance(meta)
+                if meta.owner and (refusal := self._refusal(meta.owner)):
+                    raise BackendError(refusal)
                 desired = self._desired()
                 if meta.lifecycle == Lifecycle.STANDBY.value:
                     if desired + 1 > s.max_size:
@@ -410,6 +514,7 @@ class LocalBackend:
                     "state dir", writable, str(self.root) + ("" if writable else ": not writable")
                 )
             )
+            found.append(Check("isolation", self.isolation != "none", self.isolation_detail))
             found.append(
                 Check(
                     "max size",
@@ -422,5 +527,37 @@ class LocalBackend:
 
         return await self._thread(run)
 
+    async def refuses(self, user: str) -> str:
+        return await self._thread(self._refusal, user)
+
     async def close(self) -> None:
         return None
+
+
+def _in_home(program: str, args: list[str]) -> tuple[str, list[str]]:
+    command = isolation.in_home(program, args)
+    return command[0], command[1:]
+
+
+def _install_root(program: str) -> list[str]:
+    """What a sandbox must see of the program's own installation: an npm prefix (where
+    scripts/install-code-server puts code-server) whole; else nothing beyond the
+    system's folders and local.sandbox_paths."""
+    real = os.path.realpath(program)
+    for path in (program, real):
+        if "/node_modules/" in path:
+            return [path.split("/node_modules/", 1)[0]]
+    return []
+
+
+def _check_reachable(root: Path) -> None:
+    """With per-person accounts, each account must reach its own slot: every folder above
+    the state folder must let others pass (x). /root does not, for one."""
+    for folder in (root, *root.parents):
+        if folder.stat().st_mode & 0o001 == 0:
+            raise BackendError(
+                f"local.state_dir {root}: {folder} is closed to other accounts (mode "
+                f"{folder.stat().st_mode & 0o777:o}), so workspaces running as their "
+                "people's accounts cannot reach their folders; use a state folder such as "
+                "/var/lib/codepool"
+            )

@@ -7,6 +7,12 @@ Keys (with the optional prefix P):
   P workspacesByStoppedAt   sorted set user -> stoppedAt, stopped workspaces only (retention)
   P claim:<instanceId>      user who popped this spare; expires (keeps reconcile from re-adding)
   P lease:<name>            holder of a lease (per-user lock, leader); expires
+  P accounts                set of account names
+  P account:<name>          hash: admin hash created
+  P session:<sid>           hash: user csrf created lastSeen expires client owner host
+                            parent; expires with the session (sid: SHA-256 of the cookie)
+  P userSessions:<user>     set of the user's sids (ended together: logout, passwd, remove)
+  P entry:<token hash>      a one-time entry pass (JSON); expires within a minute
 The scripts build some keys from the prefix, so this is for a single Redis (or a
 primary with replicas), not Redis Cluster.
 """
@@ -14,7 +20,9 @@ primary with replicas), not Redis Cluster.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from dataclasses import asdict
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -22,7 +30,7 @@ from redis.exceptions import RedisError
 
 from codepool.core.batching import GroupCommit
 from codepool.core.errors import ConfigError, StoreUnavailable
-from codepool.core.models import Workspace, WorkspaceState
+from codepool.core.models import Account, EntryGrant, SessionRecord, Workspace, WorkspaceState
 from codepool.core.store import PingResult
 
 # A batch of pings (group commit). KEYS[1] is the lastSeen index; ARGV[1] the prefix of
@@ -167,6 +175,123 @@ return 0
 """
 
 
+# Accounts and sessions. ARGV[1] is always the key prefix P.
+_SESSION_FIELDS = (
+    "'user', 'csrf', 'created', 'lastSeen', 'expires', 'client', 'owner', 'host', 'parent'"
+)
+
+# Delete every session of the user ARGV[2] (a Lua function shared by several scripts).
+_END_SESSIONS = """
+local function end_sessions(user)
+  local set = ARGV[1] .. 'userSessions:' .. user
+  local n = 0
+  for _, sid in ipairs(redis.call('SMEMBERS', set)) do
+    n = n + redis.call('DEL', ARGV[1] .. 'session:' .. sid)
+  end
+  redis.call('DEL', set)
+  return n
+end
+"""
+
+# ARGV: P, name, admin, hash, created, only_if_none
+_ADD_ACCOUNT = """
+if ARGV[6] == '1' and redis.call('SCARD', ARGV[1] .. 'accounts') > 0 then return 0 end
+if redis.call('SADD', ARGV[1] .. 'accounts', ARGV[2]) == 0 then return 0 end
+redis.call('HSET', ARGV[1] .. 'account:' .. ARGV[2], 'admin', ARGV[3], 'hash', ARGV[4],
+  'created', ARGV[5])
+return 1
+"""
+
+# ARGV: P, name, admin, hash, end_sessions
+_UPDATE_ACCOUNT = (
+    _END_SESSIONS
+    + """
+local key = ARGV[1] .. 'account:' .. ARGV[2]
+if redis.call('EXISTS', key) == 0 then return 0 end
+redis.call('HSET', key, 'admin', ARGV[3], 'hash', ARGV[4])
+if ARGV[5] == '1' then end_sessions(ARGV[2]) end
+return 1
+"""
+)
+
+# ARGV: P, name
+_DELETE_ACCOUNT = (
+    _END_SESSIONS
+    + """
+end_sessions(ARGV[2])
+redis.call('SREM', ARGV[1] .. 'accounts', ARGV[2])
+return redis.call('DEL', ARGV[1] .. 'account:' .. ARGV[2])
+"""
+)
+
+# ARGV: P, user
+_DELETE_USER_SESSIONS = _END_SESSIONS + "return end_sessions(ARGV[2])"
+
+# ARGV: P, sid, then the fields of SessionRecord after sid, in order. The user's set of
+# sessions drops the ids of sessions that have expired, so it does not grow forever.
+_PUT_SESSION = """
+local key = ARGV[1] .. 'session:' .. ARGV[2]
+redis.call('DEL', key)
+redis.call('HSET', key, 'user', ARGV[3], 'csrf', ARGV[4], 'created', ARGV[5],
+  'lastSeen', ARGV[6], 'expires', ARGV[7], 'client', ARGV[8], 'owner', ARGV[9],
+  'host', ARGV[10], 'parent', ARGV[11])
+redis.call('PEXPIREAT', key, ARGV[7])
+local set = ARGV[1] .. 'userSessions:' .. ARGV[3]
+for _, sid in ipairs(redis.call('SMEMBERS', set)) do
+  if redis.call('EXISTS', ARGV[1] .. 'session:' .. sid) == 0 then redis.call('SREM', set, sid) end
+end
+redis.call('SADD', set, ARGV[2])
+return 0
+"""
+
+# ARGV: P, now, sid... -> for each sid its fields, or false. A session whose parent has
+# ended (logout) has ended too.
+_GET_SESSIONS = f"""
+local out = {{}}
+local now = tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local f = redis.call('HMGET', ARGV[1] .. 'session:' .. ARGV[i], {_SESSION_FIELDS})
+  local ok = f[1] and tonumber(f[5]) > now
+  if ok and f[9] ~= '' then
+    local pe = redis.call('HGET', ARGV[1] .. 'session:' .. f[9], 'expires')
+    ok = pe and tonumber(pe) > now
+  end
+  if ok then out[i - 2] = f else out[i - 2] = false end
+end
+return out
+"""
+
+# ARGV: P, sid -> 1 if it existed. Its children (the same person's workspace sessions
+# opened from it) go with it.
+_DELETE_SESSION = """
+local key = ARGV[1] .. 'session:' .. ARGV[2]
+local user = redis.call('HGET', key, 'user')
+if not user then return 0 end
+redis.call('DEL', key)
+local set = ARGV[1] .. 'userSessions:' .. user
+redis.call('SREM', set, ARGV[2])
+for _, sid in ipairs(redis.call('SMEMBERS', set)) do
+  if redis.call('HGET', ARGV[1] .. 'session:' .. sid, 'parent') == ARGV[2] then
+    redis.call('DEL', ARGV[1] .. 'session:' .. sid)
+    redis.call('SREM', set, sid)
+  end
+end
+return 1
+"""
+
+_TOUCH_SESSION = """
+local seen = redis.call('HGET', KEYS[1], 'lastSeen')
+if seen and tonumber(seen) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'lastSeen', ARGV[1])
+end
+return 0
+"""
+
+
+MAX_CONNECTIONS = 64  # per router process
+CONNECTION_WAIT_S = 10  # longest wait for a free connection before "store unavailable"
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -214,13 +339,30 @@ class RedisStore:
         self._walk = client.register_script(_WALK)
         self._put = client.register_script(_PUT)
         self._pings = GroupCommit(self._write_pings, max_batch=batch_size)
+        self._add_account = client.register_script(_ADD_ACCOUNT)
+        self._update_account = client.register_script(_UPDATE_ACCOUNT)
+        self._delete_account = client.register_script(_DELETE_ACCOUNT)
+        self._delete_user_sessions = client.register_script(_DELETE_USER_SESSIONS)
+        self._put_session = client.register_script(_PUT_SESSION)
+        self._get_sessions = client.register_script(_GET_SESSIONS)
+        self._delete_session = client.register_script(_DELETE_SESSION)
+        self._touch_session = client.register_script(_TOUCH_SESSION)
+        self._sessions = GroupCommit(self._read_sessions, max_batch=batch_size)
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "", batch_size: int = 500) -> RedisStore:
         try:
-            client = aioredis.Redis.from_url(
-                url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+            # A burst (a hundred logins at nine o'clock) waits for one of MAX_CONNECTIONS
+            # instead of failing: redis-py's default pool refuses its 101st connection.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=CONNECTION_WAIT_S,
+                decode_responses=True,
+                socket_timeout=5,
+                socket_connect_timeout=5,
             )
+            client = aioredis.Redis.from_pool(pool)
         except ValueError as exc:
             raise ConfigError(f"config error: store.url = {url!r}: {exc}") from None
         return cls(client, key_prefix=key_prefix, batch_size=batch_size)
@@ -355,6 +497,73 @@ class RedisStore:
         if names:
             keys = [f"{self.prefix}lease:{n}" for n in names]
             await self._do(self._release_leases(keys=keys, args=[holder]))
+
+    # -- accounts -------------------------------------------------------------------------
+
+    async def get_account(self, name: str) -> Account | None:
+        key = f"{self.prefix}account:{name}"
+        f = await self._do(self.r.hmget(key, ["admin", "hash", "created"]))
+        if f[1] is None:
+            return None
+        return Account(name, f[0] == "1", f[1], int(f[2] or 0))
+
+    async def list_accounts(self) -> list[Account]:
+        names = sorted(await self._do(self.r.smembers(f"{self.prefix}accounts")))
+        found = [await self.get_account(name) for name in names]
+        return [a for a in found if a is not None]
+
+    async def add_account(self, account: Account, *, only_if_none: bool = False) -> bool:
+        a = account
+        args: list[str | int] = [self.prefix, a.name, int(a.admin), a.password_hash]
+        args += [a.created_ms, int(only_if_none)]
+        return bool(await self._do(self._add_account(args=args)))
+
+    async def update_account(self, account: Account, *, end_sessions: bool) -> bool:
+        a = account
+        args: list[str | int] = [self.prefix, a.name, int(a.admin), a.password_hash]
+        args.append(int(end_sessions))
+        return bool(await self._do(self._update_account(args=args)))
+
+    async def delete_account(self, name: str) -> bool:
+        return bool(await self._do(self._delete_account(args=[self.prefix, name])))
+
+    # -- sessions and entry passes ----------------------------------------------------------
+
+    async def put_session(self, session: SessionRecord) -> None:
+        await self._do(self._put_session(args=[self.prefix, *asdict(session).values()]))
+
+    async def get_session(self, sid: str) -> SessionRecord | None:
+        return await self._sessions.submit(sid)
+
+    async def _read_sessions(self, sids: Sequence[str]) -> list[SessionRecord | None]:
+        """Session lookups that arrive together share one script call (group commit)."""
+        now = int(time.time() * 1000)
+        rows = await self._do(self._get_sessions(args=[self.prefix, now, *sids]))
+        return [
+            SessionRecord(sid, f[0], f[1], int(f[2]), int(f[3]), int(f[4]), *f[5:]) if f else None
+            for sid, f in zip(sids, rows, strict=True)
+        ]
+
+    async def touch_session(self, sid: str, now_ms: int) -> None:
+        keys = [f"{self.prefix}session:{sid}"]
+        await self._do(self._touch_session(keys=keys, args=[now_ms]))
+
+    async def delete_session(self, sid: str) -> bool:
+        return bool(await self._do(self._delete_session(args=[self.prefix, sid])))
+
+    async def delete_user_sessions(self, user: str) -> int:
+        return int(await self._do(self._delete_user_sessions(args=[self.prefix, user])))
+
+    async def put_entry(self, token_hash: str, grant: EntryGrant) -> None:
+        key = f"{self.prefix}entry:{token_hash}"
+        await self._do(self.r.set(key, json.dumps(asdict(grant)), pxat=grant.expires_ms))
+
+    async def take_entry(self, token_hash: str) -> EntryGrant | None:
+        body = await self._do(self.r.getdel(f"{self.prefix}entry:{token_hash}"))
+        if body is None:
+            return None
+        grant = EntryGrant(**json.loads(body))
+        return grant if grant.expires_ms > time.time() * 1000 else None
 
     async def check(self) -> None:
         await self._do(self.r.ping())

@@ -5,16 +5,19 @@ up front (BEGIN IMMEDIATE) so concurrent processes serialize instead of deadlock
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 from codepool.core.batching import GroupCommit
 from codepool.core.errors import ConfigError, StoreUnavailable
-from codepool.core.models import Workspace, WorkspaceState
+from codepool.core.models import Account, EntryGrant, SessionRecord, Workspace, WorkspaceState
 from codepool.core.store import PingResult
 
 T = TypeVar("T")
@@ -39,7 +42,33 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS accounts (
+    name TEXT PRIMARY KEY, admin INTEGER NOT NULL, hash TEXT NOT NULL, created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    sid TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    client TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    parent TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user);
+CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_ms);
+CREATE TABLE IF NOT EXISTS entries (
+    token TEXT PRIMARY KEY, grant_json TEXT NOT NULL, expires_ms INTEGER NOT NULL
+);
 """
+
+SESSION_COLUMNS = (
+    "sid, user, csrf, created_ms, last_seen_ms, expires_ms, client, owner, host, parent"
+)
+EXPIRED_BATCH = 200  # expired sessions and passes deleted per write that adds one
 
 COLUMNS = (
     "user, instance_id, address, state, last_seen_ms, assigned_at_ms, hold_until_ms, stopped_at_ms"
@@ -64,6 +93,22 @@ def _ping_one(db: sqlite3.Connection, user: str, instance_id: str, now_ms: int) 
     return PingResult.OK
 
 
+def _session(r: tuple[Any, ...]) -> SessionRecord:
+    return SessionRecord(*r)
+
+
+def _account(r: tuple[Any, ...]) -> Account:
+    return Account(r[0], bool(r[1]), r[2], r[3])
+
+
+def _end_sessions(db: sqlite3.Connection, user: str) -> int:
+    """Delete a user's sessions and the sessions made from them."""
+    sids = [r[0] for r in db.execute("SELECT sid FROM sessions WHERE user = ?", (user,))]
+    for sid in sids:
+        db.execute("DELETE FROM sessions WHERE sid = ? OR parent = ?", (sid, sid))
+    return len(sids)
+
+
 def _row(r: tuple[Any, ...]) -> Workspace:
     return Workspace(r[0], r[1], r[2], WorkspaceState(r[3]), r[4], r[5], r[6], r[7])
 
@@ -77,6 +122,9 @@ class SQLiteStore:
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # It holds password and session hashes: the owner's alone (SQLite gives its
+                # journal files the database file's mode).
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             # One connection, used from worker threads one at a time (the lock below).
             self._db = sqlite3.connect(
                 path, timeout=30, isolation_level=None, check_same_thread=False
@@ -89,6 +137,7 @@ class SQLiteStore:
             raise StoreUnavailable(f"store unavailable: sqlite {path}: {exc}") from None
         self._lock = threading.Lock()
         self._pings = GroupCommit(self._write_pings, max_batch=batch_size)
+        self._sessions = GroupCommit(self._read_sessions, max_batch=batch_size)
 
     @classmethod
     def from_url(cls, url: str, *, batch_size: int = 500) -> SQLiteStore:
@@ -327,6 +376,152 @@ class SQLiteStore:
 
         if rows:
             await self._run(q, write=True)
+
+    # -- accounts -------------------------------------------------------------------------
+
+    async def get_account(self, name: str) -> Account | None:
+        def q(db: sqlite3.Connection) -> Account | None:
+            r = db.execute(
+                "SELECT name, admin, hash, created_ms FROM accounts WHERE name = ?", (name,)
+            ).fetchone()
+            return _account(r) if r else None
+
+        return await self._run(q)
+
+    async def list_accounts(self) -> list[Account]:
+        def q(db: sqlite3.Connection) -> list[Account]:
+            rows = db.execute("SELECT name, admin, hash, created_ms FROM accounts ORDER BY name")
+            return [_account(r) for r in rows]
+
+        return await self._run(q)
+
+    async def add_account(self, account: Account, *, only_if_none: bool = False) -> bool:
+        a = account
+
+        def q(db: sqlite3.Connection) -> bool:
+            if only_if_none and db.execute("SELECT 1 FROM accounts LIMIT 1").fetchone():
+                return False
+            cur = db.execute(
+                "INSERT OR IGNORE INTO accounts (name, admin, hash, created_ms) "
+                "VALUES (?, ?, ?, ?)",
+                (a.name, int(a.admin), a.password_hash, a.created_ms),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q, write=True)
+
+    async def update_account(self, account: Account, *, end_sessions: bool) -> bool:
+        a = account
+
+        def q(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE accounts SET admin = ?, hash = ? WHERE name = ?",
+                (int(a.admin), a.password_hash, a.name),
+            )
+            if cur.rowcount != 1:
+                return False
+            if end_sessions:
+                _end_sessions(db, a.name)
+            return True
+
+        return await self._run(q, write=True)
+
+    async def delete_account(self, name: str) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            _end_sessions(db, name)
+            return db.execute("DELETE FROM accounts WHERE name = ?", (name,)).rowcount == 1
+
+        return await self._run(q, write=True)
+
+    # -- sessions and entry passes ----------------------------------------------------------
+
+    async def put_session(self, session: SessionRecord) -> None:
+        row = tuple(asdict(session).values())
+
+        def q(db: sqlite3.Connection) -> None:
+            now = _now_ms()
+            db.execute(
+                "DELETE FROM sessions WHERE sid IN "
+                "(SELECT sid FROM sessions WHERE expires_ms <= ? LIMIT ?)",
+                (now, EXPIRED_BATCH),
+            )
+            db.execute(
+                f"INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+        await self._run(q, write=True)
+
+    async def get_session(self, sid: str) -> SessionRecord | None:
+        return await self._sessions.submit(sid)
+
+    async def _read_sessions(self, sids: Sequence[str]) -> list[SessionRecord | None]:
+        """Session lookups that arrive together share one transaction (group commit)."""
+
+        def q(db: sqlite3.Connection) -> list[SessionRecord | None]:
+            now = _now_ms()
+            out: list[SessionRecord | None] = []
+            for sid in sids:
+                # A workspace session lives only as long as the session it came from.
+                r = db.execute(
+                    f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE sid = ? "
+                    "AND expires_ms > ? AND (parent = '' OR EXISTS "
+                    "(SELECT 1 FROM sessions p WHERE p.sid = s.parent AND p.expires_ms > ?))",
+                    (sid, now, now),
+                ).fetchone()
+                out.append(_session(r) if r else None)
+            return out
+
+        return await self._run(q)
+
+    async def touch_session(self, sid: str, now_ms: int) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE sessions SET last_seen_ms = MAX(last_seen_ms, ?) WHERE sid = ?",
+                (now_ms, sid),
+            )
+
+        await self._run(q, write=True)
+
+    async def delete_session(self, sid: str) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            found = db.execute("SELECT 1 FROM sessions WHERE sid = ?", (sid,)).fetchone()
+            db.execute("DELETE FROM sessions WHERE sid = ? OR parent = ?", (sid, sid))
+            return found is not None
+
+        return await self._run(q, write=True)
+
+    async def delete_user_sessions(self, user: str) -> int:
+        return await self._run(lambda db: _end_sessions(db, user), write=True)
+
+    async def put_entry(self, token_hash: str, grant: EntryGrant) -> None:
+        body = json.dumps(asdict(grant))
+
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM entries WHERE token IN "
+                "(SELECT token FROM entries WHERE expires_ms <= ? LIMIT ?)",
+                (_now_ms(), EXPIRED_BATCH),
+            )
+            db.execute(
+                "INSERT INTO entries (token, grant_json, expires_ms) VALUES (?, ?, ?)",
+                (token_hash, body, grant.expires_ms),
+            )
+
+        await self._run(q, write=True)
+
+    async def take_entry(self, token_hash: str) -> EntryGrant | None:
+        def q(db: sqlite3.Connection) -> EntryGrant | None:
+            r = db.execute(
+                "DELETE FROM entries WHERE token = ? RETURNING grant_json, expires_ms",
+                (token_hash,),
+            ).fetchone()
+            if r is None or r[1] <= _now_ms():
+                return None
+            return EntryGrant(**json.loads(r[0]))
+
+        return await self._run(q, write=True)
 
     async def check(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())

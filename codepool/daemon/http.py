@@ -1,0 +1,230 @@
+"""What every route module shares: core errors as HTTP answers (one place), who is asking
+(sessions from cookies or a JWT), cookies, client addresses and the same-origin checks."""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from codepool.core import errors
+from codepool.daemon import pages
+from codepool.daemon.context import ROUTER, Router
+from codepool.daemon.sessions import Session
+
+# Core errors as HTTP answers: (status, short kind for JSON).
+HTTP_ERRORS: dict[type[errors.CodepoolError], tuple[int, str]] = {
+    errors.InvalidInput: (400, "invalid-input"),
+    errors.NoWorkspace: (409, "no-workspace"),
+    errors.Busy: (409, "busy"),
+    errors.PoolFull: (503, "pool-full"),
+    errors.AssignTimeout: (504, "timeout"),
+    errors.BackendError: (503, "backend-unavailable"),
+    errors.StoreUnavailable: (503, "store-unavailable"),
+    errors.ConfigError: (500, "config"),
+}
+
+ERROR_TITLES = {
+    "pool-full": "The pool is full",
+    "backend-unavailable": "Workspaces are unavailable",
+    "store-unavailable": "The router cannot reach its store",
+    "timeout": "Your workspace did not start in time",
+}
+
+JSON_PATHS = frozenset({"/ping", "/dispatch/status", "/_codepool/ping"})
+
+
+def http_error(exc: errors.CodepoolError) -> tuple[int, str]:
+    return errors.classify(exc, HTTP_ERRORS, (500, "error"))
+
+
+def json_error(status: int, kind: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": kind, "message": message, **extra}
+    return web.json_response(body, status=status)
+
+
+def wants_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return request.path in JSON_PATHS or (
+        "application/json" in accept and "text/html" not in accept
+    )
+
+
+def error_response(request: web.Request, exc: errors.CodepoolError) -> web.Response:
+    status, kind = http_error(exc)
+    headers = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, errors.PoolFull):
+        headers["Retry-After"] = str(exc.retry_after_s)
+        extra["retry_after_s"] = exc.retry_after_s
+    if wants_json(request):
+        response = json_error(status, kind, str(exc), **extra)
+        response.headers.update(headers)
+        return response
+    title = ERROR_TITLES.get(kind, "Something went wrong")
+    main = request.app[ROUTER].origins.main
+    page = pages.problem(title, str(exc), action=main + "/dispatch", action_label="Try again")
+    return web.Response(text=page, status=status, content_type="text/html", headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_pages(handler: Handler) -> Handler:
+    """The one place where core errors become HTTP answers (JSON or a page). A wrapper of
+    each handler, not a middleware: an app with no middleware skips aiohttp's middleware
+    chain, a measurable share of a ping (docs/performance.md)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except errors.CodepoolError as exc:
+            if isinstance(exc, errors.BackendError | errors.StoreUnavailable):
+                request.app[ROUTER].metrics.backend_errors.labels("request").inc()
+            return error_response(request, exc)
+
+    return wrapped
+
+
+# -- cookies and sessions -----------------------------------------------------------------
+
+
+def cookie_values(request: web.Request, name: str) -> list[str]:
+    """Every value the browser sent under one cookie name, in order. A plain scan of the
+    header (parsing every cookie into Morsels cost a tenth of each ping). More than one
+    value means cookies with different Domain or Path attributes: the callers look at
+    all of them instead of trusting whichever a parser keeps."""
+    header = request.headers.get("Cookie", "")
+    if name not in header:
+        return []
+    values = []
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            values.append(value.strip('"'))
+    return values
+
+
+def cookie(request: web.Request, name: str) -> str | None:
+    values = cookie_values(request, name)
+    return values[-1] if values else None
+
+
+async def session_of(request: web.Request) -> Session | None:
+    """Who is asking on the main origin: the session cookie, or a verified JWT."""
+    router = request.app[ROUTER]
+    if router.jwt is not None:
+        token = router.jwt.token_of(request.headers, cookie(request, router.settings.jwt.cookie))
+        return await router.jwt.session(token) if token else None
+    return await router.sessions.find(cookie_values(request, router.cookies.session))
+
+
+def login_redirect(request: web.Request) -> web.HTTPFound:
+    return web.HTTPFound(f"/login?next={quote(request.path_qs, safe='')}")
+
+
+async def require_session(request: web.Request) -> Session:
+    """The caller's session; otherwise 401 (JSON) or a redirect to the login page."""
+    session = await session_of(request)
+    if session is not None:
+        return session
+    if wants_json(request) or request.method != "GET":
+        raise web.HTTPUnauthorized(
+            text=json.dumps({"error": "unauthenticated", "message": "log in first"}),
+            content_type="application/json",
+        )
+    raise login_redirect(request)
+
+
+def set_cookie(
+    router: Router,
+    response: web.StreamResponse,
+    name: str,
+    value: str,
+    max_age_s: int,
+    samesite: str = "Lax",
+    path: str = "/",
+) -> None:
+    """Host-only (never a Domain attribute), HttpOnly, Secure over https."""
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age_s,
+        httponly=True,
+        samesite=samesite,
+        secure=router.secure_cookies,
+        path=path,
+    )
+
+
+def clear_cookie(router: Router, response: web.StreamResponse, name: str, path: str = "/") -> None:
+    """Delete a cookie set by set_cookie (a __Host- cookie is only deleted by a Secure one)."""
+    response.del_cookie(name, path=path, secure=router.secure_cookies, httponly=True)
+
+
+def tokens_match(given: object, expected: str) -> bool:
+    """A constant-time comparison that takes whatever a client sent (any type, any bytes)."""
+    if not expected or not isinstance(given, str):
+        return False
+    return secrets.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+# -- origins ----------------------------------------------------------------------------------
+
+
+def same_origin(request: web.Request, origin: str) -> bool:
+    """Whether a request comes from a page of `origin` (or from the person's own action),
+    judged by Origin and, where the browser sends it, Sec-Fetch-Site."""
+    sent = request.headers.get("Origin")
+    if sent is not None and sent.lower() != origin:
+        return False
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+
+
+def check_form(request: web.Request, form: Any, token: str | None) -> None:
+    """A state-changing form must come from the router's own pages with the session's
+    CSRF token."""
+    if not same_origin(request, request.app[ROUTER].origins.main) or not tokens_match(
+        form.get("csrf"), token or ""
+    ):
+        raise web.HTTPForbidden(text="cross-site request refused (CSRF token or Origin)")
+
+
+def safe_next(value: str | None, fallback: str = "/dispatch") -> str:
+    """Only a local path: no scheme, no host, no //evil.example, no backslash tricks."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return fallback
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return fallback
+    return value
+
+
+def client_address(request: web.Request) -> str:
+    """The browser's address: the peer, or, when the peer is a trusted load balancer, the
+    nearest address in X-Forwarded-For that is not one of ours (an untrusted client can
+    put anything at the start of that header)."""
+    trusted = request.app[ROUTER].trusted_proxies
+    peer = request.remote or ""
+    if not trusted or not is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def is_trusted(address: str, trusted: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
