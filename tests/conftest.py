@@ -158,7 +158,12 @@ def code_server() -> str:
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
-    """A pool's state dir; every workspace process started in it is stopped afterwards."""
+    """A pool's state dir; every workspace process started in it is stopped afterwards.
+    Its workspaces run in bubblewrap sandboxes (TEST_LOCAL): without bubblewrap, skip."""
+    from codepool.core.backends.isolation import bwrap_works
+
+    if why := bwrap_works():
+        need("bubblewrap", why)
     path = tmp_path / "state"
     yield path
     from tests.helpers import kill_slots

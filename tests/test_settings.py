@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from codepool.core.errors import ConfigError
+from codepool.core.origins import Origins, is_label, label_of, user_of_label
 from codepool.core.settings import EMBEDDED, load_settings, settings_from_mapping
 
 
@@ -72,6 +73,13 @@ def test_environment_overrides_every_type(tmp_path: Path) -> None:
         ({"router": {"admins_enter_workspaces": 1}}, {}, "must be true or false"),
         ({}, {"CODEPOOL_ROUTER_ADMINS_ENTER_WORKSPACES": "maybe"}, "must be true or false"),
         ({"router": {"port": 70000}}, {}, "router.port = 70000: must be from 1 to 65535"),
+        (
+            {"router": {"origin_mode": "path", "admins_enter_workspaces": True}},
+            {},
+            "admins_enter_workspaces needs router.origin_mode = 'host'",
+        ),
+        ({"router": {"origin_mode": "both"}}, {}, "allowed: host, path"),
+        ({"local": {"isolation": "chroot"}}, {}, "allowed: auto, accounts, sandbox, none"),
     ],
 )
 def test_bad_values_name_where_what_and_what_is_allowed(
@@ -91,3 +99,47 @@ def test_bad_files(tmp_path: Path) -> None:
         load_settings(str(tmp_path / "nope.toml"), {})
     with pytest.raises(ConfigError, match="no such file"):
         load_settings(None, {"CODEPOOL_CONFIG": str(tmp_path / "nope.toml")})
+
+
+@pytest.mark.parametrize(
+    ("router", "message"),
+    [
+        ({"public_url": "https://code.example.com"}, "needs router.workspace_domain"),
+        (
+            {"public_url": "https://code.example.com", "workspace_domain": "bad_name"},
+            "router.workspace_domain = 'bad_name': a DNS name",
+        ),
+        (
+            {"public_url": "https://code.example.com", "workspace_domain": "example.com"},
+            "the router's own host code.example.com would be a workspace host",
+        ),
+    ],
+)
+def test_per_user_origins_need_a_domain_of_their_own(
+    router: dict[str, object], message: str
+) -> None:
+    settings = settings_from_mapping({"router": router})
+    with pytest.raises(ConfigError, match=message):
+        Origins.from_settings(settings)
+
+
+def test_workspace_origins_and_labels() -> None:
+    local = Origins.from_settings(settings_from_mapping({}))
+    assert local.main == "http://127.0.0.1:8000"
+    assert local.workspace("alice") == "http://alice.localhost:8000"
+    public = Origins.from_settings(
+        settings_from_mapping(
+            {"router": {"public_url": "https://code.example.com", "workspace_domain": "ws.x.io"}}
+        )
+    )
+    assert public.workspace("alice") == "https://alice.ws.x.io"
+    assert public.label_in("alice.ws.x.io") == "alice" == public.label_in("ALICE.ws.x.io:443")
+    assert public.label_in("alice.ws.x.io:8443") is None
+    assert public.label_in("a.b.ws.x.io") is None and public.label_in("ws.x.io") is None
+    # Names that are not DNS labels get one made from their hash; the two kinds never meet.
+    odd = label_of("jane.doe@example.com")
+    assert odd.startswith("u--") and len(odd) == 29 and is_label(odd)
+    assert user_of_label(odd) is None and user_of_label("alice") == "alice"
+    assert label_of("a--b") != "a--b" and label_of("x" * 64) != "x" * 64
+    path = Origins.from_settings(settings_from_mapping({"router": {"origin_mode": "path"}}))
+    assert path.workspace_url("alice") == "/w/alice/" and path.label_in("alice.localhost") is None

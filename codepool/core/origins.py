@@ -122,14 +122,15 @@ class Origins:
     def per_user(self) -> bool:
         return self.mode == "host"
 
-    def workspace_host(self, user: str) -> str:
-        return f"{label_of(user)}.{self.domain}{self.port_suffix}"
+    def origin_of(self, label: str) -> str:
+        """The origin of a workspace host, as browsers write it in Origin headers."""
+        return f"{self.scheme}://{label}.{self.domain}{self.port_suffix}"
 
     def workspace(self, user: str) -> str:
         """The origin of user's workspace (in path mode, the main origin)."""
         if not self.per_user:
             return self.main
-        return f"{self.scheme}://{self.workspace_host(user)}"
+        return self.origin_of(label_of(user))
 
     def workspace_url(self, user: str, path: str = "/") -> str:
         if not self.per_user:

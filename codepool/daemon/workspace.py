@@ -237,7 +237,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
 async def on_workspace_host(request: web.Request, label: str) -> web.StreamResponse:
     """Every request to `<label>.<workspace_domain>` (see the module's docstring)."""
     router = request.app[ROUTER]
-    origin = f"{router.origins.scheme}://{request.host.lower()}"
+    origin = router.origins.origin_of(label)
     path = request.rel_url.raw_path
     if path.startswith("/_codepool/"):
         return await _router_path(request, router, label, origin, path)
@@ -416,7 +416,7 @@ async def authorize_front(request: web.Request, label: str) -> web.StreamRespons
         return no
     if "text/html" in request.headers.get("Accept", ""):
         return no  # documents get the heartbeat from the router
-    origin = f"{router.origins.scheme}://{request.host.lower()}"
+    origin = router.origins.origin_of(label)
     if not same_origin(request, origin):
         return no
     session = await workspace_session(request, router, label)
