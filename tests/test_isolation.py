@@ -33,20 +33,56 @@ from tests.helpers import kill_slots
 from tests.router_fixtures import PASSWORDS, dispatched, login
 
 SYSTEM_PYTHON = "/usr/bin/python3.11"  # an ordinary account cannot run root's pyenv Python
-SITE = ROOT / ".venv" / "lib" / "python3.11" / "site-packages"
 SECRET = "s3cret-" + secrets.token_hex(8)  # planted in the router's environment
 
 
-def standin() -> list[str]:
-    """The stand-in workspace with the system's Python (every account may run it), its
-    packages from this checkout's .venv."""
+def open_to_all(path: Path) -> bool:
+    """Whether every account can reach path (each folder above it lets others pass)."""
+    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
+
+
+@pytest.fixture(scope="module")
+def checkout() -> Iterator[Path]:
+    """This checkout's code, the stand-in and the .venv's packages where every account
+    can read them: the checkout itself if it may, else a copy made of hard links (a
+    checkout under /root is closed to other accounts)."""
     if not Path(SYSTEM_PYTHON).exists():
         need("a system Python 3.11", f"{SYSTEM_PYTHON} is missing")
+    site = ROOT / ".venv" / "lib" / "python3.11" / "site-packages"
+    if open_to_all(site):
+        yield ROOT
+        return
+    copy = Path(tempfile.mkdtemp(prefix="codepool-checkout-"))
+    copy.chmod(0o755)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for part in ("codepool", "tests"):
+        shutil.copytree(ROOT / part, copy / part, copy_function=link)
+    shutil.copytree(site, copy / ".venv/lib/python3.11/site-packages", copy_function=link)
+    for folder in [copy, *copy.rglob("*")]:
+        if folder.is_dir():
+            folder.chmod(0o755)
+    yield copy
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+def site_of(root: Path) -> Path:
+    return root / ".venv" / "lib" / "python3.11" / "site-packages"
+
+
+def standin(root: Path) -> list[str]:
+    """The stand-in workspace with the system's Python (every account may run it), its
+    packages from the .venv of root (a checkout every account can read)."""
     return [
         "/usr/bin/env",
-        f"PYTHONPATH={SITE}",
+        f"PYTHONPATH={site_of(root)}",
         SYSTEM_PYTHON,
-        str(STANDIN),
+        str(root / STANDIN.relative_to(ROOT)),
         "--socket",
         "{socket}",
         "--home",
@@ -127,7 +163,7 @@ def test_accounts() -> Iterator[str]:
         subprocess.run(["userdel", name], capture_output=True)
 
 
-def accounts_pool(state: Path, pattern: str, **local: Any) -> CodePool:
+def accounts_pool(state: Path, pattern: str, root: Path, **local: Any) -> CodePool:
     state.mkdir(mode=0o711, exist_ok=True)
     (state / "codepool.toml").write_text("[store]\nurl = 'redis://:password@10.0.0.1/0'\n")
     (state / "codepool.toml").chmod(0o600)
@@ -135,7 +171,7 @@ def accounts_pool(state: Path, pattern: str, **local: Any) -> CodePool:
         {
             "local": {
                 "state_dir": str(state),
-                "command": standin(),
+                "command": standin(root),
                 "isolation": "accounts",
                 "unix_user": pattern,
                 **local,
@@ -147,10 +183,10 @@ def accounts_pool(state: Path, pattern: str, **local: Any) -> CodePool:
 
 
 async def test_per_person_accounts_keep_workspaces_apart(
-    root_state: Path, test_accounts: str, monkeypatch: pytest.MonkeyPatch
+    root_state: Path, test_accounts: str, checkout: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CODEPOOL_TEST_SECRET", SECRET)  # the router's own environment
-    pool = accounts_pool(root_state, test_accounts)
+    pool = accounts_pool(root_state, test_accounts, checkout)
     try:
         alice = (await pool.assign("alice")).workspace
         bob = (await pool.assign("bob")).workspace
@@ -181,12 +217,12 @@ def _running_as(proc: Path, uid: int) -> bool:
 
 
 async def test_an_account_codepool_did_not_make_is_never_used(
-    root_state: Path, test_accounts: str
+    root_state: Path, test_accounts: str, checkout: Path
 ) -> None:
     await asyncio.to_thread(
         subprocess.run, ["useradd", "--no-create-home", "cpt-mallory"], check=True
     )
-    pool = accounts_pool(root_state, test_accounts)
+    pool = accounts_pool(root_state, test_accounts, checkout)
     try:
         with pytest.raises(BackendError, match="is not codepool's account for mallory"):
             await pool.assign("mallory")
@@ -195,13 +231,13 @@ async def test_an_account_codepool_did_not_make_is_never_used(
 
 
 async def test_accounts_need_a_state_folder_the_accounts_can_reach(
-    test_accounts: str, tmp_path: Path
+    test_accounts: str, checkout: Path, tmp_path: Path
 ) -> None:
     if os.geteuid() != 0:
         need("root", "per-person accounts need root")
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
-    pool = accounts_pool(closed / "state", test_accounts)
+    pool = accounts_pool(closed / "state", test_accounts, checkout)
     try:
         with pytest.raises(BackendError, match="closed to other accounts"):
             await pool.assign("alice")
@@ -228,7 +264,7 @@ Sandboxed = tuple[Path, Any, dict[str, str]]
 
 
 @pytest.fixture
-def sandboxed(ordinary_user: pwd.struct_passwd) -> Iterator[Sandboxed]:
+def sandboxed(ordinary_user: pwd.struct_passwd, checkout: Path) -> Iterator[Sandboxed]:
     """`codepool serve` as an ordinary user, with workspaces in bubblewrap sandboxes."""
     if why := bwrap_works():
         need("bubblewrap", why)
@@ -240,12 +276,12 @@ def sandboxed(ordinary_user: pwd.struct_passwd) -> Iterator[Sandboxed]:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": ordinary_user.pw_dir,
-        "PYTHONPATH": f"{ROOT}:{SITE}",
+        "PYTHONPATH": f"{checkout}:{site_of(checkout)}",
         "CODEPOOL_CONFIG": str(state / "codepool.toml"),
         "CODEPOOL_LOCAL_STATE_DIR": str(state),
         "CODEPOOL_LOCAL_ISOLATION": "sandbox",
-        "CODEPOOL_LOCAL_SANDBOX_PATHS": str(ROOT),
-        "CODEPOOL_LOCAL_COMMAND": " ".join(standin()),
+        "CODEPOOL_LOCAL_SANDBOX_PATHS": str(checkout),
+        "CODEPOOL_LOCAL_COMMAND": " ".join(standin(checkout)),
         "CODEPOOL_POOL_WARM_SPARES": "0",
         "CODEPOOL_TEST_SECRET": SECRET,
         "AWS_SECRET_ACCESS_KEY": SECRET,
