@@ -99,7 +99,8 @@ async def test_missing_code_server_says_how_to_install(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "nocache"))
     monkeypatch.delenv("CODEPOOL_CODE_SERVER_DIR", raising=False)
-    be = backend_for(state_dir, command=["code-server", "--bind-addr", "127.0.0.1:{port}"])
+    monkeypatch.setattr("codepool.core.backends.local.SHARED_INSTALL", tmp_path / "noopt")
+    be = backend_for(state_dir, command=["code-server", "--socket", "{socket}"])
     with pytest.raises(BackendError, match="code-server not found: install it with"):
         await be.set_desired(1)
     assert await be.list_instances() == []  # nothing half-made

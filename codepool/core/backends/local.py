@@ -60,6 +60,7 @@ INSTALL_HINT = (
     f"{CODE_SERVER_VERSION} from npm), put `code-server` on PATH, or set local.command"
 )
 STOP_GRACE_S = 5.0
+SHARED_INSTALL = Path("/opt/codepool")  # scripts/install-code-server's folder as root
 T = TypeVar("T")
 
 
@@ -70,7 +71,7 @@ def code_server_candidates() -> list[Path]:
     explicit = os.environ.get("CODEPOOL_CODE_SERVER_DIR")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     roots = [Path(explicit)] if explicit else []
-    roots.append(Path("/opt/codepool") / f"code-server-{CODE_SERVER_VERSION}")
+    roots.append(SHARED_INSTALL / f"code-server-{CODE_SERVER_VERSION}")
     roots.append(cache / "codepool" / f"code-server-{CODE_SERVER_VERSION}")
     return [root / "node_modules" / ".bin" / "code-server" for root in roots]
 
