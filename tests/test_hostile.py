@@ -180,3 +180,28 @@ def test_fuzzed_cli_arguments_get_a_clean_answer(
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert result.exit_code in (2, 3), (args, result.exit_code, result.output)
     assert json.loads(result.output)["error"]["exit_code"] == result.exit_code
+
+
+@local_only
+@FUZZ
+@given(host=NASTY, state=NASTY, token=NASTY, cookie=NASTY)
+async def test_fuzzed_entry_passes_open_nothing(
+    served: Served, bob_working: Client, host: str, state: str, token: str, cookie: str
+) -> None:
+    """The two steps of entering a workspace origin, with anything in their query and in
+    the state cookie: a clean refusal, and no session for any host."""
+    before = await snapshot(served)
+    resp = await bob_working.get(
+        "/authorize", params={"host": host, "state": state}, allow_redirects=False
+    )
+    assert resp.status in (302, 400, 403), (host, state, resp.status)
+    for where in ("alice", "bob"):
+        resp = await bob_working.get(
+            served.ws(where, "/_codepool/enter"),
+            params={"token": token},
+            headers={"Cookie": f"codepool_state={quote(cookie)}"},
+            allow_redirects=False,
+        )
+        assert resp.status == 403, (where, token, cookie, resp.status)
+        assert "codepool_ws" not in resp.headers.get("Set-Cookie", "")
+    assert await snapshot(served) == before
