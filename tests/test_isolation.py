@@ -379,3 +379,15 @@ async def test_doctor_says_which_isolation_is_in_force(make_served: Any) -> None
     served = await make_served()
     checks = {c.name: c for c in await served.pool.doctor()}
     assert checks["isolation"].ok and "bubblewrap sandbox" in checks["isolation"].detail
+
+
+@local_only
+async def test_doctor_says_when_workspaces_could_reach_the_store(
+    make_served: Any, redis_url: str
+) -> None:
+    if not redis_url.startswith("redis://"):
+        need("a Redis on a loopback port", f"{redis_url} is another kind")
+    served = await make_served(store={"url": redis_url, "key_prefix": "doctor-test:"})
+    checks = {c.name: c for c in await served.pool.doctor()}
+    assert not checks["store from workspaces"].ok
+    assert "set a password" in checks["store from workspaces"].detail

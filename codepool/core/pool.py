@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from codepool.core import policy
 from codepool.core.backend import Backend, create_backend
@@ -605,6 +606,10 @@ class CodePool:
             found.append(Check("store", True, "answers"))
         except StoreUnavailable as exc:
             found.append(Check("store", False, str(exc)))
+        if self.settings.pool.backend == "local" and (
+            exposed := _store_open_to_workspaces(self.settings.store_url)
+        ):
+            found.append(Check("store from workspaces", False, exposed))
         try:
             cap = await self.backend.capacity()
             found.append(
@@ -708,6 +713,23 @@ def _expected(ws: Workspace | None, inst: Instance, now: int) -> Workspace:
         stopped_at_ms=0
         if running
         else (base.stopped_at_ms if base and base.stopped_at_ms else now),
+    )
+
+
+def _store_open_to_workspaces(url: str) -> str:
+    """Why local workspaces could write the store ('' if they cannot): a Redis on this
+    machine's loopback without a password is open to every process here, workspaces'
+    included (they share the machine's network), and the store holds the accounts."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.password:
+        return ""
+    if (parts.hostname or "localhost") not in ("localhost", "127.0.0.1", "::1"):
+        return ""
+    return (
+        f"store.url {parts.scheme}://{parts.netloc}: a Redis on this machine without a "
+        "password; local workspaces can reach it: set a password (requirepass, and "
+        "redis://:PASSWORD@host/0) or use a Unix socket (unix://) in a folder only the "
+        "router can enter"
     )
 
 
