@@ -135,7 +135,7 @@ async def test_stand_in_workspace_lifecycle_in_a_browser(
     await log_in(page, server.url, "alice", "alice-password")
     home = f"http://alice.localhost:{server.port}/"
     await page.wait_for_url(home, timeout=30_000)  # her own origin, entered by a pass
-    assert await page.title() == "stand-in", await page.content()
+    await page.wait_for_function("document.title === 'stand-in'", timeout=10_000)
     assert await page.locator("script[src^='/_codepool/heartbeat.js']").count() == 1
 
     row = await wait_for(lambda: workspace_row(env, "alice"), 10, "alice's workspace")
@@ -167,7 +167,7 @@ async def test_stand_in_workspace_lifecycle_in_a_browser(
     await page.screenshot(path=str(SHOTS / "stopped-banner.png"))
     await banner.locator("a").click()
     await page.wait_for_url(home, timeout=30_000)
-    assert "notes.txt" in await page.content()  # the same disk
+    await page.get_by_text("notes.txt").wait_for(timeout=10_000)  # the same disk
     row = workspace_row(env, "alice")
     assert row is not None and row["state"] == "running"
 

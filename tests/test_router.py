@@ -374,6 +374,37 @@ async def test_other_users_workspaces_are_refused(make_served: Callable[..., Any
             assert resp.status in (302, 401, 404, 421), (host, resp.status)
 
 
+async def test_another_origin_reaches_nothing_in_a_workspace(served: Served) -> None:
+    """Sibling workspace origins are same-site, so alice's cookie rides along on requests
+    that another origin's page makes: they are refused before proxying, whatever the
+    method; a page load gets a page that opens her workspace's start from her origin."""
+    alice = await served.client("alice")
+    await dispatched(alice, "alice", served)
+    bob_origin = served.ws("bob")[:-1]
+    box_log = await alice.get(served.ws("alice", "/files/.requests"))
+    before = await box_log.text()
+    sibling = {"Origin": bob_origin, "Sec-Fetch-Site": "same-site"}
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        resp = await alice.request(method, served.ws("alice", "/upload"), headers=sibling)
+        assert resp.status == 403 and (await resp.json())["error"] == "cross-origin", method
+    no_origin = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}
+    assert (await alice.get(served.ws("alice", "/gzip.js"), headers=no_origin)).status == 403
+    navigate = {
+        "Sec-Fetch-Site": "same-site",
+        "Sec-Fetch-Mode": "navigate",
+        "Sec-Fetch-Dest": "document",
+        "Accept": "text/html",
+    }
+    resp = await alice.get(served.ws("alice", "/files/x?delete=all"), headers=navigate)
+    page = await resp.text()
+    assert resp.status == 200 and 'http-equiv="refresh" content="0; url=/"' in page
+    framed = {**navigate, "Sec-Fetch-Dest": "iframe"}
+    assert (await alice.get(served.ws("alice", "/"), headers=framed)).status == 403
+    after = await (await alice.get(served.ws("alice", "/files/.requests"))).text()
+    reached = after[len(before) :].splitlines()
+    assert reached == ["GET /files/.requests"], reached  # only this probe of ours
+
+
 async def test_other_users_workspaces_are_refused_in_path_mode(
     make_served: Callable[..., Any],
 ) -> None:

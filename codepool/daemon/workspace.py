@@ -241,10 +241,7 @@ async def on_workspace_host(request: web.Request, label: str) -> web.StreamRespo
     path = request.rel_url.raw_path
     if path.startswith("/_codepool/"):
         return await _router_path(request, router, label, origin, path)
-    # A page load of the start page itself, and nothing else, may come from anywhere (the
-    # dispatch page, a bookmark, a link): it carries nothing the other side chose.
-    start = path == "/" and not request.rel_url.raw_query_string and request.method == "GET"
-    same = same_origin(request, origin) or (start and is_navigation(request))
+    same = same_origin(request, origin)
     session = await workspace_session(request, router, label) if same else None
     # To log in: a page load with no session here (or from elsewhere, with no cookie at
     # all); the page asked for is kept only when this origin asked for it.
