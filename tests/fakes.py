@@ -1,6 +1,6 @@
 """Named fakes for the core's plug points (jupyterhub's habit: fakes named for behaviour).
 
-MemoryBackend keeps the AWS rules of DESIGN §3 in memory and records every call, so the
+MemoryBackend keeps the AWS rules of docs/aws.md in memory and records every call, so the
 core can be tested fast and the order of lifecycle calls asserted. Its boxes have no
 process: readiness is answered by a tiny HTTP server shared by all of them."""
 

@@ -1,6 +1,6 @@
-"""The Backend plug point: where boxes live and the durable truth about them (DESIGN §2).
+"""The Backend plug point: where boxes live and the durable truth about them.
 
-The protocol follows the AWS lifecycle of DESIGN §3 so that every backend, the local
+The protocol follows the AWS lifecycle (docs/aws.md) so that every backend, the local
 one included, behaves the same way: spares launch when desired capacity rises, an
 idle stop leaves service before it stops, a resume returns to service."""
 

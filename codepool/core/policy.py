@@ -98,7 +98,7 @@ def desired_capacity(running_assigned: int, warm_spares: int, min_size: int, max
 
 
 def capacity_warnings(capacity: Capacity, in_service: int) -> tuple[str, ...]:
-    """DESIGN §6: the two conditions worth an operator's attention (also CloudWatch alarms)."""
+    """The two conditions worth an operator's attention (also CloudWatch alarms)."""
     warnings: list[str] = []
     if capacity.max_size > 0 and capacity.desired >= math.ceil(0.9 * capacity.max_size):
         warnings.append(

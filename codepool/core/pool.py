@@ -1,7 +1,7 @@
 """The CodePool service: the one implementation of every lifecycle step.
 
 The CLI and the daemon both call these methods. The backend is the durable truth;
-the store is the index and activity record (DESIGN §2). Crash safety comes from the
+the store is the index and activity record. Crash safety comes from the
 order of writes: a box is tagged with its owner before the store records it, so a crash
 in between leaves a state that `reconcile` (or the user's next `assign`) finishes.
 """
@@ -625,7 +625,7 @@ class CodePool:
         return found
 
     async def apply_alarms(self, topic_arn: str, dry_run: bool) -> list[dict[str, object]]:
-        """Create the two CloudWatch alarms of DESIGN §6 (AWS backend only)."""
+        """Create the two CloudWatch alarms of `codepool status`'s warnings (AWS only)."""
         apply = getattr(self.backend, "apply_alarms", None)
         if apply is None:
             raise InvalidInput(
@@ -638,7 +638,7 @@ class CodePool:
     # -- status ---------------------------------------------------------------------------
 
     async def status(self, walk: bool = True) -> PoolStatus:
-        """Pool numbers, one row per workspace, and the warnings of DESIGN §6. walk=False
+        """Pool numbers, one row per workspace, and the two capacity warnings. walk=False
         leaves out the rows (the store is not read)."""
         instances = await self.backend.list_instances()
         cap = await self.backend.capacity()

@@ -1,4 +1,4 @@
-"""The Store plug point: the fast index and the activity record (DESIGN §2).
+"""The Store plug point: the fast index and the activity record (docs/architecture.md).
 
 Operations are domain steps, each atomic in every implementation, not raw commands.
 The backend stays the durable truth; everything here can be rebuilt by reconcile.

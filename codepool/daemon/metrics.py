@@ -1,5 +1,5 @@
-"""Prometheus metrics (DESIGN §6), one registry per app so tests and several apps in one
-process do not share counters."""
+"""Prometheus metrics (docs/router.md lists them), one registry per app so tests and
+several apps in one process do not share counters."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The `aws` backend: an Auto Scaling Group of workspace boxes, driven the way AWS
-documents as safe (DESIGN §3).
+documents as safe (docs/aws.md).
 
 - Every box is protected from scale-in, so lowering desired capacity never picks a
   victim; boxes leave only by the calls below.
@@ -545,7 +545,7 @@ def iam_policy(group: str) -> dict[str, Any]:
 
 
 def alarm_definitions(group: str, topic_arn: str = "") -> list[dict[str, Any]]:
-    """The seed's two alarms (DESIGN §6) as PutMetricAlarm arguments."""
+    """The two capacity alarms (docs/aws.md) as PutMetricAlarm arguments."""
     dims = [{"Name": "AutoScalingGroupName", "Value": group}]
 
     def metric(mid: str, name: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `local` backend: a pool of slots on this machine (DESIGN §4).
+"""The `local` backend: a pool of slots on this machine (docs/local-backend.md).
 
 A slot is a directory (the owner's disk: `home/` and code-server's `data/`) plus a
 workspace process listening on a Unix socket in the slot (a loopback port would be open
