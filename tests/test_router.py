@@ -658,3 +658,25 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(served: Served) -> 
 def test_strip_cookies_keeps_every_cookie_but_the_routers(header: str, expected: str) -> None:
     private = CookieNames.for_scheme(secure=False).all()
     assert strip_cookies(header, private) == expected
+
+
+async def test_the_fronts_question_is_answered_for_boxes_on_the_network_only(
+    make_served: Callable[..., Any], request: pytest.FixtureRequest
+) -> None:
+    """`/_codepool/auth` (nginx/front.conf's auth_request): a yes names a box on the network;
+    a local workspace's socket is carried by the router itself, which checks who answers."""
+    served: Served = await make_served(router={"trusted_proxies": ["127.0.0.1"]})
+    alice = await served.client("alice")
+    await dispatched(alice, "alice", served)
+    asked = {"X-Original-URI": "/gzip.js"}
+    resp = await alice.get(served.ws("alice", "/_codepool/auth"), headers=asked)
+    on_network = "aws" in request.node.callspec.id
+    assert resp.status == (200 if on_network else 403)
+    assert ("X-Codepool-Upstream" in resp.headers) is on_network
+    for uri in ("/_codepool/ping", "nope", "/x y"):
+        refused = await alice.get(
+            served.ws("alice", "/_codepool/auth"), headers={"X-Original-URI": uri}
+        )
+        assert refused.status == 403, uri
+    html = {**asked, "Accept": "text/html"}
+    assert (await alice.get(served.ws("alice", "/_codepool/auth"), headers=html)).status == 403

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from codepool.core import sockets
 from codepool.core.origins import is_label, label_of, user_of_label
 from codepool.core.store import PingResult
 from codepool.daemon import pages
@@ -426,6 +427,8 @@ async def authorize_front(request: web.Request, label: str) -> web.StreamRespons
         ws = await router.proxy.workspace(session.owner)
     except Stopped:
         return no
+    if sockets.parse(ws.address) is not None:
+        return no  # a local workspace's socket: the router carries it (and checks who answers)
     box = urlsplit(ws.address)
     return web.Response(
         status=200,
