@@ -79,11 +79,8 @@ def may_enter(router: Router, session: Session, owner: str) -> bool:
 def is_navigation(request: web.Request) -> bool:
     """A top-level page load (by Fetch Metadata, or by method and Accept without it)."""
     mode = request.headers.get("Sec-Fetch-Mode")
-    if mode is not None:
-        return mode == "navigate" and request.headers.get("Sec-Fetch-Dest", "document") in (
-            "document",
-            "empty",  # some browsers say empty for a navigation they restart themselves
-        )
+    if mode is not None:  # not a frame: a workspace is never shown inside another site
+        return mode == "navigate" and request.headers.get("Sec-Fetch-Dest") == "document"
     return request.method in ("GET", "HEAD") and "text/html" in request.headers.get("Accept", "")
 
 
