@@ -79,15 +79,17 @@ async def add_accounts(
         await store.close()
 
 
-def client() -> aiohttp.ClientSession:
+def client(inflate: bool = True) -> aiohttp.ClientSession:
     """A browser's session: its cookies, *.localhost on the loopback address as browsers
-    have it, and no request that may hang (a stuck one fails the test naming its URL)."""
+    have it, and no request that may hang (a stuck one fails the test naming its URL).
+    inflate=False reads compressed bodies as they come."""
     from tests.helpers import LoopbackNames
 
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(resolver=LoopbackNames()),
         cookie_jar=aiohttp.CookieJar(unsafe=True),
         timeout=aiohttp.ClientTimeout(total=60),
+        auto_decompress=inflate,
     )
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gzip
 import mimetypes
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,15 @@ SET_COOKIES = (
     "spread=1; Domain=localhost; Path=/",
     "spread2=1; path=/; DOMAIN=.localhost",
 )
+
+
+@functools.cache
+def gzip_bomb(mb: int) -> bytes:
+    """gzip of mb MiB of "<p>" and zeros: about 1 KB per MiB."""
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"<p>" + b"\0" * (1024 * 1024 - 3)
+    out = [squeeze.compress(block) for _ in range(mb)]
+    return b"".join(out) + squeeze.flush()
 
 
 def make_app(home: Path) -> web.Application:
@@ -122,6 +133,14 @@ def make_app(home: Path) -> web.Application:
         body = {"code": proc.returncode, "out": out.decode(errors="replace")}
         return web.json_response({**body, "err": err.decode(errors="replace")})
 
+    async def bomb(request: web.Request) -> web.Response:
+        """An "HTML page" of a few hundred KB that inflates to many MB (a hostile box)."""
+        mb = min(int(request.query.get("mb", "1024")), 4096)
+        return web.Response(
+            body=gzip_bomb(mb),
+            headers={"Content-Type": "text/html", "Content-Encoding": "gzip"},
+        )
+
     async def set_cookies(_: web.Request) -> web.Response:
         response = web.Response(text="cookies")
         for header in SET_COOKIES:
@@ -145,6 +164,7 @@ def make_app(home: Path) -> web.Application:
     app.router.add_get("/ws", ws_echo)
     app.router.add_get("/set-cookies", set_cookies)
     app.router.add_post("/exec", run)
+    app.router.add_get("/bomb", bomb)
     return app
 
 

@@ -8,6 +8,7 @@ redirects, other users' paths) are in test_router.py and test_jwt.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,47 @@ async def test_fuzzed_entry_passes_open_nothing(
         assert resp.status == 403, (where, token, cookie, resp.status)
         assert "codepool_ws" not in resp.headers.get("Set-Cookie", "")
     assert await snapshot(served) == before
+
+
+async def test_a_decompression_bomb_does_not_swell_the_router(
+    state_dir: Path, servers: list[Any]
+) -> None:
+    """A hostile box answers HTML pages of 1 MB that inflate to 1 GB, eight at once. A real
+    `codepool serve` inflates each only up to router.max_html_bytes and passes it on: its
+    memory grows by less than 100 MB, and another person's requests are answered all the
+    while."""
+    from tests.router_fixtures import free_port
+    from tests.serving import Server, add_accounts, client, enter, log_in_and_dispatch, serve_env
+    from tests.standin_workspace import gzip_bomb
+    from tests.test_soak import rss_kb
+
+    await add_accounts(state_dir, ["alice", "bob"])
+    server = Server(serve_env(state_dir), free_port())
+    servers.append(server)
+    await asyncio.to_thread(server.wait_up)
+    html = {"Accept": "text/html"}
+    async with client(inflate=False) as alice, client() as bob:
+        homes = {}
+        for name, http in (("alice", alice), ("bob", bob)):
+            homes[name] = await log_in_and_dispatch(http, server.url, name)
+            await enter(http, homes[name])
+
+        async def bomb() -> int:
+            async with alice.get(homes["alice"] + "bomb?mb=1024", headers=html) as resp:
+                return len(await resp.read())
+
+        assert await bomb() == len(gzip_bomb(1024))  # warm-up: the box makes its bomb once
+        before = peak = rss_kb(server.proc.pid)
+        bombs = [asyncio.create_task(bomb()) for _ in range(8)]
+        answered = 0
+        while not all(b.done() for b in bombs):
+            async with asyncio.timeout(5), bob.get(homes["bob"] + "healthz") as resp:
+                assert resp.status == 200
+                answered += 1
+            peak = max(peak, rss_kb(server.proc.pid))
+            await asyncio.sleep(0.05)
+        assert all(size == len(gzip_bomb(1024)) for size in await asyncio.gather(*bombs))
+        peak = max(peak, rss_kb(server.proc.pid))
+    print(f"RSS {before} kB -> peak {peak} kB; bob answered {answered} times meanwhile")
+    assert peak - before < 100 * 1024, (before, peak)
+    assert answered >= 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -19,7 +20,7 @@ from codepool.core.models import WorkspaceState
 from codepool.daemon.proxy import strip_cookies
 from codepool.daemon.sessions import CookieNames
 from tests.router_fixtures import PASSWORDS, Client, Served, dispatched, login
-from tests.standin_workspace import GZIP_JS
+from tests.standin_workspace import GZIP_JS, gzip_bomb
 
 SESSION_COOKIE = CookieNames.for_scheme(secure=False).session
 
@@ -34,6 +35,25 @@ async def test_health_and_metrics_need_no_login(served: Served) -> None:
     assert body["status"] == "ok" and body["checks"] == {"store": "ok", "backend": "ok"}
     resp = await c.get("/metrics")
     assert resp.status == 200 and "codepool_pings_total" in await resp.text()
+
+
+async def test_health_tells_strangers_nothing_of_the_inside(served: Served) -> None:
+    c = await served.client()
+    stranger = {"X-Forwarded-For": "203.0.113.9"}  # a browser's request, forwarded
+    body = await (await c.get("/health", headers=stranger)).json()
+    assert body == {"status": "ok", "checks": {"store": "ok", "backend": "ok"}}
+    assert (await (await c.get("/livez")).json()) == {"status": "ok"}
+    assert (await (await c.get("/readyz")).json()) == {"status": "ok"}
+    await served.pool.store.close()  # the store goes away (SQLite closed, Redis unreachable)
+    resp = await c.get("/health", headers=stranger)
+    body = await resp.json()
+    assert resp.status == 503 and body["checks"]["store"] == "error", body
+    assert "sqlite" not in json.dumps(body) and "redis" not in json.dumps(body)
+    resp = await c.get("/readyz")
+    assert resp.status == 503 and (await resp.json())["failed"] == ["store"]
+    assert (await c.get("/livez")).status == 200
+    detailed = await (await c.get("/health")).json()  # a probe on this machine
+    assert detailed["checks"]["store"].startswith("error: ") and "pid" in detailed
 
 
 @pytest.mark.parametrize(
@@ -297,6 +317,19 @@ async def test_a_box_cannot_set_cookies_or_headers_beyond_its_own_origin(
     assert resp.headers.getall("Set-Cookie") == ["theirs=1; Path=/"]
     assert "Service-Worker-Allowed" not in resp.headers
     assert "Clear-Site-Data" not in resp.headers
+
+
+async def test_an_html_bomb_passes_through_without_the_heartbeat(
+    moded: Served, alice: Client
+) -> None:
+    """64 KB of gzip that inflates to 64 MB: inflated only up to router.max_html_bytes,
+    then passed through as the box sent it."""
+    resp = await alice.get(
+        moded.ws("alice", "/bomb?mb=64"), headers={"Accept": "text/html", "Accept-Encoding": "gzip"}
+    )
+    body = await resp.read()
+    assert resp.status == 200 and resp.headers["Content-Encoding"] == "gzip"
+    assert body == gzip_bomb(64) and b"heartbeat" not in body
 
 
 async def test_redirects_stay_inside_the_workspace(moded: Served, alice: Client) -> None:

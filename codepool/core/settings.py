@@ -161,6 +161,13 @@ class RouterSettings:
     heartbeat_interval_s: int = setting(
         30, "seconds between pings from a visible workspace tab", minimum=1
     )
+    max_html_bytes: int = setting(
+        2 * 1024 * 1024,
+        "largest HTML page, in bytes once inflated, read whole to add the heartbeat; a "
+        "bigger one passes through without it",
+        minimum=64 * 1024,
+        maximum=64 * 1024 * 1024,
+    )
     reap_interval_s: int = setting(
         60, "seconds between reconcile, reap and scale cycles (leader only)", minimum=1
     )

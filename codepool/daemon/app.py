@@ -87,6 +87,7 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
             private_cookies,
             path_mode=not origins.per_user,
             strip_authorization=bool(jwt),
+            max_html_bytes=r.max_html_bytes,
         ),
         loops=Loops(pool, metrics, r.reap_interval_s),
         metrics=metrics,

@@ -37,6 +37,7 @@ class Router:
     cookies: CookieNames
     secure_cookies: bool
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...]  # whose X-Forwarded-For counts
+    backend_checked_until: float = 0.0  # monotonic time the last good backend check holds
 
 
 ROUTER = web.AppKey("router", Router)

@@ -61,7 +61,6 @@ HOP_BY_HOP = frozenset(
         "Sec-WebSocket-Accept",
     )
 )
-MAX_HTML_BYTES = 8 * 1024 * 1024  # bigger "HTML" streams through untouched
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 CACHE_S = 2.0  # how long a workspace's address is trusted without asking the store
 _HEAD_CLOSE = re.compile(rb"</head\s*>", re.IGNORECASE)
@@ -177,6 +176,7 @@ class WorkspaceProxy:
         *,
         path_mode: bool,
         strip_authorization: bool = False,
+        max_html_bytes: int = 2 * 1024 * 1024,
     ) -> None:
         self.pool = pool
         self.heartbeat = heartbeat
@@ -184,6 +184,7 @@ class WorkspaceProxy:
         self._private_lower = frozenset(n.lower() for n in private_cookies)
         self.path_mode = path_mode  # workspaces under /w/<user>/ on the router's origin
         self.strip_authorization = strip_authorization
+        self.max_html_bytes = max_html_bytes  # HTML read (and inflated) whole at most
         self._cache: dict[str, tuple[Workspace, float]] = {}
         self._client: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}  # one per socket address
@@ -343,23 +344,35 @@ class WorkspaceProxy:
             return response
 
     async def _read_html(self, upstream: aiohttp.ClientResponse) -> tuple[bytes, bytes | None]:
-        """Read an HTML body: (bytes read, the decoded document). The document is None when
-        it cannot be injected (over MAX_HTML_BYTES, or an encoding zlib cannot undo); the
-        caller then sends the bytes read and streams the rest unchanged."""
+        """Read an HTML body: (bytes read, the decoded document). Compressed bodies are
+        inflated as they arrive, never past max_html_bytes (a box could send a megabyte
+        that inflates to a gigabyte). The document is None when it cannot be injected
+        (read or inflated past the bound, or an encoding zlib cannot undo); the caller
+        then sends the bytes read and streams the rest unchanged, compression and all."""
+        limit = self.max_html_bytes
+        encoding = upstream.headers.get("Content-Encoding", "").lower()
+        if encoding not in ("", "identity", "gzip", "deflate"):
+            log.warning("HTML with Content-Encoding %s: heartbeat not injected", encoding)
+            return b"", None
+        inflate = None
+        if encoding in ("gzip", "deflate"):
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else 0)
         raw = bytearray()
+        html = bytearray()
         async for chunk in upstream.content.iter_any():
             raw += chunk
-            if len(raw) > MAX_HTML_BYTES:
+            if len(raw) > limit:
                 return bytes(raw), None
-        encoding = upstream.headers.get("Content-Encoding", "").lower()
-        if encoding in ("", "identity"):
-            return bytes(raw), bytes(raw)
-        if encoding in ("gzip", "deflate"):
-            wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-            with contextlib.suppress(zlib.error):
-                return bytes(raw), zlib.decompress(bytes(raw), wbits)
-        log.warning("HTML with Content-Encoding %s: heartbeat not injected", encoding)
-        return bytes(raw), None
+            if inflate is None:
+                continue
+            try:
+                html += inflate.decompress(chunk, limit + 1 - len(html))
+            except zlib.error:
+                return bytes(raw), None
+            if len(html) > limit or inflate.unconsumed_tail:
+                log.warning("HTML inflates past %d bytes: heartbeat not injected", limit)
+                return bytes(raw), None
+        return bytes(raw), bytes(html if inflate is not None else raw)
 
     async def websocket(self, request: web.Request, user: str, path: str) -> web.StreamResponse:
         """Proxy a WebSocket: connect upstream first, then accept the browser's."""

@@ -23,13 +23,16 @@ from codepool.daemon.http import (
     error_pages,
     error_response,
     http_error,
+    is_trusted,
     require_session,
     session_of,
 )
 
 DISPATCH_WAIT_S = 1.0  # answer /dispatch directly when the workspace is this quick
 STATUS_WAIT_S = 10.0  # the longest /dispatch/status?seen=N holds its answer
-ANY_HOST = frozenset({"/health", "/metrics"})  # load balancers ask by address, not by name
+ANY_HOST = frozenset(
+    {"/health", "/livez", "/readyz", "/metrics"}
+)  # load balancers ask by address, not by name
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -78,26 +81,67 @@ async def dispatch_status(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-async def health(request: web.Request) -> web.StreamResponse:
+BACKEND_CHECK_S = 5.0  # a readiness probe every second must not cost a cloud call each
+
+
+async def _checks(request: web.Request) -> dict[str, str]:
+    """Each check, "ok" or why not. The backend's answer is reused for BACKEND_CHECK_S."""
     router = request.app[ROUTER]
     checks: dict[str, str] = {}
-    for name, check in (
-        ("store", router.pool.store.check),
-        ("backend", router.pool.backend.capacity),
-    ):
+    for name, check in (("store", router.pool.store.check()), ("backend", _backend(request))):
         try:
-            await asyncio.wait_for(check(), 5)
+            await asyncio.wait_for(check, 5)
             checks[name] = "ok"
         except (errors.CodepoolError, TimeoutError) as exc:
             checks[name] = f"error: {exc}" if str(exc) else "error: timed out"
+    return checks
+
+
+async def _backend(request: web.Request) -> None:
+    router = request.app[ROUTER]
+    now = time.monotonic()
+    if router.backend_checked_until > now:
+        return
+    await router.pool.backend.capacity()
+    router.backend_checked_until = now + BACKEND_CHECK_S
+
+
+def _may_see_details(request: web.Request, session_admin: bool) -> bool:
+    """Error texts name addresses and accounts: for admins, and for probes made on this
+    machine or by a trusted proxy itself (not a browser's request it forwards)."""
+    if session_admin:
+        return True
+    peer = request.remote or ""
+    near = peer in ("127.0.0.1", "::1") or is_trusted(peer, request.app[ROUTER].trusted_proxies)
+    return near and "X-Forwarded-For" not in request.headers
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    """Public: the status and which check failed. In detail (the error text, whether this
+    router leads, which worker answered): for admins and local or trusted probes."""
+    router = request.app[ROUTER]
+    checks = await _checks(request)
     ok = all(v == "ok" for v in checks.values())
-    body = {
-        "status": "ok" if ok else "unavailable",
-        "checks": checks,
-        "leader": router.loops.is_leader,
-        "pid": os.getpid(),  # which worker answered (codepool serve --workers N)
-    }
+    body: dict[str, Any] = {"status": "ok" if ok else "unavailable"}
+    session = await session_of(request) if "Cookie" in request.headers else None
+    if _may_see_details(request, bool(session and session.admin)):
+        body.update(checks=checks, leader=router.loops.is_leader, pid=os.getpid())
+    else:
+        body["checks"] = {k: "ok" if v == "ok" else "error" for k, v in checks.items()}
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def livez(request: web.Request) -> web.StreamResponse:
+    """The process answers (a liveness probe: restart it if not)."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """The store and the backend answer (a readiness probe: send people here or not)."""
+    checks = await _checks(request)
+    failed = sorted(k for k, v in checks.items() if v != "ok")
+    body = {"status": "unavailable", "failed": failed} if failed else {"status": "ok"}
+    return web.json_response(body, status=503 if failed else 200)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -163,6 +207,8 @@ def add_routes(app: web.Application) -> None:
         ("POST", "/admin/stop", admin.admin_action),
         ("POST", "/admin/extend", admin.admin_action),
         ("GET", "/health", health),
+        ("GET", "/livez", livez),
+        ("GET", "/readyz", readyz),
         ("GET", "/metrics", metrics),
         ("GET", "/assets/{name}", asset),
         ("*", "/w/{user}", workspace.path_workspace),
