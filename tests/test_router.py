@@ -227,6 +227,45 @@ async def test_dispatch_lands_in_the_workspace(served: Served) -> None:
     assert resp.headers["Location"] == served.ws("alice")  # a link elsewhere: the start
 
 
+async def test_a_link_from_elsewhere_starts_nothing(served: Served) -> None:
+    """GET /dispatch from another site's link (or another workspace's page) offers a button
+    instead of starting or resuming a workspace; the starting page's own polls start one
+    only from our own pages."""
+    c = await served.client("alice")
+    elsewhere = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    resp = await c.get("/dispatch", headers=elsewhere, allow_redirects=False)
+    assert resp.status == 200 and "Open my workspace" in await resp.text()
+    resp = await c.get("/dispatch/status", headers={"Sec-Fetch-Site": "same-site"})
+    assert resp.status == 403
+    assert await served.pool.store.get_workspace("alice") is None  # nothing started
+    own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}
+    resp = await c.get("/dispatch", headers=own, allow_redirects=False)
+    assert resp.status in (200, 302) and "Open my workspace" not in await resp.text()
+    await dispatched(c, "alice", served)
+
+
+async def test_resume_from_the_workspaces_own_page(served: Served) -> None:
+    alice = await served.client("alice")
+    await dispatched(alice, "alice", served)
+    await served.pool.release("alice")
+    served.router.proxy.forget("alice")
+    page = await alice.get(served.ws("alice"), headers={"Accept": "text/html"})
+    assert page.status == 409 and 'href="/_codepool/resume"' in await page.text()
+    page_load = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    sibling = {**page_load, "Sec-Fetch-Site": "same-site"}
+    earlier = served.router.dispatcher.current("alice")  # the first dispatch's, finished
+    resp = await alice.get(served.ws("alice", "/_codepool/resume"), headers=sibling)
+    assert resp.status == 200 and served.router.dispatcher.current("alice") is earlier
+    own = {**page_load, "Sec-Fetch-Site": "same-origin"}
+    resp = await alice.get(
+        served.ws("alice", "/_codepool/resume"), headers=own, allow_redirects=False
+    )
+    assert resp.status == 302 and resp.headers["Location"] == served.origin + "/dispatch"
+    assert served.router.dispatcher.current("alice") is not earlier  # a resume, under way
+    await dispatched(alice, "alice", served)
+    assert (await alice.get(served.ws("alice", "/healthz"))).status == 200
+
+
 async def test_concurrent_dispatches_of_one_user_make_one_workspace(served: Served) -> None:
     clients = [await served.client("alice") for _ in range(3)]
     await asyncio.gather(*(dispatched(c, "alice") for c in clients for _ in range(3)))

@@ -22,7 +22,7 @@ from codepool.daemon.loops import Loops
 from codepool.daemon.metrics import Metrics
 from codepool.daemon.proxy import Heartbeat, WorkspaceProxy
 from codepool.daemon.sessions import CookieNames, Sessions
-from codepool.daemon.workspace import PING, SCRIPT
+from codepool.daemon.workspace import PING, RESUME, SCRIPT
 
 
 def trusted_networks(entries: tuple[str, ...]) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -64,7 +64,7 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         Heartbeat(
             script=SCRIPT,
             ping=PING,
-            resume=origins.main + "/dispatch",
+            resume=RESUME,
             login="",
             interval_s=r.heartbeat_interval_s,
         )

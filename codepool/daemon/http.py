@@ -188,6 +188,13 @@ def same_origin(request: web.Request, origin: str) -> bool:
     return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
 
 
+def from_own_pages(request: web.Request) -> bool:
+    """Whether a GET may change something: the browser's own navigation (a typed address
+    or a bookmark, or a link on our own pages), never a link or a request from elsewhere.
+    Without Fetch Metadata (an old browser, a script) it cannot be told, and is allowed."""
+    return request.headers.get("Sec-Fetch-Site", "none") in ("same-origin", "none")
+
+
 def check_form(request: web.Request, form: Any, token: str | None) -> None:
     """A state-changing form must come from the router's own pages with the session's
     CSRF token."""

@@ -56,6 +56,16 @@ a new one up to a few minutes.</p>""",
     )
 
 
+def open_workspace(user: str) -> str:
+    """What a link from elsewhere to /dispatch gets: a button, not a started workspace."""
+    return _page(
+        "Open your workspace",
+        f"""<h2>Open your workspace, {escape(user)}</h2>
+<div class="card"><p>A link brought you here. Your workspace starts when you ask for it.</p>
+<p><a class="button" href="/dispatch">Open my workspace</a></p></div>""",
+    )
+
+
 def problem(
     title: str, message: str, *, action: str = "", action_label: str = "", assets: str = ""
 ) -> str:

@@ -22,6 +22,7 @@ from codepool.daemon.http import (
     Handler,
     error_pages,
     error_response,
+    from_own_pages,
     http_error,
     is_trusted,
     require_session,
@@ -44,6 +45,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     'starting' page while it resumes or boots."""
     router = request.app[ROUTER]
     session = await require_session(request)
+    if not from_own_pages(request) and router.dispatcher.current(session.user) is None:
+        # A link from elsewhere does not start or resume anything by itself.
+        return web.Response(text=pages.open_workspace(session.user), content_type="text/html")
     job = router.dispatcher.start(session.user)
     assert job.task is not None
     started = time.monotonic()
@@ -64,7 +68,11 @@ async def dispatch_status(request: web.Request) -> web.StreamResponse:
     a load balancer) starts or joins one there."""
     router = request.app[ROUTER]
     session = await require_session(request)
-    job = router.dispatcher.current(session.user) or router.dispatcher.start(session.user)
+    job = router.dispatcher.current(session.user)
+    if job is None:
+        if not from_own_pages(request):
+            raise web.HTTPForbidden(text="only the starting page may start a workspace")
+        job = router.dispatcher.start(session.user)
     seen = request.query.get("seen", "")
     if seen.isdigit() and len(seen) < 6:  # a long poll: answer when there is news
         await job.wait_change(int(seen), STATUS_WAIT_S)

@@ -47,6 +47,7 @@ from codepool.daemon.http import (
     client_address,
     cookie,
     cookie_values,
+    from_own_pages,
     is_trusted,
     json_error,
     require_session,
@@ -63,6 +64,7 @@ log = logging.getLogger("codepool.router")
 ENTER = "/_codepool/enter"
 PING = "/_codepool/ping"
 SCRIPT = "/_codepool/heartbeat.js"
+RESUME = "/_codepool/resume"
 FRONT_AUTH = "/_codepool/auth"
 STATE_MAX_AGE_S = 600  # time to log in between leaving a workspace origin and coming back
 MAX_PING_BYTES = 1024
@@ -85,10 +87,11 @@ def is_navigation(request: web.Request) -> bool:
 
 
 def stopped_page(router: Router) -> web.Response:
+    resume = RESUME if router.origins.per_user else "/dispatch"
     text = pages.problem(
         "Your workspace is stopped",
         "It was stopped after being idle. Your files are kept: resume it to carry on.",
-        action=router.origins.main + "/dispatch",
+        action=resume,
         action_label="Resume my workspace",
         assets=router.origins.main,
     )
@@ -286,7 +289,27 @@ async def _router_path(
         )
     if path == FRONT_AUTH and request.method == "GET":
         return await authorize_front(request, label)
+    if path == RESUME and request.method == "GET":
+        return await _resume(request, router, label, origin)
     raise web.HTTPNotFound(text="not found")
+
+
+async def _resume(
+    request: web.Request, router: Router, label: str, origin: str
+) -> web.StreamResponse:
+    """The "Resume my workspace" of a stopped workspace's page: the main origin's /dispatch
+    starts nothing for a link from another origin, and this page is one; here, on the
+    workspace's own origin, a click of its own starts the resume, and /dispatch then
+    follows it. An admin looking at someone's workspace comes back to it here."""
+    if not (same_origin(request, origin) and from_own_pages(request)):
+        return _cross_origin(request, router)
+    session = await workspace_session(request, router, label)
+    if session is None:
+        return _to_main_origin(request, router, label, keep_path=False)
+    router.dispatcher.start(session.owner)
+    if session.user != session.owner:
+        raise web.HTTPFound("/")
+    raise web.HTTPFound(router.origins.main + "/dispatch")
 
 
 def _cross_origin(request: web.Request, router: Router) -> web.StreamResponse:
