@@ -107,6 +107,26 @@ async def test_login_sets_a_hardened_cookie_and_rotates_the_session(served: Serv
     assert resp.cookies[SESSION_COOKIE].value != first  # a new session id at every login
 
 
+async def test_the_routers_pages_forbid_framing_and_inline_script(
+    served: Served,
+) -> None:
+    c = await served.client()
+    for path in ("/login", "/dispatch", "/nope"):
+        resp = await c.get(path, allow_redirects=False)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        assert resp.headers["Referrer-Policy"] == "same-origin", path
+    page = await c.get("/login")
+    policy = page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "Strict-Transport-Security" not in page.headers
+    alice = await served.client("alice")
+    await dispatched(alice, "alice", served)
+    proxied = await alice.get(served.ws("alice", "/echo-headers"))
+    assert "Content-Security-Policy" not in proxied.headers  # the box's answer, as it is
+    stopped_page = await alice.get(served.ws("alice", "/_codepool/enter?token=x"))
+    assert "frame-ancestors 'none'" in stopped_page.headers["Content-Security-Policy"]
+
+
 async def test_wrong_password_and_unknown_user(served: Served) -> None:
     c = await served.client()
     for user, password in (("alice", "wrong-password"), ("nobody", "whatever123")):

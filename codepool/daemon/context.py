@@ -39,5 +39,18 @@ class Router:
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...]  # whose X-Forwarded-For counts
     backend_checked_until: float = 0.0  # monotonic time the last good backend check holds
 
+    @property
+    def page_policy(self) -> str:
+        """The Content-Security-Policy of the router's own pages (on workspace origins too:
+        their style sheet is the main origin's)."""
+        o = self.origins
+        # A form's redirects must match form-action too: the login leads on to a workspace.
+        workspaces = f" {o.scheme}://*.{o.domain}{o.port_suffix}" if o.per_user else ""
+        return (
+            "default-src 'none'; script-src 'self'; "
+            f"style-src 'self' {o.main}; img-src 'self' data:; connect-src 'self'; "
+            f"form-action 'self'{workspaces}; frame-ancestors 'none'; base-uri 'none'"
+        )
+
 
 ROUTER = web.AppKey("router", Router)

@@ -76,21 +76,47 @@ def error_response(request: web.Request, exc: errors.CodepoolError) -> web.Respo
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+PROXIED = web.RequestKey("proxied", bool)  # set on requests a box answers
+
+
 def error_pages(handler: Handler) -> Handler:
-    """The one place where core errors become HTTP answers (JSON or a page). A wrapper of
-    each handler, not a middleware: an app with no middleware skips aiohttp's middleware
+    """The one place where core errors become HTTP answers (JSON or a page), and where the
+    router's own answers get their security headers (page_headers). A wrapper of each
+    handler, not a middleware: an app with no middleware skips aiohttp's middleware
     chain, a measurable share of a ping (docs/performance.md)."""
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except errors.CodepoolError as exc:
             if isinstance(exc, errors.BackendError | errors.StoreUnavailable):
                 request.app[ROUTER].metrics.backend_errors.labels("request").inc()
-            return error_response(request, exc)
+            response = error_response(request, exc)
+        except web.HTTPException as exc:  # redirects and refusals are answers too
+            page_headers(request, exc)
+            raise
+        if not request.get(PROXIED):
+            page_headers(request, response)
+        return response
 
     return wrapped
+
+
+def page_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """What every answer of the router's own says to the browser: no sniffing of types,
+    no referrer beyond our origin, https only once it is (HSTS), and for pages: scripts
+    and styles of our own only, no inline script, never inside another site's frame."""
+    if response.prepared:
+        return
+    router = request.app[ROUTER]
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    if router.secure_cookies:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if response.content_type == "text/html" or response.status in (301, 302, 303, 307, 308):
+        headers.setdefault("Content-Security-Policy", router.page_policy)
 
 
 # -- cookies and sessions -----------------------------------------------------------------

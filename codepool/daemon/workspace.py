@@ -43,6 +43,7 @@ from codepool.core.store import PingResult
 from codepool.daemon import pages
 from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.http import (
+    PROXIED,
     clear_cookie,
     client_address,
     cookie,
@@ -105,11 +106,13 @@ async def proxy(
     is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
     if is_ws and request.headers.get("Origin", "").lower() != origin:
         raise web.HTTPForbidden(text="WebSocket from a foreign Origin refused")
+    request[PROXIED] = True  # the box's answer: its own headers, not the router's
     try:
         if is_ws:
             return await router.proxy.websocket(request, owner, path)
         return await router.proxy.http(request, owner, path)
     except Stopped:
+        request[PROXIED] = False
         if is_ws or request.method != "GET" or "text/html" not in request.headers.get("Accept", ""):
             return json_error(409, "stopped", "the workspace is stopped")
         return stopped_page(router)
