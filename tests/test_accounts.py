@@ -78,3 +78,25 @@ def test_the_first_start_takes_in_the_users_file_of_0_1(tmp_path: Path) -> None:
             await store.close()
 
     assert asyncio.run(check()) == [("alice", True), ("bob", False)]  # no extra admin
+
+
+def test_the_first_admin_password_is_kept_in_a_private_file_until_changed(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from codepool.cli.app import app
+
+    settings = settings_from_mapping({"local": {"state_dir": str(tmp_path)}})
+    first_admin(settings)
+    secret = tmp_path / "initial-admin-password"
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) >= 12
+    config = tmp_path / "codepool.toml"
+    config.write_text(f'[local]\nstate_dir = "{tmp_path}"\n')
+    result = CliRunner().invoke(
+        app,
+        ["--config", str(config), "users", "passwd", "admin", "--password-stdin"],
+        input="a-new-password\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert not secret.exists()

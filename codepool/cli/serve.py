@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -68,8 +69,10 @@ def configure_logging(fmt: str, with_pid: bool = False) -> None:
 
 def first_admin(settings: Settings) -> None:
     """On the very first start (no account in the store), take the accounts of a users
-    file left by codepool 0.1, if there is one; else make an admin account and show its
-    password once."""
+    file left by codepool 0.1, if there is one; else make an admin account. Its password
+    goes to a file only the router's account can read (initial_password_file), never to
+    the log, which may end up in journald: the log says where it is. On a terminal it is
+    shown too."""
     if settings.router.auth != "local":
         return
 
@@ -87,12 +90,30 @@ def first_admin(settings: Settings) -> None:
         )
     if password is None:
         return
+    where = initial_password_file(settings)
+    write_private(where, password + "\n")
+    shown = f"password [bold]{password}[/]" if render.err.is_terminal else f"password in {where}"
     render.err.print(
         "\n[bold]codepool: first start.[/] Created the admin account:\n"
-        f"    user [bold]admin[/]   password [bold]{password}[/]\n"
-        "  It is shown this once. Change it with `codepool users passwd admin`;\n"
-        "  add people with `codepool users add NAME`.\n"
+        f"    user [bold]admin[/]   {shown}\n"
+        f"  The password is in {where} (readable by this account only). Change it with\n"
+        "  `codepool users passwd admin` (which deletes that file); add people with\n"
+        "  `codepool users add NAME`.\n"
     )
+
+
+def initial_password_file(settings: Settings) -> Path:
+    return settings.state_dir / "initial-admin-password"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only this account may read (0600), whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 def serve(

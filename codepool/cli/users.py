@@ -100,6 +100,11 @@ def passwd(
     _checked(name, as_json)
     password = _password(password_stdin)
     _run(ctx, as_json, lambda accounts: accounts.set_password(name, password))
+    if name == "admin":  # the first start's password, no longer the password
+        from codepool.cli.serve import initial_password_file
+
+        with render.exits_on_error(as_json):
+            initial_password_file(load_settings(ctx.obj)).unlink(missing_ok=True)
     if as_json:
         render.print_json({"name": name, "password_set": True, "sessions_ended": True})
     else:
