@@ -19,9 +19,10 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -31,6 +32,8 @@ from codepool.core.models import Account
 from codepool.core.policy import check_user
 from codepool.core.store import Store
 
+T = TypeVar("T")
+HASH_THREADS = 2  # passwords checked at once per process: argon2id takes 64 MiB each
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # longer is refused before hashing: no one types that, a flood might
 _HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory profile (t=3, m=64 MiB, p=4)
@@ -38,6 +41,20 @@ _HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory profile (t=3, m=64 M
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+async def _in_hash_pool(fn: Callable[..., T], *args: Any) -> T:
+    """Run a password hash in this process's small pool of its own: a flood of logins
+    waits there, and cannot take the threads that store calls and the rest use, nor more
+    than HASH_THREADS times argon2id's memory. (One pool per process: a pool made before
+    a fork has no threads in the child.)"""
+    pool = _pools.get(os.getpid())
+    if pool is None:
+        pool = _pools[os.getpid()] = ThreadPoolExecutor(HASH_THREADS, "password")
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
 def hash_password(password: str) -> str:
@@ -104,7 +121,7 @@ class Accounts:
     async def add(self, name: str, password: str, admin: bool = False) -> Account:
         check_user(name)
         check_password_rule(password)
-        digest = await asyncio.to_thread(hash_password, password)
+        digest = await _in_hash_pool(hash_password, password)
         account = Account(name, admin, digest, self.clock())
         if not await self.store.add_account(account):
             raise InvalidInput(f"user {name!r} already exists (use `codepool users passwd`)")
@@ -120,7 +137,7 @@ class Accounts:
         """A new password; every session of the account ends, on every router."""
         check_password_rule(password)
         account = await self._existing(name)
-        digest = await asyncio.to_thread(hash_password, password)
+        digest = await _in_hash_pool(hash_password, password)
         if not await self.store.update_account(
             replace(account, password_hash=digest), end_sessions=True
         ):
@@ -150,11 +167,11 @@ class Accounts:
             return None
         account = await self.store.get_account(name) if len(name) <= 64 else None
         stored = account.password_hash if account else _DUMMY_HASH
-        right, stale = await asyncio.to_thread(check_password, password, stored)
+        right, stale = await _in_hash_pool(check_password, password, stored)
         if account is None or not right:
             return None
         if stale:
-            digest = await asyncio.to_thread(hash_password, password)
+            digest = await _in_hash_pool(hash_password, password)
             await self.store.update_account(
                 replace(account, password_hash=digest), end_sessions=False
             )
@@ -164,7 +181,7 @@ class Accounts:
         """With no account at all, create `admin` with a random password and return it (to
         be shown once); otherwise None. Two routers starting together make one admin."""
         password = secrets.token_urlsafe(12)
-        digest = await asyncio.to_thread(hash_password, password)
+        digest = await _in_hash_pool(hash_password, password)
         admin = Account("admin", True, digest, self.clock())
         return password if await self.store.add_account(admin, only_if_none=True) else None
 

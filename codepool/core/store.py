@@ -130,6 +130,19 @@ class Store(Protocol):
     async def take_entry(self, token_hash: str) -> EntryGrant | None:
         """The pass, deleted in the same step (a second take gets None); None if expired."""
 
+    async def reserve_attempts(
+        self, keys: Sequence[str], attempt: str, limit: int, window_ms: int
+    ) -> int:
+        """Count one attempt (named attempt) against every key, only if each has had fewer
+        than limit in the last window_ms: 0 if counted, else the ms until one may try
+        again (nothing counted). One step, so concurrent attempts never pass the limit."""
+
+    async def release_attempts(self, keys: Sequence[str], attempt: str) -> None:
+        """Take back one counted attempt (it succeeded)."""
+
+    async def clear_attempts(self, keys: Sequence[str]) -> None:
+        """Forget every attempt of these keys."""
+
     async def check(self) -> None:
         """Raise StoreUnavailable if the store cannot answer."""
 

@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import time
-from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from codepool.core.errors import ConfigError, InvalidInput
 from codepool.core.policy import check_user
 from codepool.core.settings import JwtSettings
+from codepool.core.store import Store
 from codepool.daemon.sessions import Session
 
 log = logging.getLogger("codepool.auth")
@@ -45,37 +45,28 @@ def load_or_create_secret(path: Path) -> bytes:
 
 
 class LoginLimiter:
-    """Failed logins per key (a client address, a user name) in a sliding minute."""
+    """Login attempts per client address and per account name in a sliding window,
+    counted in the store, so every worker and every router shares the count. An attempt
+    is counted before its password is checked, in one store step for both keys: a burst
+    of concurrent attempts never gets more password checks than the limit. A successful
+    login takes its own attempt back and clears the account's count."""
 
-    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
+    def __init__(self, store: Store, per_minute: int, window_s: float = 60.0) -> None:
+        self.store = store
         self.per_minute = per_minute
         self.window_s = window_s
-        self.failures: dict[str, deque[float]] = {}
 
-    def retry_after(self, keys: list[str], now: float | None = None) -> int:
-        """Seconds until every key may try again; 0 if none is over the limit."""
-        t = time.monotonic() if now is None else now
-        wait = 0.0
-        for key in keys:
-            q = self.failures.get(key)
-            if not q:
-                continue
-            while q and q[0] <= t - self.window_s:
-                q.popleft()
-            if len(q) >= self.per_minute:
-                wait = max(wait, q[0] + self.window_s - t)
-        return int(wait) + 1 if wait > 0 else 0
+    async def reserve(self, keys: list[str]) -> tuple[str, int]:
+        """(the attempt's id, 0) if it may go on; else ("", seconds to wait)."""
+        attempt = secrets.token_hex(8)
+        wait_ms = await self.store.reserve_attempts(
+            keys, attempt, self.per_minute, int(self.window_s * 1000)
+        )
+        return ("", wait_ms // 1000 + 1) if wait_ms else (attempt, 0)
 
-    def fail(self, keys: list[str], now: float | None = None) -> None:
-        t = time.monotonic() if now is None else now
-        if len(self.failures) > 100_000:  # bound memory under a spray of names
-            self.failures = {k: q for k, q in self.failures.items() if q and q[-1] > t - 60}
-        for key in keys:
-            self.failures.setdefault(key, deque()).append(t)
-
-    def forget(self, keys: list[str]) -> None:
-        for key in keys:
-            self.failures.pop(key, None)
+    async def succeeded(self, keys: list[str], attempt: str) -> None:
+        await self.store.release_attempts(keys, attempt)
+        await self.store.clear_attempts([k for k in keys if k.startswith("user:")])
 
 
 class JwtVerifier:

@@ -63,9 +63,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))
     next_path = safe_next(str(form.get("next", "")))
     client = client_address(request)
-    keys = [f"client:{client}", f"user:{user}"]
+    keys = [f"client:{client}", f"user:{user[:64]}"]
     csrf = str(form.get("csrf"))
-    wait = router.limiter.retry_after(keys)
+    attempt, wait = await router.limiter.reserve(keys)  # counted before the password check
     if wait:
         text = pages.login(csrf, next_path, f"Too many failed logins. Try again in {wait} s.", user)
         return web.Response(
@@ -73,11 +73,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         )
     account = await router.accounts.verify(user, password)
     if account is None:
-        router.limiter.fail(keys)
         log.info("login failed user=%r client=%s", user[:64], client)
         text = pages.login(csrf, next_path, "Wrong user name or password.", user)
         return web.Response(text=text, status=401, content_type="text/html")
-    router.limiter.forget([f"user:{user}"])
+    await router.limiter.succeeded(keys, attempt)
     if why := await router.pool.backend.refuses(account.name):  # one person per machine
         log.warning("login refused user=%s: %s", account.name, why)
         text = pages.problem("This machine serves someone else", why[:1].upper() + why[1:])

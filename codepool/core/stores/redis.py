@@ -13,6 +13,8 @@ Keys (with the optional prefix P):
                             parent; expires with the session (sid: SHA-256 of the cookie)
   P userSessions:<user>     set of the user's sids (ended together: logout, passwd, remove)
   P entry:<token hash>      a one-time entry pass (JSON); expires within a minute
+  P attempts:<key>          sorted set attempt -> time: login attempts per account and
+                            per client, for the rate limit; expires with its window
 The scripts build some keys from the prefix, so this is for a single Redis (or a
 primary with replicas), not Redis Cluster.
 """
@@ -279,6 +281,26 @@ end
 return 1
 """
 
+# KEYS: the attempt sets; ARGV: now, window, limit, attempt -> 0 if counted in every set,
+# else the ms to wait (nothing counted).
+_RESERVE_ATTEMPTS = """
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local wait = 0
+for _, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    wait = math.max(wait, tonumber(oldest[2]) + window - now, 1)
+  end
+end
+if wait > 0 then return wait end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[4])
+  redis.call('PEXPIRE', key, window)
+end
+return 0
+"""
+
 _TOUCH_SESSION = """
 local seen = redis.call('HGET', KEYS[1], 'lastSeen')
 if seen and tonumber(seen) < tonumber(ARGV[1]) then
@@ -348,6 +370,7 @@ class RedisStore:
         self._delete_session = client.register_script(_DELETE_SESSION)
         self._touch_session = client.register_script(_TOUCH_SESSION)
         self._sessions = GroupCommit(self._read_sessions, max_batch=batch_size)
+        self._reserve_attempts = client.register_script(_RESERVE_ATTEMPTS)
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "", batch_size: int = 500) -> RedisStore:
@@ -564,6 +587,28 @@ class RedisStore:
             return None
         grant = EntryGrant(**json.loads(body))
         return grant if grant.expires_ms > time.time() * 1000 else None
+
+    # -- login attempts ---------------------------------------------------------------------
+
+    def _attempt_keys(self, keys: Sequence[str]) -> list[str]:
+        return [f"{self.prefix}attempts:{key}" for key in keys]
+
+    async def reserve_attempts(
+        self, keys: Sequence[str], attempt: str, limit: int, window_ms: int
+    ) -> int:
+        args: list[str | int] = [int(time.time() * 1000), window_ms, limit, attempt]
+        keys_ = self._attempt_keys(keys)
+        return int(await self._do(self._reserve_attempts(keys=keys_, args=args)))
+
+    async def release_attempts(self, keys: Sequence[str], attempt: str) -> None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for key in self._attempt_keys(keys):
+                pipe.zrem(key, attempt)
+            await self._do(pipe.execute())
+
+    async def clear_attempts(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._do(self.r.delete(*self._attempt_keys(keys)))
 
     async def check(self) -> None:
         await self._do(self.r.ping())

@@ -63,6 +63,11 @@ CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_ms);
 CREATE TABLE IF NOT EXISTS entries (
     token TEXT PRIMARY KEY, grant_json TEXT NOT NULL, expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT NOT NULL, attempt TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (key, attempt)
+);
+CREATE INDEX IF NOT EXISTS attempts_by_time ON attempts (key, at_ms);
 """
 
 SESSION_COLUMNS = (
@@ -522,6 +527,49 @@ class SQLiteStore:
             return EntryGrant(**json.loads(r[0]))
 
         return await self._run(q, write=True)
+
+    # -- login attempts ---------------------------------------------------------------------
+
+    async def reserve_attempts(
+        self, keys: Sequence[str], attempt: str, limit: int, window_ms: int
+    ) -> int:
+        def q(db: sqlite3.Connection) -> int:
+            now = _now_ms()
+            wait = 0
+            for key in keys:
+                db.execute(
+                    "DELETE FROM attempts WHERE key = ? AND at_ms <= ?", (key, now - window_ms)
+                )
+                count, oldest = db.execute(
+                    "SELECT COUNT(*), MIN(at_ms) FROM attempts WHERE key = ?", (key,)
+                ).fetchone()
+                if count >= limit:
+                    wait = max(wait, oldest + window_ms - now)
+            if wait:
+                return max(wait, 1)
+            db.executemany(
+                "INSERT OR REPLACE INTO attempts (key, attempt, at_ms) VALUES (?, ?, ?)",
+                [(key, attempt, now) for key in keys],
+            )
+            return 0
+
+        return await self._run(q, write=True)
+
+    async def release_attempts(self, keys: Sequence[str], attempt: str) -> None:
+        rows = [(key, attempt) for key in keys]
+
+        def q(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM attempts WHERE key = ? AND attempt = ?", rows)
+
+        await self._run(q, write=True)
+
+    async def clear_attempts(self, keys: Sequence[str]) -> None:
+        rows = [(key,) for key in keys]
+
+        def q(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM attempts WHERE key = ?", rows)
+
+        await self._run(q, write=True)
 
     async def check(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
