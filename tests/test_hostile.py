@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -250,3 +251,86 @@ async def test_a_decompression_bomb_does_not_swell_the_router(
     print(f"RSS {before} kB -> peak {peak} kB; bob answered {answered} times meanwhile")
     assert peak - before < 100 * 1024, (before, peak)
     assert answered >= 1
+
+
+MAIN_ROUTES = [
+    "/", "/login", "/logout", "/dispatch", "/dispatch/status", "/authorize", "/ping",
+    "/admin", "/admin/stop", "/admin/extend", "/health", "/livez", "/readyz", "/metrics",
+    "/assets/style.css", "/w/alice/x", "/nope",
+]  # fmt: skip
+WORKSPACE_ROUTES = [
+    "/", "/_codepool/enter", "/_codepool/ping", "/_codepool/resume", "/_codepool/auth",
+    "/_codepool/heartbeat.js", "/x",
+]  # fmt: skip
+# What a hand-written HTTP request may carry in a header: any byte but CR, LF and NUL.
+HEADER_BYTES = st.binary(max_size=60).map(
+    lambda b: bytes(c for c in b if c not in b"\r\n\0") or b"x"
+)
+
+
+async def raw_request(port: int, host: str, method: str, target: bytes, headers: bytes,
+                      body: bytes) -> int:  # fmt: skip
+    """Send bytes as they are (an HTTP client would check and encode them); the status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"{method} ".encode() + target + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+    head += headers + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+    writer.write(head + body)
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+@local_only
+@FUZZ
+@given(
+    where=st.sampled_from(["main", "workspace"]),
+    route=st.integers(min_value=0, max_value=100),
+    method=st.sampled_from(["GET", "POST", "PUT", "HEAD"]),
+    cookie=HEADER_BYTES,
+    origin=HEADER_BYTES,
+    fetch_site=st.sampled_from([b"same-origin", b"same-site", b"cross-site", b"none", b"\xff"]),
+    accept=st.sampled_from([b"text/html", b"application/json", b"*/*", b"\xe9"]),
+    query=HEADER_BYTES,
+    body=st.binary(max_size=200),
+    logged_in=st.booleans(),
+)
+async def test_any_bytes_on_any_route_never_make_a_5xx_or_a_traceback(
+    served: Served,
+    bob_working: Client,
+    caplog: pytest.LogCaptureFixture,
+    where: str,
+    route: int,
+    method: str,
+    cookie: bytes,
+    origin: bytes,
+    fetch_site: bytes,
+    accept: bytes,
+    query: bytes,
+    body: bytes,
+    logged_in: bool,
+) -> None:
+    """Every route of both kinds of origin, with any bytes in the cookies, Origin, Fetch
+    Metadata, Accept, query and body, and with and without a real session alongside."""
+    port = URL(served.origin).port
+    assert port is not None
+    routes = MAIN_ROUTES if where == "main" else WORKSPACE_ROUTES
+    path = routes[route % len(routes)]
+    host = f"127.0.0.1:{port}" if where == "main" else f"alice.localhost:{port}"
+    real = ""
+    if logged_in:
+        name = served.router.cookies.session if where == "main" else served.router.cookies.workspace
+        real = bob_working.cookie(name, served.ws("alice") if where != "main" else "") or ""
+    cookies = b"codepool_session=" + cookie + b"; codepool_ws=" + cookie
+    if real:
+        cookies += f"; {name}={real}".encode()
+    headers = b"Cookie: " + cookies + b"\r\nOrigin: " + origin + b"\r\n"
+    headers += b"Sec-Fetch-Site: " + fetch_site + b"\r\nAccept: " + accept + b"\r\n"
+    headers += b"Content-Type: application/x-www-form-urlencoded\r\n"
+    target = path.encode() + b"?" + bytes(c for c in query if 32 < c < 127 and c != 35)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        status = await raw_request(port, host, method, target, headers, body)
+    assert status < 500, (where, method, target, status)
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert not tracebacks, tracebacks[0].getMessage()

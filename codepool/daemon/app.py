@@ -4,10 +4,13 @@ with it (SIGTERM finishes the cycle under way and gives the leader lease back)."
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from codepool.core.accounts import Accounts
 from codepool.core.errors import ConfigError
@@ -23,6 +26,22 @@ from codepool.daemon.metrics import Metrics
 from codepool.daemon.proxy import Heartbeat, WorkspaceProxy
 from codepool.daemon.sessions import CookieNames, Sessions
 from codepool.daemon.workspace import PING, RESUME, SCRIPT
+
+
+class QuietBadRequests(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logs every malformed request (a control byte in a header, a bad
+    request line) at ERROR with a traceback: anyone sending junk would fill the log with
+    them. Those are the client's mistakes: one line at INFO. Anything else keeps its
+    traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.logger.info("bad request (%s): %s", ", ".join(map(str, args)), exc_info.message)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
 
 def trusted_networks(entries: tuple[str, ...]) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -96,7 +115,7 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         secure_cookies=secure,
         trusted_proxies=trusted_networks(r.trusted_proxies),
     )
-    app = web.Application(client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2, handler_args={"logger": QuietBadRequests()})
     app[ROUTER] = router
     routes.add_routes(app)
 
