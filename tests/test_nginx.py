@@ -34,7 +34,7 @@ from tests.conftest import make_settings, need
 from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
 from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
-from tests.standin_workspace import GZIP_JS, make_app
+from tests.standin_workspace import GZIP_JS, gzip_bomb, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -403,6 +403,8 @@ async def test_front_conf_carries_workspace_traffic_the_router_allows(
             ) as ws:
                 await ws.send_str("through the front")
                 assert await ws.receive_str() == "through the front"
+            resp = await c.get(alice_home + "/bomb?mb=64", headers={"Accept-Encoding": "gzip"})
+            assert await resp.read() == gzip_bomb(64)  # carried as it came, never inflated
             resp = await c.get(alice_home + "/set-cookies")
             assert "Set-Cookie" not in resp.headers  # nginx cannot pick: it sets none
             assert "Service-Worker-Allowed" not in resp.headers
