@@ -39,6 +39,8 @@ async def burst(bases: list[str]) -> Counter[int]:
 
 
 def limited_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """The account's limit at LIMIT; the client's (60 by default) is above the burst, so
+    the account's is the one the burst meets."""
     return serve_env(state_dir, CODEPOOL_ROUTER_LOGIN_ATTEMPTS_PER_MINUTE=str(LIMIT), **extra)
 
 

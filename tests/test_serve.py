@@ -94,6 +94,9 @@ async def test_two_routers_on_one_redis(
         CODEPOOL_STORE_URL=redis_url,
         CODEPOOL_STORE_KEY_PREFIX=prefix,
         CODEPOOL_LOCAL_MAX_SIZE=str(PEOPLE + 10),
+        # Everyone comes from one address here, like an office behind one NAT, and their
+        # attempts count while their passwords are checked: the operator raises the limit.
+        CODEPOOL_ROUTER_LOGIN_ATTEMPTS_PER_CLIENT_PER_MINUTE=str(PEOPLE * VISITS),
     )
     names = [f"dev{n}" for n in range(PEOPLE)]
     await add_accounts(state_dir, names, redis_url, prefix)

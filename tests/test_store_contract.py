@@ -299,18 +299,21 @@ async def test_an_entry_pass_is_taken_once(store: Store) -> None:
 
 
 async def test_attempts_are_counted_before_and_never_past_the_limit(store: Store) -> None:
-    keys = ["client:1.2.3.4", "user:alice"]
+    limits = [("client:1.2.3.4", 8), ("user:alice", 5)]
+    keys = [key for key, _ in limits]
     results = await asyncio.gather(
-        *(store.reserve_attempts(keys, f"a{i}", 5, 60_000) for i in range(40))
+        *(store.reserve_attempts(limits, f"a{i}", 60_000) for i in range(40))
     )
     assert results.count(0) == 5  # forty at once: five counted, the rest told to wait
     assert all(0 < wait <= 60_000 for wait in results if wait)
-    assert await store.reserve_attempts(["user:bob"], "b", 5, 60_000) == 0  # its own count
+    other = [("client:1.2.3.4", 8), ("user:bob", 5)]  # bob has his own count...
+    assert [await store.reserve_attempts(other, f"b{i}", 60_000) for i in range(4)][:3] == [0] * 3
+    assert await store.reserve_attempts(other, "b9", 60_000) > 0  # ... the address is full
     await store.release_attempts(keys, "a0")  # one took its attempt back
-    assert await store.reserve_attempts(keys, "again", 5, 60_000) == 0
-    assert await store.reserve_attempts(keys, "more", 5, 60_000) > 0
+    assert await store.reserve_attempts(limits, "again", 60_000) == 0
+    assert await store.reserve_attempts(limits, "more", 60_000) > 0
     await store.clear_attempts(keys)
-    assert await store.reserve_attempts(keys, "fresh", 5, 60_000) == 0
-    assert await store.reserve_attempts(["w"], "x", 1, 50) == 0
+    assert await store.reserve_attempts([("user:alice", 5)], "fresh", 60_000) == 0
+    assert await store.reserve_attempts([("w", 1)], "x", 50) == 0
     await asyncio.sleep(0.06)  # the window has passed
-    assert await store.reserve_attempts(["w"], "y", 1, 50) == 0
+    assert await store.reserve_attempts([("w", 1)], "y", 50) == 0

@@ -156,7 +156,10 @@ class RouterSettings:
     )
     session_lifetime_s: int = setting(43200, "seconds a login lasts", minimum=60)
     login_attempts_per_minute: int = setting(
-        10, "failed logins allowed per client and per user name each minute", minimum=1
+        10, "login attempts allowed per account name in a sliding minute", minimum=1
+    )
+    login_attempts_per_client_per_minute: int = setting(
+        60, "login attempts allowed per client address in a sliding minute", minimum=1
     )
     heartbeat_interval_s: int = setting(
         30, "seconds between pings from a visible workspace tab", minimum=1

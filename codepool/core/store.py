@@ -131,11 +131,11 @@ class Store(Protocol):
         """The pass, deleted in the same step (a second take gets None); None if expired."""
 
     async def reserve_attempts(
-        self, keys: Sequence[str], attempt: str, limit: int, window_ms: int
+        self, limits: Sequence[tuple[str, int]], attempt: str, window_ms: int
     ) -> int:
-        """Count one attempt (named attempt) against every key, only if each has had fewer
-        than limit in the last window_ms: 0 if counted, else the ms until one may try
-        again (nothing counted). One step, so concurrent attempts never pass the limit."""
+        """Count one attempt (named attempt) against every key of limits, only if each has
+        had fewer than its limit in the last window_ms: 0 if counted, else the ms until one
+        may try again (nothing counted). One step: concurrent attempts never pass a limit."""
 
     async def release_attempts(self, keys: Sequence[str], attempt: str) -> None:
         """Take back one counted attempt (it succeeded)."""

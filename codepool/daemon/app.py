@@ -98,7 +98,9 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         accounts=accounts,
         sessions=Sessions(pool.store, admin_of, r.session_lifetime_s),
         jwt=jwt,
-        limiter=LoginLimiter(pool.store, r.login_attempts_per_minute),
+        limiter=LoginLimiter(
+            pool.store, r.login_attempts_per_minute, r.login_attempts_per_client_per_minute
+        ),
         dispatcher=Dispatcher(pool),
         proxy=WorkspaceProxy(
             pool,

@@ -45,28 +45,37 @@ def load_or_create_secret(path: Path) -> bytes:
 
 
 class LoginLimiter:
-    """Login attempts per client address and per account name in a sliding window,
+    """Login attempts per account name and per client address in a sliding window,
     counted in the store, so every worker and every router shares the count. An attempt
     is counted before its password is checked, in one store step for both keys: a burst
-    of concurrent attempts never gets more password checks than the limit. A successful
-    login takes its own attempt back and clears the account's count."""
+    of concurrent attempts never gets more password checks than the limits. A successful
+    login takes its own attempt back and clears the account's count.
 
-    def __init__(self, store: Store, per_minute: int, window_s: float = 60.0) -> None:
+    An account allows few attempts (guessing one person's password); a client address
+    more (the people behind one office's address log in around the same minute, and
+    their attempts count while their passwords are being checked)."""
+
+    def __init__(
+        self, store: Store, per_account: int, per_client: int, window_s: float = 60.0
+    ) -> None:
         self.store = store
-        self.per_minute = per_minute
+        self.per_account = per_account
+        self.per_client = per_client
         self.window_s = window_s
 
-    async def reserve(self, keys: list[str]) -> tuple[str, int]:
+    def keys(self, client: str, user: str) -> list[tuple[str, int]]:
+        return [(f"client:{client}", self.per_client), (f"user:{user[:64]}", self.per_account)]
+
+    async def reserve(self, keys: list[tuple[str, int]]) -> tuple[str, int]:
         """(the attempt's id, 0) if it may go on; else ("", seconds to wait)."""
         attempt = secrets.token_hex(8)
-        wait_ms = await self.store.reserve_attempts(
-            keys, attempt, self.per_minute, int(self.window_s * 1000)
-        )
+        wait_ms = await self.store.reserve_attempts(keys, attempt, int(self.window_s * 1000))
         return ("", wait_ms // 1000 + 1) if wait_ms else (attempt, 0)
 
-    async def succeeded(self, keys: list[str], attempt: str) -> None:
-        await self.store.release_attempts(keys, attempt)
-        await self.store.clear_attempts([k for k in keys if k.startswith("user:")])
+    async def succeeded(self, keys: list[tuple[str, int]], attempt: str) -> None:
+        names = [key for key, _ in keys]
+        await self.store.release_attempts(names, attempt)
+        await self.store.clear_attempts([k for k in names if k.startswith("user:")])
 
 
 class JwtVerifier:

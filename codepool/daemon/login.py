@@ -63,7 +63,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))
     next_path = safe_next(str(form.get("next", "")))
     client = client_address(request)
-    keys = [f"client:{client}", f"user:{user[:64]}"]
+    keys = router.limiter.keys(client, user)
     csrf = str(form.get("csrf"))
     attempt, wait = await router.limiter.reserve(keys)  # counted before the password check
     if wait:

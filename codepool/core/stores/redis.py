@@ -281,21 +281,21 @@ end
 return 1
 """
 
-# KEYS: the attempt sets; ARGV: now, window, limit, attempt -> 0 if counted in every set,
-# else the ms to wait (nothing counted).
+# KEYS: the attempt sets; ARGV: now, window, attempt, then each key's limit -> 0 if
+# counted in every set, else the ms to wait (nothing counted).
 _RESERVE_ATTEMPTS = """
-local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local wait = 0
-for _, key in ipairs(KEYS) do
+for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  if redis.call('ZCARD', key) >= limit then
+  if redis.call('ZCARD', key) >= tonumber(ARGV[3 + i]) then
     local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     wait = math.max(wait, tonumber(oldest[2]) + window - now, 1)
   end
 end
 if wait > 0 then return wait end
 for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now, ARGV[4])
+  redis.call('ZADD', key, now, ARGV[3])
   redis.call('PEXPIRE', key, window)
 end
 return 0
@@ -594,11 +594,12 @@ class RedisStore:
         return [f"{self.prefix}attempts:{key}" for key in keys]
 
     async def reserve_attempts(
-        self, keys: Sequence[str], attempt: str, limit: int, window_ms: int
+        self, limits: Sequence[tuple[str, int]], attempt: str, window_ms: int
     ) -> int:
-        args: list[str | int] = [int(time.time() * 1000), window_ms, limit, attempt]
-        keys_ = self._attempt_keys(keys)
-        return int(await self._do(self._reserve_attempts(keys=keys_, args=args)))
+        args: list[str | int] = [int(time.time() * 1000), window_ms, attempt]
+        args += [limit for _, limit in limits]
+        keys = self._attempt_keys([key for key, _ in limits])
+        return int(await self._do(self._reserve_attempts(keys=keys, args=args)))
 
     async def release_attempts(self, keys: Sequence[str], attempt: str) -> None:
         async with self.r.pipeline(transaction=False) as pipe:

@@ -531,12 +531,12 @@ class SQLiteStore:
     # -- login attempts ---------------------------------------------------------------------
 
     async def reserve_attempts(
-        self, keys: Sequence[str], attempt: str, limit: int, window_ms: int
+        self, limits: Sequence[tuple[str, int]], attempt: str, window_ms: int
     ) -> int:
         def q(db: sqlite3.Connection) -> int:
             now = _now_ms()
             wait = 0
-            for key in keys:
+            for key, limit in limits:
                 db.execute(
                     "DELETE FROM attempts WHERE key = ? AND at_ms <= ?", (key, now - window_ms)
                 )
@@ -549,7 +549,7 @@ class SQLiteStore:
                 return max(wait, 1)
             db.executemany(
                 "INSERT OR REPLACE INTO attempts (key, attempt, at_ms) VALUES (?, ?, ?)",
-                [(key, attempt, now) for key in keys],
+                [(key, attempt, now) for key, _ in limits],
             )
             return 0
 
