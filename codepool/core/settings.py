@@ -43,6 +43,7 @@ DEFAULT_COMMAND = (
     "none",
     "--disable-telemetry",
     "--disable-update-check",
+    "--disable-workspace-trust",
     "--user-data-dir",
     "{data_dir}",
     "{home}",

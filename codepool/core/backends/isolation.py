@@ -7,12 +7,16 @@ Three ways, chosen by `local.isolation`:
 
 - `accounts` (the default as root): each person has a Unix account of their own
   (`local.unix_user`, created at their first launch, marked as codepool's by its comment
-  field) that owns their slot; code-server runs under it (setpriv). Warm spares run as
-  `nobody` and start again under the person's account when one is handed out. A stop
-  ends every process of the account.
+  field) that owns their slot; code-server runs under it (setpriv), inside a bubblewrap
+  sandbox too when bubblewrap is installed. A stop ends every process of the account.
 - `sandbox` (the default otherwise, when bubblewrap works): each workspace runs in a
   bubblewrap sandbox with its own PID namespace, that sees the system read-only and, of
   the rest, only its own slot's folders.
+
+In a sandbox the person's folder is `/home/<name>` (what VS Code shows, and the
+terminal's `~`), code-server's data `/run/workspace/data` and its socket in
+`/run/workspace/run`. A warm spare runs for nobody in particular (as `nobody`, or as
+`workspace` in its sandbox), and starts again as its person's when one is handed out.
 - `none` (the fallback when neither can be had): workspaces run as the router, so only
   one person may use the machine; a second is refused, with what to install.
 
@@ -192,22 +196,38 @@ SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib6
 
 
 def sandbox_argv(
-    program: str,
-    args: Sequence[str],
-    writable: Sequence[Path],
+    command: Sequence[str],
+    binds: Sequence[tuple[Path, str]],
     readable: Sequence[str],
-    home: Path,
+    home: str,
+    account: pwd.struct_passwd | None = None,
 ) -> list[str]:
     """bubblewrap around a workspace command: the system's directories read-only (without
-    /etc/codepool), the slot's own folders read-write, the extra read-only paths, fresh
-    /proc, /dev and /tmp, its own PID, IPC and UTS namespaces, no capabilities. The
-    network is the host's (people need it; the workspace listens on a socket file).
+    /etc/codepool), the slot's own folders read-write where the workspace sees them
+    (binds: (the slot's folder, its path inside)), the extra read-only paths, fresh
+    /proc, /dev and /tmp, its own PID, IPC and UTS namespaces. The network is the host's
+    (people need it; the workspace listens on a socket file).
+
+    Without an account (an ordinary router) the sandbox has a user namespace of its own
+    and no capability. With one (root), there is no user namespace (it would map no uid
+    but root's): the sandbox keeps only the two capabilities setpriv needs to become the
+    account, and drops them in doing so.
 
     bwrap is held by a shell: with --die-with-parent, the sandbox dies with bwrap, and
     bwrap with that shell, so killing the shell ends every process in the sandbox, while
     the router's own exit (a restart) ends none."""
     bwrap = shutil.which("bwrap") or "bwrap"
-    argv = ["--unshare-all", "--share-net", "--die-with-parent", "--cap-drop", "ALL"]
+    if account is None:
+        argv = ["--unshare-all", "--share-net", "--cap-drop", "ALL"]
+    else:
+        argv = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        # Into the home only as the account: root without its other capabilities may not
+        # enter a folder of the account's (mode 0700).
+        wrapped = in_home(command[0], command[1:])
+        command = setpriv_argv(account, wrapped[0], wrapped[1:])
+        home = "/"
+    argv.append("--die-with-parent")
     for system in SYSTEM_DIRS:
         path = Path(system)
         if path.is_symlink():
@@ -216,13 +236,19 @@ def sandbox_argv(
             argv += ["--ro-bind", system, system]
     if Path("/etc/codepool").is_dir():
         argv += ["--tmpfs", "/etc/codepool"]  # the router's config: not for workspaces
+    # The folders above each mount, made open (bwrap would make them 0700: closed to an
+    # account that is not root).
+    targets = ["/run/systemd/resolve", *readable, *(inside for _, inside in binds)]
+    for folder in sorted({str(p) for t in targets for p in Path(t).parents} - {"/"}):
+        if not any(folder == d or folder.startswith(d + "/") for d in SYSTEM_DIRS):
+            argv += ["--perms", "0755", "--dir", folder]
     argv += ["--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
     for extra in readable:
         argv += ["--ro-bind-try", extra, extra]
-    for folder in writable:
-        argv += ["--bind", str(folder), str(folder)]
-    argv += ["--hostname", "workspace", "--chdir", str(home), "--", program, *args]
+    for source, inside in binds:
+        argv += ["--bind", str(source), inside]
+    argv += ["--hostname", "workspace", "--chdir", home, "--", *command]
     return ["/bin/sh", "-c", '"$@"; exit $?', SANDBOX_NAME, bwrap, *argv]
 
 
@@ -235,6 +261,7 @@ def setpriv_argv(account: pwd.struct_passwd, program: str, args: Sequence[str]) 
         f"--regid={account.pw_gid}",
         "--clear-groups",
         "--no-new-privs",
+        "--inh-caps=-all",
         "--",
         program,
         *args,

@@ -60,6 +60,9 @@ INSTALL_HINT = (
     f"{CODE_SERVER_VERSION} from npm), put `code-server` on PATH, or set local.command"
 )
 STOP_GRACE_S = 5.0
+# Where a sandboxed workspace sees its data and its socket's folder (its home is
+# /home/<person>).
+SANDBOX_PATHS = {"data": "/run/workspace/data", "run": "/run/workspace/run"}
 SHARED_INSTALL = Path("/opt/codepool")  # scripts/install-code-server's folder as root
 T = TypeVar("T")
 
@@ -145,6 +148,11 @@ class LocalBackend:
         self.root = state_dir
         self.slots = self.root / "slots"
         self.isolation, self.isolation_detail = isolation.choose(settings.isolation)
+        # Accounts run in a sandbox as well where bubblewrap is at hand: their folders get
+        # names of their own there, and the state folder need not be open to them.
+        self.sandboxed = self.isolation == "sandbox" or (
+            self.isolation == "accounts" and not isolation.bwrap_works()
+        )
         # A Unix socket unless the command asks for a port ({port}: the operator's choice).
         self.on_socket = not any("{port}" in part for part in settings.command)
 
@@ -166,7 +174,7 @@ class LocalBackend:
             folder.mkdir(parents=True, exist_ok=True)
             if folder.stat().st_mode & 0o777 != mode:
                 folder.chmod(mode)
-        if self.isolation == "accounts":
+        if self.isolation == "accounts" and not self.sandboxed:
             _check_reachable(self.root)
 
     @contextlib.contextmanager
@@ -261,13 +269,18 @@ class LocalBackend:
             )
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()  # a stale one from the last run
+        # Where the workspace sees its folders: in a sandbox, under names of its own.
+        seen = {"slot": str(slot), "home": str(home), "data": str(data), "run": str(run)}
+        if self.sandboxed:
+            inside = "/home/" + (meta.owner or "workspace")
+            seen = {"slot": "/run/workspace", "home": inside, **SANDBOX_PATHS}
         port = 0 if self.on_socket else _free_port(self.settings.host, meta.port)
         values = {
             "port": str(port),
-            "socket": str(socket_path),
-            "home": str(home),
-            "data_dir": str(data),
-            "slot": str(slot),
+            "socket": f"{seen['run']}/ws.sock",
+            "home": str(seen["home"]),
+            "data_dir": str(seen["data"]),
+            "slot": str(seen["slot"]),
             "host": self.settings.host,
         }
         try:
@@ -278,10 +291,13 @@ class LocalBackend:
                 "{socket} {port} {home} {data_dir} {slot} {host}"
             ) from None
         program = resolve_executable(argv[0])
-        env = isolation.clean_env(home, meta.owner or "workspace")
-        if self.isolation == "sandbox":
+        env = isolation.clean_env(Path(seen["home"]), meta.owner or "workspace")
+        if self.sandboxed:
+            binds = [(home, str(seen["home"])), (data, str(seen["data"])), (run, str(seen["run"]))]
             readable = [*self.settings.sandbox_paths, *_install_root(program)]
-            command = isolation.sandbox_argv(program, argv[1:], [home, data, run], readable, home)
+            command = isolation.sandbox_argv(
+                [program, *argv[1:]], binds, readable, str(seen["home"]), account
+            )
         elif account is not None:
             command = isolation.setpriv_argv(account, *_in_home(program, argv[1:]))
         else:
@@ -418,15 +434,16 @@ class LocalBackend:
                     raise BackendError(refusal)
                 meta = replace(meta, owner=owner)
                 self._write(meta)  # the owner first: a crash leaves the box to its person
-                if self.isolation == "accounts":
+                if self.isolation != "none":
                     meta = self._restart_as_owner(meta)
                 return self._instance(meta)
 
         return await self._thread(run)
 
     def _restart_as_owner(self, meta: SlotMeta) -> SlotMeta:
-        """A spare ran as nobody; its person's workspace runs as them, on folders made
-        afresh for them (nothing the spare wrote is kept)."""
+        """A spare ran for nobody in particular; its person's workspace runs as them
+        (their account, their folder's name), on folders made afresh for them (nothing
+        the spare wrote is kept)."""
         self._kill(meta)
         slot = self.slots / meta.instance_id
         for folder in ("home", "data", "run"):
