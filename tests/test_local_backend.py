@@ -140,6 +140,6 @@ async def test_slow_start_is_waited_for(state_dir: Path) -> None:
     try:
         a = await pool.assign("alice", progress.append)
         assert await http_ok(a.workspace.address, "/healthz")
-        assert any("waiting for the workspace" in p for p in progress)
+        assert any("Almost ready" in p for p in progress)
     finally:
         await pool.close()

@@ -258,16 +258,23 @@ async def test_reap_respects_a_hold(pool: CodePool, clock: Clock) -> None:
     assert d.action is ReapAction.STOP and d.done
 
 
-async def test_extend_is_bounded(pool: CodePool) -> None:
+async def test_a_hold_is_bounded_from_now_and_never_adds_up(pool: CodePool, clock: Clock) -> None:
     with pytest.raises(NoWorkspace):
         await pool.extend("alice", 60)
     await pool.assign("alice")
-    with pytest.raises(InvalidInput, match="at most 8h00m"):
+    with pytest.raises(InvalidInput, match="to 8h00m"):
         await pool.extend("alice", 9 * 3600)
     with pytest.raises(InvalidInput):
-        await pool.extend("alice", 0)
+        await pool.extend("alice", -1)
     ws = await pool.extend("alice", 8 * 3600)
     assert ws.hold_until_ms == pool.clock() + 8 * 3600 * 1000
+    clock.advance(3600 * 1000)
+    ws = await pool.extend("alice", 8 * 3600)  # again an hour later: from now, not added
+    assert ws.hold_until_ms == pool.clock() + 8 * 3600 * 1000
+    ws = await pool.extend("alice", 0)  # no hold
+    assert ws.hold_until_ms == 0
+    stored = await pool.store.get_workspace("alice")
+    assert stored is not None and stored.hold_until_ms == 0
 
 
 async def test_reap_idle_timeout_override_and_bad_value(pool: CodePool, clock: Clock) -> None:

@@ -222,13 +222,19 @@ def extend(
     user: Annotated[str, typer.Argument(help="User whose workspace to hold open.")],
     duration: Annotated[
         str,
-        typer.Option("--for", metavar="DURATION", help="How long: 90 (seconds), 30m, 2h, 1h30m."),
+        typer.Option(
+            "--for",
+            metavar="DURATION",
+            help="How long from now: 90 (seconds), 30m, 2h, 1h30m; 0 ends the hold.",
+        ),
     ],
     as_json: JsonOpt = False,
 ) -> None:
     """Keep USER's running workspace from being reaped for a while (up to pool.max_hold_s).
 
-    Example: codepool extend alice --for 2h
+    Each hold counts from now and replaces the one before, so holds never add up.
+
+    Examples: codepool extend alice --for 2h    codepool extend alice --for 0  (hold ends)
     """
     _check_user(user, as_json)
     with render.exits_on_error(as_json):

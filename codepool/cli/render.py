@@ -160,6 +160,9 @@ def extended(ws: Workspace, now_ms: int, as_json: bool) -> None:
     if as_json:
         print_json(ws)
         return
+    if not ws.hold_until_ms:
+        out.print(f"[bold]{ws.user}[/]: {ws.instance_id} no longer held: idle rules apply")
+        return
     held = format_duration((ws.hold_until_ms - now_ms) / 1000)
     out.print(f"[bold]{ws.user}[/]: {ws.instance_id} held open for {held}")
 

@@ -102,7 +102,7 @@ class CodePool:
             if time.monotonic() >= deadline:
                 raise Busy(f"{user}: another assignment or stop of this workspace is under way")
             if not waited:
-                progress(f"waiting for another assignment or stop of {user} to finish")
+                progress("Waiting for a start or stop of this workspace to finish")
                 waited = True
             await asyncio.sleep(POLL_S)
         async with self._held([name], holder):
@@ -178,7 +178,8 @@ class CodePool:
             if owned is not None and owned.state is InstanceState.RUNNING and owned.in_service:
                 inst, how = owned, "running"
             elif owned is not None:
-                say(f"resuming {user}'s workspace {owned.instance_id}")
+                say("Waking up your workspace")
+                log.info("resume user=%s instance=%s", user, owned.instance_id)
                 inst, how = await self._resume(user, owned, instances), "resumed"
             else:
                 inst, how = await self._claim_box(user, instances, say)
@@ -252,7 +253,8 @@ class CodePool:
                 async with self._launching:
                     cap = await self.backend.capacity()
                     if cap.desired < cap.max_size:
-                        say("no spare free: launching a new workspace box")
+                        say("Preparing a new workspace")
+                        log.info("launch for user=%s: no spare free", user)
                         await self.backend.set_desired(cap.desired + 1)
                         launched = True
                     elif not booting:
@@ -434,18 +436,20 @@ class CodePool:
     # -- extend ---------------------------------------------------------------------------
 
     async def extend(self, user: str, duration_s: int) -> Workspace:
-        """Hold a running workspace open past idle for duration_s (at most pool.max_hold_s)."""
+        """Hold a running workspace open past idle until duration_s from now, at most
+        pool.max_hold_s: each hold replaces the last, so holds never add up beyond that.
+        0 ends the hold."""
         policy.check_user(user)
         limit = self.settings.pool.max_hold_s
-        if not 0 < duration_s <= limit:
+        if not 0 <= duration_s <= limit:
             raise InvalidInput(
-                f"invalid hold {policy.format_duration(duration_s)}: must be more than 0s "
-                f"and at most {policy.format_duration(limit)} (pool.max_hold_s)"
+                f"invalid hold {policy.format_duration(duration_s)}: must be from 0s (no "
+                f"hold) to {policy.format_duration(limit)} (pool.max_hold_s)"
             )
         ws = await self.store.get_workspace(user)
         if ws is None or ws.state is not WorkspaceState.RUNNING:
             raise NoWorkspace(f"{user} has no running workspace to extend")
-        hold = self.clock() + duration_s * 1000
+        hold = self.clock() + duration_s * 1000 if duration_s else 0
         if not await self.store.set_hold(user, ws.instance_id, hold):
             raise NoWorkspace(f"{user}'s workspace stopped or changed; nothing extended")
         return replace(ws, hold_until_ms=hold)

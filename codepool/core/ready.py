@@ -88,6 +88,6 @@ async def wait_ready(
                 f"(last: {why})"
             )
         if progress and not said:
-            progress("waiting for the workspace to answer")
+            progress("Almost ready")
             said = True
         await asyncio.sleep(poll_s)
