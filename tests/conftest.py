@@ -27,7 +27,7 @@ from codepool.core.stores.sqlite import SQLiteStore
 from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
 
-pytest_plugins = ["tests.router_fixtures", "tests.aws_fixtures"]
+pytest_plugins = ["tests.router_fixtures", "tests.aws_fixtures", "tests.browsing"]
 
 # moto loads a catalogue of real AMIs into every fresh EC2 backend (about 2 s each); the
 # tests launch from a made-up AMI and need none of them.

@@ -9,13 +9,9 @@ build/screenshots/."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
-import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,100 +23,17 @@ try:
     from playwright.async_api import Error as PlaywrightError
 except ImportError:  # the fixture below says what is missing
     PlaywrightError = Exception  # type: ignore[misc,assignment]
-from tests.conftest import need
-from tests.router_fixtures import free_port
-from tests.serving import Server, add_accounts, serve_env
+from tests.browsing import (
+    SHOTS,
+    log_in,
+    set_hidden,
+    start_router,
+    wait_for,
+    workspace_row,
+)
+from tests.serving import Server
 
 pytestmark = pytest.mark.browser
-
-SHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not Path(CHROMIUM).exists():
-        need("Chromium", f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        need("Playwright", "the playwright package is not installed")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield b
-        await b.close()
-
-
-def workspace_row(env: dict[str, str], user: str) -> dict[str, Any] | None:
-    out = subprocess.run(
-        [sys.executable, "-m", "codepool", "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows = [r for r in json.loads(out)["workspaces"] if r["user"] == user]
-    return rows[0] if rows else None
-
-
-async def wait_for(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.25)
-
-
-async def log_in(page: Any, base: str, user: str, password: str) -> None:
-    await page.goto(base + "/")
-    await page.fill("input[name=user]", user)
-    await page.fill("input[name=password]", password)
-    await page.click("button[type=submit]")
-
-
-async def set_hidden(page: Any, hidden: bool) -> None:
-    """Make the tab report hidden or visible, as switching tabs does, and fire the event."""
-    state = "hidden" if hidden else "visible"
-    await page.evaluate(
-        """(state) => {
-            Object.defineProperty(
-                document, "visibilityState", {configurable: true, get: () => state});
-            document.dispatchEvent(new Event("visibilitychange"));
-        }""",
-        state,
-    )
-
-
-async def start_router(
-    state_dir: Path, servers: list[Server], **env_extra: str
-) -> tuple[Server, dict[str, str]]:
-    """`codepool serve` with a quick heartbeat and reaper, and the accounts alice, bob and
-    root (an admin); passwords "<name>-password"."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    env = serve_env(
-        state_dir,
-        CODEPOOL_ROUTER_HEARTBEAT_INTERVAL_S="1",
-        CODEPOOL_ROUTER_REAP_INTERVAL_S="1",
-        **env_extra,
-    )
-    await add_accounts(state_dir, ["alice", "bob", "root"], admins=("root",))
-    server = Server(env, free_port())
-    servers.append(server)
-    await asyncio.to_thread(server.wait_up)
-    return server, env
 
 
 async def test_stand_in_workspace_lifecycle_in_a_browser(
@@ -209,7 +122,7 @@ async def test_real_code_server_workbench_through_the_proxy(
     await log_in(page, server.url, "alice", "alice-password")
     if "/dispatch" in page.url:  # a cold start: the progress page shows first
         with contextlib.suppress(PlaywrightError):  # unless it is done before we look
-            await page.locator("#steps li").first.wait_for(timeout=5_000)
+            await page.locator("#status", has_text="workspace").wait_for(timeout=5_000)
             await page.screenshot(path=str(SHOTS / "starting.png"))
     site = f"http://alice.localhost:{server.port}/"
     await page.wait_for_url(site + "**", timeout=120_000)

@@ -255,12 +255,13 @@ async def test_a_decompression_bomb_does_not_swell_the_router(
 
 MAIN_ROUTES = [
     "/", "/login", "/logout", "/dispatch", "/dispatch/status", "/authorize", "/ping",
-    "/admin", "/admin/stop", "/admin/extend", "/health", "/livez", "/readyz", "/metrics",
+    "/admin", "/admin/stop", "/admin/extend", "/hold", "/stop", "/api/me", "/favicon.ico",
+    "/health", "/livez", "/readyz", "/metrics",
     "/assets/style.css", "/w/alice/x", "/nope",
 ]  # fmt: skip
 WORKSPACE_ROUTES = [
     "/", "/_codepool/enter", "/_codepool/ping", "/_codepool/resume", "/_codepool/auth",
-    "/_codepool/heartbeat.js", "/x",
+    "/_codepool/heartbeat.js", "/_codepool/status", "/_codepool/hold", "/x",
 ]  # fmt: skip
 # What a hand-written HTTP request may carry in a header: any byte but CR, LF and NUL.
 HEADER_BYTES = st.binary(max_size=60).map(

@@ -167,11 +167,11 @@ async def test_login_refuses_cross_site_posts(served: Served) -> None:
     ("next_path", "landing"),
     [
         ("/admin", "/admin"),
-        ("//evil.example/x", "/dispatch"),
-        ("https://evil.example/", "/dispatch"),
-        ("/\\evil.example", "/dispatch"),
-        ("javascript:alert(1)", "/dispatch"),
-        ("", "/dispatch"),
+        ("//evil.example/x", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("javascript:alert(1)", "/"),
+        ("", "/"),
     ],
 )
 async def test_login_next_goes_only_to_local_paths(
@@ -248,19 +248,19 @@ async def test_dispatch_lands_in_the_workspace(served: Served) -> None:
 
 
 async def test_a_link_from_elsewhere_starts_nothing(served: Served) -> None:
-    """GET /dispatch from another site's link (or another workspace's page) offers a button
-    instead of starting or resuming a workspace; the starting page's own polls start one
-    only from our own pages."""
+    """GET /dispatch from another site's link (or another workspace's page) leads to the
+    home page, whose button starts it, instead of starting or resuming a workspace; the
+    starting page's own polls start one only from our own pages."""
     c = await served.client("alice")
     elsewhere = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
     resp = await c.get("/dispatch", headers=elsewhere, allow_redirects=False)
-    assert resp.status == 200 and "Open my workspace" in await resp.text()
+    assert resp.status == 303 and resp.headers["Location"] == "/"
     resp = await c.get("/dispatch/status", headers={"Sec-Fetch-Site": "same-site"})
     assert resp.status == 403
     assert await served.pool.store.get_workspace("alice") is None  # nothing started
     own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}
     resp = await c.get("/dispatch", headers=own, allow_redirects=False)
-    assert resp.status in (200, 302) and "Open my workspace" not in await resp.text()
+    assert resp.status in (200, 302) and resp.headers.get("Location") != "/"
     await dispatched(c, "alice", served)
 
 
@@ -664,7 +664,17 @@ async def test_admin_page_and_actions(moded: Served, alice: Client) -> None:
     resp = await root.post(
         "/admin/stop", data={"csrf": token, "user": "alice"}, allow_redirects=False
     )
-    assert resp.status == 303
+    assert resp.status == 200 and "Stop alice&#x27;s workspace?" in await resp.text()
+    ws = await moded.pool.store.get_workspace("alice")  # a question first, nothing stopped
+    assert ws is not None and ws.state is WorkspaceState.RUNNING
+    resp = await root.post(
+        "/admin/stop",
+        data={"csrf": token, "user": "alice", "confirm": "yes"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303 and resp.headers["Location"] == "/admin?done=stopped&user=alice"
+    page = await (await root.get(resp.headers["Location"])).text()
+    assert "Stopped alice&#x27;s workspace." in page
     ws = await moded.pool.store.get_workspace("alice")
     assert ws is not None and ws.state is WorkspaceState.STOPPED
     # bob holds no admin rights, with or without a token

@@ -20,9 +20,14 @@ _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 _UNIT_S = (86400, 3600, 60, 1)
 
 
+def is_user(user: str) -> bool:
+    """Whether a user name is safe to use as a key, a path segment and a tag value."""
+    return USER_PATTERN.fullmatch(user) is not None and ".." not in user
+
+
 def check_user(user: str) -> str:
-    """Return the user name if it is safe to use as a key, a path segment and a tag value."""
-    if not USER_PATTERN.fullmatch(user) or ".." in user:
+    """Return the user name if it is safe (is_user), else say what is allowed."""
+    if not is_user(user):
         raise InvalidInput(f"invalid user name {user!r}: {USER_RULE}")
     return user
 
@@ -50,6 +55,24 @@ def format_duration(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def stoppable_at_ms(ws: Workspace, idle_timeout_s: int) -> int:
+    """The time after which the reaper may stop a running workspace: idle_timeout_s after
+    its last ping, or the end of its hold, whichever is later. (The reaper runs every
+    router.reap_interval_s, so it stops at that time or up to one interval later.)"""
+    return max(ws.last_seen_ms + idle_timeout_s * 1000, ws.hold_until_ms)
+
+
+HOLD_CHOICES_S = (1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600)
+
+
+def hold_choices(max_hold_s: int) -> tuple[int, ...]:
+    """The holds a person is offered: the usual ones up to the pool's maximum, and the
+    maximum itself."""
+    if max_hold_s <= 0:
+        return ()
+    return tuple(sorted({c for c in HOLD_CHOICES_S if c < max_hold_s} | {max_hold_s}))
 
 
 def reap_decision(ws: Workspace, now_ms: int, idle_timeout_s: int, on_idle: str) -> ReapDecision:

@@ -64,7 +64,16 @@ class PoolSettings:
         30, "days a stopped workspace is kept before its box is deleted (0: forever)", minimum=0
     )
     max_hold_s: int = setting(
-        28800, "longest `extend` may hold a workspace past idle, in seconds", minimum=0
+        28800,
+        "longest a person (or `extend`) may hold a workspace past idle, in seconds from "
+        "now; 0: no holds",
+        minimum=0,
+    )
+    idle_warning_s: int = setting(
+        120,
+        "seconds before an idle stop when an open but hidden tab warns its person "
+        "(a browser notification, one click to keep it running); 0: no warning",
+        minimum=0,
     )
     assign_timeout_s: int = setting(300, "seconds to wait for a box to start and answer", minimum=1)
 

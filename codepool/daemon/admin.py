@@ -1,20 +1,25 @@
-"""The admin's pages, on the main origin: the pool, and stop and extend for anyone."""
+"""The admin's pages, on the main origin: the pool, and stop and hold for anyone."""
 
 from __future__ import annotations
 
 import logging
-import time
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from codepool.core import policy
-from codepool.daemon import pages
+from codepool.daemon import home, pages
 from codepool.daemon.context import ROUTER
 from codepool.daemon.http import check_form, require_session
 from codepool.daemon.sessions import Session
 
 log = logging.getLogger("codepool.router")
+
+DONE = {  # what the pool page says after an action (fixed texts; the user name is checked)
+    "stopped": "Stopped {user}'s workspace.",
+    "held": "{user}'s workspace keeps running for the time you chose.",
+    "unheld": "{user}'s workspace stops when idle again.",
+}
 
 
 async def require_admin(request: web.Request) -> Session:
@@ -22,7 +27,7 @@ async def require_admin(request: web.Request) -> Session:
     again at least every second (the session cache), so taking them back is at once."""
     session = await require_session(request)
     if not session.admin:
-        raise web.HTTPForbidden(text="admins only")
+        raise web.HTTPForbidden(text="This page is for administrators.")
     return session
 
 
@@ -30,10 +35,17 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     session = await require_admin(request)
     status = await router.pool.status()
-    notice = request.query.get("notice", "")[:200]
+    done, user = request.query.get("done", ""), request.query.get("user", "")
+    notice = DONE[done].format(user=user) if done in DONE and policy.is_user(user) else ""
     enter = router.settings.router.admins_enter_workspaces
-    text = pages.admin(status, session.csrf, notice, router.origins.workspace if enter else None)
-    return web.Response(text=text, content_type="text/html")
+    text = pages.admin(
+        status,
+        home.who(session),
+        notice,
+        router.origins.workspace if enter else None,
+        policy.hold_choices(router.settings.pool.max_hold_s),
+    )
+    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 async def admin_action(request: web.Request) -> web.StreamResponse:
@@ -43,12 +55,14 @@ async def admin_action(request: web.Request) -> web.StreamResponse:
     check_form(request, form, session.csrf)
     user = policy.check_user(str(form.get("user", "")))
     if request.path.endswith("/stop"):
-        await router.pool.release(user)
-        router.proxy.forget(user)
-        notice = f"stopped {user}'s workspace"
+        if form.get("confirm") != "yes":
+            text = pages.confirm_stop(home.who(session), user, "/admin/stop", "/admin")
+            return web.Response(text=text, content_type="text/html")
+        await home.stop_workspace(router, user)
+        done = "stopped"
     else:
-        ws = await router.pool.extend(user, policy.parse_duration(str(form.get("for", ""))))
-        until = time.strftime("%H:%M", time.localtime(ws.hold_until_ms / 1000))
-        notice = f"{user}'s workspace is held until {until}"
-    log.info("admin %s: %s", session.user, notice)
-    raise web.HTTPSeeOther(f"/admin?notice={quote(notice)}")
+        seconds = policy.parse_duration(str(form.get("for", "")))
+        await router.pool.extend(user, seconds)
+        done = "held" if seconds else "unheld"
+    log.info("admin %s: %s %s", session.user, done, user)
+    raise web.HTTPSeeOther("/admin?" + urlencode({"done": done, "user": user}))

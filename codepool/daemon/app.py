@@ -25,7 +25,7 @@ from codepool.daemon.loops import Loops
 from codepool.daemon.metrics import Metrics
 from codepool.daemon.proxy import Heartbeat, WorkspaceProxy
 from codepool.daemon.sessions import CookieNames, Sessions
-from codepool.daemon.workspace import PING, RESUME, SCRIPT
+from codepool.daemon.workspace import HOLD, PING, RESUME, SCRIPT, STATUS
 
 
 class QuietBadRequests(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -83,13 +83,23 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         Heartbeat(
             script=SCRIPT,
             ping=PING,
+            status=STATUS,
+            hold=HOLD,
             resume=RESUME,
             login="",
+            home=origins.main + "/",
             interval_s=r.heartbeat_interval_s,
         )
         if origins.per_user
         else Heartbeat(
-            "/assets/heartbeat.js?v=2", "/ping", "/dispatch", "/login", r.heartbeat_interval_s
+            script="/assets/heartbeat.js?v=3",
+            ping="/ping",
+            status="/api/me",
+            hold="/hold",
+            resume="/dispatch",
+            login="/login",
+            home="/",
+            interval_s=r.heartbeat_interval_s,
         )
     )
     router = Router(

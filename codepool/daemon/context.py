@@ -48,7 +48,7 @@ class Router:
         workspaces = f" {o.scheme}://*.{o.domain}{o.port_suffix}" if o.per_user else ""
         return (
             "default-src 'none'; script-src 'self'; "
-            f"style-src 'self' {o.main}; img-src 'self' data:; connect-src 'self'; "
+            f"style-src 'self' {o.main}; img-src 'self' data: {o.main}; connect-src 'self'; "
             f"form-action 'self'{workspaces}; frame-ancestors 'none'; base-uri 'none'"
         )
 

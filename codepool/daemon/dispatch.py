@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from codepool.core.errors import CodepoolError
@@ -17,6 +19,7 @@ from codepool.core.pool import CodePool
 log = logging.getLogger("codepool.dispatch")
 
 KEEP_FINISHED_S = 60.0  # a finished job answers status polls this long
+RECENT_STARTS = 20  # how many recent starts of each kind the estimate is taken from
 
 
 @dataclass
@@ -26,12 +29,19 @@ class Job:
     messages: list[str] = field(default_factory=list)
     result: Assignment | None = None
     error: CodepoolError | None = None
+    started_at: float = field(default_factory=time.monotonic)
     finished_at: float = 0.0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def done(self) -> bool:
         return self.finished_at > 0
+
+    @property
+    def kind(self) -> str:
+        """What sort of start this is, by its first message ("Waking up your workspace",
+        "Preparing a new workspace", ...; "" while it has said nothing)."""
+        return self.messages[0] if self.messages else ""
 
     def say(self, message: str) -> None:
         self.messages.append(message)
@@ -62,6 +72,8 @@ class Dispatcher:
     def __init__(self, pool: CodePool) -> None:
         self.pool = pool
         self.jobs: dict[str, Job] = {}
+        # How long the recent successful starts took, by kind: the starting page's estimate.
+        self.recent: dict[str, deque[float]] = {}
 
     def start(self, user: str) -> Job:
         """The user's running job, or a new one. A finished job is never reused: the
@@ -79,6 +91,8 @@ class Dispatcher:
         """Run the assignment; its outcome is kept on the job, for the status polls."""
         try:
             job.result = await self.pool.assign(job.user, job.say)
+            took = time.monotonic() - job.started_at
+            self.recent.setdefault(job.kind, deque(maxlen=RECENT_STARTS)).append(took)
         except CodepoolError as exc:
             job.error = exc
         except Exception as exc:  # a bug: logged with its traceback, reported plainly
@@ -92,6 +106,12 @@ class Dispatcher:
         for user, job in list(self.jobs.items()):
             if job.done and now - job.finished_at > KEEP_FINISHED_S:
                 del self.jobs[user]
+
+    def estimate_s(self, job: Job) -> float | None:
+        """How long a start of this job's kind usually takes here (the median of the
+        recent ones), or None before the first."""
+        recent = self.recent.get(job.kind)
+        return statistics.median(recent) if recent else None
 
     def current(self, user: str) -> Job | None:
         """The user's job, running or recently finished (for status polls)."""

@@ -37,7 +37,26 @@ ERROR_TITLES = {
     "timeout": "Your workspace did not start in time",
 }
 
-JSON_PATHS = frozenset({"/ping", "/dispatch/status", "/_codepool/ping"})
+JSON_PATHS = frozenset(
+    {
+        "/ping",
+        "/dispatch/status",
+        "/api/me",
+        "/_codepool/ping",
+        "/_codepool/status",
+        "/_codepool/hold",
+    }
+)
+
+REFUSALS = {  # a plain refusal as a page: its title, and what to say when it gave no reason
+    400: ("That request was not understood", "The address or the form sent was not valid."),
+    403: ("Not allowed", "You cannot open this page."),
+    404: ("Page not found", "There is nothing at this address."),
+    405: ("Not allowed", "This address does not take that kind of request."),
+    413: ("Too large", "What was sent is larger than this router takes."),
+    421: ("Wrong address", "This router does not serve that name."),
+    429: ("Too many requests", "Wait a moment and try again."),
+}
 
 
 def http_error(exc: errors.CodepoolError) -> tuple[int, str]:
@@ -69,8 +88,30 @@ def error_response(request: web.Request, exc: errors.CodepoolError) -> web.Respo
         return response
     title = ERROR_TITLES.get(kind, "Something went wrong")
     main = request.app[ROUTER].origins.main
-    page = pages.problem(title, str(exc), action=main + "/dispatch", action_label="Try again")
+    if request.path == "/dispatch":
+        page = pages.problem(title, str(exc), action=main + "/dispatch", action_label="Try again")
+    else:
+        page = pages.problem(title, str(exc), assets=main, action=main + "/")
     return web.Response(text=page, status=status, content_type="text/html", headers=headers)
+
+
+def refusal_page(request: web.Request, exc: web.HTTPException) -> web.Response | None:
+    """A plain-text refusal (403, 404, ...) as a page in the router's layout, with the way
+    home, for a browser's page load; None for anything else (scripts get it as it is)."""
+    if exc.status < 400 or exc.content_type != "text/plain":
+        return None
+    if "text/html" not in request.headers.get("Accept", "") or wants_json(request):
+        return None
+    title, default = REFUSALS.get(exc.status, ("Something went wrong", "Try again later."))
+    text = exc.text or ""
+    message = default if not text or text.startswith(f"{exc.status}:") else text
+    main = request.app[ROUTER].origins.main
+    page = pages.problem(title, message, assets=main, action=main + "/")
+    headers = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+    return web.Response(text=page, status=exc.status, content_type="text/html", headers=headers)
+
+
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -94,8 +135,11 @@ def error_pages(handler: Handler) -> Handler:
                 request.app[ROUTER].metrics.backend_errors.labels("request").inc()
             response = error_response(request, exc)
         except web.HTTPException as exc:  # redirects and refusals are answers too
-            page_headers(request, exc)
-            raise
+            page = refusal_page(request, exc)
+            if page is None:
+                page_headers(request, exc)
+                raise
+            response = page
         if not request.get(PROXIED):
             page_headers(request, response)
         return response
@@ -227,10 +271,13 @@ def check_form(request: web.Request, form: Any, token: str | None) -> None:
     if not same_origin(request, request.app[ROUTER].origins.main) or not tokens_match(
         form.get("csrf"), token or ""
     ):
-        raise web.HTTPForbidden(text="cross-site request refused (CSRF token or Origin)")
+        raise web.HTTPForbidden(
+            text="This form came from another site or an expired page: reload the page and "
+            "try again."
+        )
 
 
-def safe_next(value: str | None, fallback: str = "/dispatch") -> str:
+def safe_next(value: str | None, fallback: str = "/") -> str:
     """Only a local path: no scheme, no host, no //evil.example, no backslash tricks."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return fallback

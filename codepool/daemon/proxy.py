@@ -123,17 +123,26 @@ class Heartbeat:
 
     script: str  # the script's URL
     ping: str  # where it posts pings
+    status: str  # where a hidden tab reads how long the workspace has left
+    hold: str  # where it asks to keep the workspace running
     resume: str  # where "Resume it" leads when the workspace stopped
     login: str  # where to log in on a 401 ("": reload, which logs in again by itself)
+    home: str  # the person's home page
     interval_s: int
 
     def tag(self, instance_id: str) -> bytes:
-        return (
-            f'<script defer src="{escape(self.script)}" '
-            f'data-instance-id="{escape(instance_id)}" data-interval="{self.interval_s}" '
-            f'data-ping="{escape(self.ping)}" data-resume="{escape(self.resume)}" '
-            f'data-login="{escape(self.login)}"></script>'
-        ).encode()
+        data = {
+            "instance-id": instance_id,
+            "interval": str(self.interval_s),
+            "ping": self.ping,
+            "status": self.status,
+            "hold": self.hold,
+            "resume": self.resume,
+            "login": self.login,
+            "home": self.home,
+        }
+        attributes = "".join(f' data-{k}="{escape(v)}"' for k, v in data.items())
+        return f'<script defer src="{escape(self.script)}"{attributes}></script>'.encode()
 
 
 def inject(html: bytes, tag: bytes) -> bytes:

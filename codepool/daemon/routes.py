@@ -1,6 +1,6 @@
-"""The route table, and the person's routes on the main origin: the start page, dispatch
-and its progress, health, metrics and the router's assets. Login is in login.py, the
-admin's pages in admin.py, the workspaces (and every request to a workspace origin) in
+"""The route table, and dispatch and its progress, health, metrics and the router's
+assets. Login is in login.py, the person's home page and actions in home.py, the admin's
+pages in admin.py, the workspaces (and every request to a workspace origin) in
 workspace.py; what they share in http.py."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from codepool.core import errors
-from codepool.daemon import admin, login, pages, workspace
+from codepool.daemon import admin, home, login, pages, workspace
 from codepool.daemon.context import ROUTER
 from codepool.daemon.http import (
     Handler,
@@ -36,18 +36,15 @@ ANY_HOST = frozenset(
 )  # load balancers ask by address, not by name
 
 
-async def index(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/dispatch" if await session_of(request) else "/login")
-
-
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Send the person to their workspace: at once if it is running, else through the
     'starting' page while it resumes or boots."""
     router = request.app[ROUTER]
     session = await require_session(request)
     if not from_own_pages(request) and router.dispatcher.current(session.user) is None:
-        # A link from elsewhere does not start or resume anything by itself.
-        return web.Response(text=pages.open_workspace(session.user), content_type="text/html")
+        # A link from elsewhere starts or resumes nothing by itself: the home page has
+        # the button that does.
+        raise web.HTTPSeeOther("/")
     job = router.dispatcher.start(session.user)
     assert job.task is not None
     started = time.monotonic()
@@ -58,7 +55,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         assert job.result is not None
         router.metrics.assign_seconds.labels(job.result.how).observe(time.monotonic() - started)
         raise web.HTTPFound(router.origins.workspace_url(session.user))
-    return web.Response(text=pages.starting(session.user), content_type="text/html")
+    return web.Response(text=pages.starting(home.who(session)), content_type="text/html")
 
 
 async def dispatch_status(request: web.Request) -> web.StreamResponse:
@@ -76,7 +73,11 @@ async def dispatch_status(request: web.Request) -> web.StreamResponse:
     seen = request.query.get("seen", "")
     if seen.isdigit() and len(seen) < 6:  # a long poll: answer when there is news
         await job.wait_change(int(seen), STATUS_WAIT_S)
-    body: dict[str, Any] = {"messages": job.messages}
+    body: dict[str, Any] = {
+        "messages": job.messages,
+        "elapsed_s": round(time.monotonic() - job.started_at, 1),
+        "estimate_s": router.dispatcher.estimate_s(job),
+    }
     if job.result is not None:
         body.update(state="ready", url=router.origins.workspace_url(session.user))
     elif job.error is not None:
@@ -158,7 +159,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 STATIC = resources.files("codepool.daemon") / "static"
-ASSET_TYPES = {".js": "text/javascript", ".css": "text/css"}
+ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
@@ -173,6 +174,11 @@ async def asset(request: web.Request) -> web.StreamResponse:
         content_type=ASSET_TYPES[name[name.rfind(".") :]],
         headers={"Cache-Control": "public, max-age=300"},
     )
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask for /favicon.ico whatever a page says."""
+    raise web.HTTPMovedPermanently("/assets/favicon.svg")
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
@@ -203,7 +209,10 @@ def by_host(handler: Handler) -> Handler:
 
 def add_routes(app: web.Application) -> None:
     for method, path, handler in (
-        ("GET", "/", index),
+        ("GET", "/", home.home_page),
+        ("POST", "/hold", home.hold),
+        ("POST", "/stop", home.stop),
+        ("GET", "/api/me", home.api_me),
         ("GET", "/login", login.login_page),
         ("POST", "/login", login.login_submit),
         ("POST", "/logout", login.logout),
@@ -219,6 +228,7 @@ def add_routes(app: web.Application) -> None:
         ("GET", "/readyz", readyz),
         ("GET", "/metrics", metrics),
         ("GET", "/assets/{name}", asset),
+        ("GET", "/favicon.ico", favicon),
         ("*", "/w/{user}", workspace.path_workspace),
         ("*", "/w/{user}/{tail:.*}", workspace.path_workspace),
         ("*", "/{tail:.*}", not_found),  # so that every path of a workspace host gets here

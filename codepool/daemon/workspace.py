@@ -40,7 +40,7 @@ from aiohttp import web
 from codepool.core import sockets
 from codepool.core.origins import is_label, label_of, user_of_label
 from codepool.core.store import PingResult
-from codepool.daemon import pages
+from codepool.daemon import home, pages
 from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.http import (
     PROXIED,
@@ -66,6 +66,8 @@ ENTER = "/_codepool/enter"
 PING = "/_codepool/ping"
 SCRIPT = "/_codepool/heartbeat.js"
 RESUME = "/_codepool/resume"
+STATUS = "/_codepool/status"
+HOLD = "/_codepool/hold"
 FRONT_AUTH = "/_codepool/auth"
 STATE_MAX_AGE_S = 600  # time to log in between leaving a workspace origin and coming back
 MAX_PING_BYTES = 1024
@@ -89,13 +91,7 @@ def is_navigation(request: web.Request) -> bool:
 
 def stopped_page(router: Router) -> web.Response:
     resume = RESUME if router.origins.per_user else "/dispatch"
-    text = pages.problem(
-        "Your workspace is stopped",
-        "It was stopped after being idle. Your files are kept: resume it to carry on.",
-        action=resume,
-        action_label="Resume my workspace",
-        assets=router.origins.main,
-    )
+    text = pages.stopped(resume, assets=router.origins.main)
     return web.Response(text=text, status=409, content_type="text/html")
 
 
@@ -184,7 +180,7 @@ async def path_workspace(request: web.Request) -> web.StreamResponse:
         return moved_to_workspace_origin(request, router, owner, raw[len(prefix) :])
     session = await require_session(request)
     if not may_enter(router, session, owner):
-        raise web.HTTPForbidden(text="this workspace belongs to someone else")
+        raise web.HTTPForbidden(text="This workspace belongs to someone else.")
     if raw == prefix:
         raise web.HTTPFound(prefix + "/")
     path = raw[len(prefix) :]
@@ -224,8 +220,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
         text = pages.problem(
             "This workspace belongs to someone else",
             "You can only open your own workspace.",
-            action="/dispatch",
-            action_label="Open my workspace",
+            who=home.who(session),
         )
         return web.Response(text=text, status=403, content_type="text/html")
     lifetime_ms = router.settings.router.session_lifetime_s * 1000
@@ -290,11 +285,21 @@ async def _router_path(
             content_type="text/javascript",
             headers={"Cache-Control": "public, max-age=300"},
         )
+    if path in (STATUS, HOLD):
+        if not same_origin(request, origin):
+            return json_error(403, "cross-origin", "requests from other origins are refused")
+        session = await workspace_session(request, router, label)
+        if session is None:
+            return json_error(401, "unauthenticated", "reload the page to log in again")
+        if path == STATUS and request.method == "GET":
+            return await home.workspace_status(request, router, session.owner)
+        if path == HOLD and request.method == "POST":
+            return await home.hold_json(request, router, session.owner)
     if path == FRONT_AUTH and request.method == "GET":
         return await authorize_front(request, label)
     if path == RESUME and request.method == "GET":
         return await _resume(request, router, label, origin)
-    raise web.HTTPNotFound(text="not found")
+    raise web.HTTPNotFound()
 
 
 async def _resume(
@@ -428,7 +433,7 @@ async def authorize_front(request: web.Request, label: str) -> web.StreamRespons
     makes is made here too."""
     router = request.app[ROUTER]
     if not is_trusted(request.remote or "", router.trusted_proxies):
-        raise web.HTTPNotFound(text="not found")
+        raise web.HTTPNotFound()
     no = web.Response(status=403, headers={"Cache-Control": "no-store"})
     uri = request.headers.get("X-Original-URI", "")
     if not uri.startswith("/") or uri.startswith("/_codepool/"):

@@ -1,0 +1,134 @@
+"""Every page of the router, made by the router's own page functions from fixed data and
+served with the router's own assets: what scripts/screenshots.py photographs for the
+docs and tests/test_a11y.py checks with axe-core. Fixed data keeps the pictures the same
+from run to run; the pages and assets are the real ones."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from aiohttp import web
+
+from codepool.core.models import Capacity, PoolStatus, Workspace, WorkspaceState
+from codepool.core.policy import hold_choices
+from codepool.daemon import pages
+
+NOW = 1_790_000_000_000
+IDLE_S = 300
+ALICE = pages.Who("alice", False, "token")
+ROOT = pages.Who("root", True, "token")
+
+
+def _ws(user: str, state: WorkspaceState, seen_s_ago: int, held_s: int = 0) -> Workspace:
+    return Workspace(
+        user=user,
+        instance_id="i-0" + user.encode().hex().ljust(16, "7")[:16],
+        address="http://10.0.3.17:8080",
+        state=state,
+        last_seen_ms=NOW - seen_s_ago * 1000,
+        assigned_at_ms=NOW - 3600_000,
+        hold_until_ms=NOW + held_s * 1000 if held_s else 0,
+        stopped_at_ms=NOW - seen_s_ago * 1000 if state is WorkspaceState.STOPPED else 0,
+    )
+
+
+def _home(ws: Workspace | None) -> pages.HomeView:
+    due = max(ws.last_seen_ms + IDLE_S * 1000, ws.hold_until_ms) if ws else 0
+    return pages.HomeView(ws, NOW, due, IDLE_S, hold_choices(28800))
+
+
+def _pool() -> PoolStatus:
+    rows = (
+        _ws("alice", WorkspaceState.RUNNING, 42),
+        _ws("bob", WorkspaceState.RUNNING, 250, held_s=5400),
+        _ws("carol", WorkspaceState.STARTING, 3),
+        _ws("dan", WorkspaceState.STOPPED, 7200),
+    )
+    return PoolStatus(
+        capacity=Capacity(min_size=0, max_size=20, desired=4),
+        in_service=4,
+        pending=1,
+        standby=1,
+        running=2,
+        stopped=1,
+        spares=1,
+        workspaces=rows,
+        warnings=(),
+        now_ms=NOW,
+    )
+
+
+PAGES = {  # name -> the page (the names of the pictures in docs/images)
+    "login": lambda: pages.login("token", "/"),
+    "home": lambda: pages.home(ALICE, _home(_ws("alice", WorkspaceState.RUNNING, 95))),
+    "home-held": lambda: pages.home(
+        ALICE, _home(_ws("alice", WorkspaceState.RUNNING, 600, held_s=3300))
+    ),
+    "home-stopped": lambda: pages.home(
+        ALICE,
+        _home(_ws("alice", WorkspaceState.STOPPED, 5400)),
+        "Your workspace is stopped. Your files are kept.",
+    ),
+    "starting": lambda: pages.starting(ALICE),
+    "confirm-stop": lambda: pages.confirm_stop(ALICE, "alice", "/stop", "/"),
+    "stopped": lambda: pages.stopped("/dispatch"),
+    "refused": lambda: pages.problem(
+        "This workspace belongs to someone else",
+        "You can only open your own workspace.",
+        who=ALICE,
+    ),
+    "admin": lambda: pages.admin(
+        _pool(), ROOT, "Stopped dan's workspace.", hold_choices_s=hold_choices(28800)
+    ),
+}
+
+STARTING_STATUS = {
+    "state": "starting",
+    "messages": ["Preparing a new workspace"],
+    "elapsed_s": 12.0,
+    "estimate_s": 41.0,
+}
+
+
+def app() -> web.Application:
+    static = resources.files("codepool.daemon") / "static"
+
+    async def page(request: web.Request) -> web.Response:
+        name = request.match_info["name"] or "home"
+        if name not in PAGES:
+            raise web.HTTPNotFound()
+        return web.Response(text=PAGES[name](), content_type="text/html")
+
+    async def asset(request: web.Request) -> web.Response:
+        item = static / request.match_info["file"]
+        if not item.is_file():
+            raise web.HTTPNotFound()
+        kind = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
+        return web.Response(
+            body=item.read_bytes(), content_type=kind[request.match_info["file"].split(".")[-1]]
+        )
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(STARTING_STATUS)
+
+    application = web.Application()
+    application.router.add_get("/assets/{file}", asset)
+    application.router.add_get("/dispatch/status", status)
+    application.router.add_get("/{name:[a-z-]*}", page)
+    return application
+
+
+@asynccontextmanager
+async def serving() -> AsyncIterator[str]:
+    """The gallery on a free loopback port; its base URL."""
+    runner = web.AppRunner(app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
