@@ -5,20 +5,41 @@ from run to run; the pages and assets are the real ones."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import contextlib
+import hashlib
 from importlib import resources
+from pathlib import Path
 
 from aiohttp import web
 
 from codepool.core.models import Capacity, PoolStatus, Workspace, WorkspaceState
 from codepool.core.policy import hold_choices
 from codepool.daemon import pages
+from codepool.daemon.proxy import Heartbeat, inject
+from tests.helpers import serve_app
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "docs" / "images"
+# What the pictures are made from: when one of these changes, the pictures may be out of
+# date, and tests/test_docs.py asks for scripts/screenshots.py to be run again.
+INPUTS = (
+    "codepool/daemon/pages.py",
+    "codepool/daemon/proxy.py",
+    "tests/gallery.py",
+    "scripts/screenshots.py",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "codepool" / "daemon" / "static").iterdir()),
+)
+
+
+def digests() -> dict[str, str]:
+    """sha256 of every input, by its path in the repository."""
+    return {path: hashlib.sha256((ROOT / path).read_bytes()).hexdigest() for path in INPUTS}
+
 
 NOW = 1_790_000_000_000
 IDLE_S = 300
 ALICE = pages.Who("alice", False, "token")
-ROOT = pages.Who("root", True, "token")
+ADMIN = pages.Who("root", True, "token")
 
 
 def _ws(user: str, state: WorkspaceState, seen_s_ago: int, held_s: int = 0) -> Workspace:
@@ -80,9 +101,41 @@ PAGES = {  # name -> the page (the names of the pictures in docs/images)
         who=ALICE,
     ),
     "admin": lambda: pages.admin(
-        _pool(), ROOT, "Stopped dan's workspace.", hold_choices_s=hold_choices(28800)
+        _pool(), ADMIN, "Stopped dan's workspace.", hold_choices_s=hold_choices(28800)
     ),
 }
+
+# The workspace's side: an empty page in VS Code's colours with the real heartbeat tag, as
+# the proxy puts it into every page of a workspace, talking to the gallery's stand-ins.
+HEARTBEAT = Heartbeat(
+    script="/assets/heartbeat.js",
+    ping="/ping",
+    status="/api/me",
+    hold="/hold",
+    resume="/dispatch",
+    login="/login",
+    home="/home",
+    interval_s=30,
+)
+WORKSPACE_PAGE = (
+    "<!doctype html><html lang=en><head><meta charset=utf-8><title>alice - VS Code</title>"
+    "</head><body style='margin:0;height:100vh;background:#1f1f1f;color:#ccc'>"
+    "<main><h1 style='font:16px sans-serif;padding:40px'>A workspace</h1></main></body></html>"
+)
+
+
+def workspace_status(held_s: int) -> dict[str, object]:
+    """/api/me for a running workspace 90 s from an idle stop (so a hidden tab warns)."""
+    return {
+        "state": "running",
+        "warn_s": 120,
+        "hold_choices_s": list(hold_choices(28800)),
+        "notify_hold_s": 3600,
+        "left_s": max(90, held_s),
+        "held_s": held_s,
+        "last_active_s": 210,
+    }
+
 
 STARTING_STATUS = {
     "state": "starting",
@@ -113,22 +166,31 @@ def app() -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(STARTING_STATUS)
 
+    async def workspace(request: web.Request) -> web.Response:
+        html = inject(WORKSPACE_PAGE.encode(), HEARTBEAT.tag("i-0gallery"))
+        return web.Response(body=html, content_type="text/html")
+
+    async def me(request: web.Request) -> web.Response:
+        return web.json_response(workspace_status(0))
+
+    async def hold(request: web.Request) -> web.Response:
+        for_s = int((await request.json())["for_s"])
+        return web.json_response(workspace_status(for_s))
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
     application = web.Application()
     application.router.add_get("/assets/{file}", asset)
     application.router.add_get("/dispatch/status", status)
+    application.router.add_get("/workspace/", workspace)
+    application.router.add_get("/api/me", me)
+    application.router.add_post("/hold", hold)
+    application.router.add_post("/ping", ping)
     application.router.add_get("/{name:[a-z-]*}", page)
     return application
 
 
-@asynccontextmanager
-async def serving() -> AsyncIterator[str]:
+def serving() -> contextlib.AbstractAsyncContextManager[str]:
     """The gallery on a free loopback port; its base URL."""
-    runner = web.AppRunner(app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    return serve_app(app())

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from codepool.core import sockets
 from codepool.core.models import Assignment
 
 
@@ -23,6 +24,9 @@ def kill_slots(state_dir: Path) -> None:
         with contextlib.suppress(OSError, ValueError, KeyError):
             pid = int(json.loads(meta_file.read_text())["pid"])
             if pid > 0:
+                for child, _ in sockets.descendants(pid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(child, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):

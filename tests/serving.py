@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from http.cookies import BaseCookie
 from pathlib import Path
 
 import aiohttp
@@ -93,15 +94,21 @@ def client(inflate: bool = True) -> aiohttp.ClientSession:
     )
 
 
-async def log_in_and_dispatch(http: aiohttp.ClientSession, base: str, user: str) -> str:
-    """Log in as a test account (password "<user>-password") and follow /dispatch until
-    it sends the user to their workspace; returns that location."""
+async def log_in(http: aiohttp.ClientSession, base: str, user: str) -> None:
+    """Log in as a test account (password "<user>-password")."""
     async with http.get(base + "/login") as resp:
         csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
     assert csrf is not None
     form = {"csrf": csrf.group(1), "user": user, "password": f"{user}-password"}
     async with http.post(base + "/login", data=form, allow_redirects=False) as resp:
         assert resp.status == 302, await resp.text()
+
+
+async def log_in_and_dispatch(http: aiohttp.ClientSession, base: str, user: str) -> str:
+    """Log in (unless http has a session already) and follow /dispatch until it sends the
+    user to their workspace; returns that location."""
+    if not http.cookie_jar.filter_cookies(URL(base)):
+        await log_in(http, base, user)
     for _ in range(100):
         async with http.get(base + "/dispatch", allow_redirects=False) as resp:
             if resp.status == 302:
@@ -120,10 +127,19 @@ async def enter(http: aiohttp.ClientSession, location: str) -> None:
         assert resp.url.path == "/_codepool/enter", (location, resp.url)
 
 
-async def login_and_dispatch(base: str, user: str) -> str:
-    """One visit in a fresh browser, checked to land in a workspace that answers; the
-    workspace's host."""
+async def session_cookies(base: str, user: str) -> BaseCookie[str]:
+    """Log in in a fresh browser; its cookies, for other browsers of the same person."""
     async with client() as http:
+        await log_in(http, base, user)
+        return http.cookie_jar.filter_cookies(URL(base))
+
+
+async def login_and_dispatch(base: str, user: str, cookies: BaseCookie[str] | None = None) -> str:
+    """One visit in a fresh browser (logged in with cookies when given), checked to land
+    in a workspace that answers; the workspace's host."""
+    async with client() as http:
+        if cookies:
+            http.cookie_jar.update_cookies(cookies, URL(base))
         location = await log_in_and_dispatch(http, base, user)
         await enter(http, location + "healthz")
         async with http.get(location + "healthz") as probe:

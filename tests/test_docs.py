@@ -67,3 +67,19 @@ def test_cli_reference_is_generated_from_the_cli() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (ROOT / "docs" / "cli-reference.md").read_text() == module.render()
+
+
+def test_screenshots_are_current() -> None:
+    """docs/images/ holds a picture of every page, made from the pages as they are now; if
+    this fails, run `.venv/bin/python scripts/screenshots.py` and commit docs/images/."""
+    from tests.gallery import IMAGES, PAGES, digests
+
+    manifest = json.loads((IMAGES / "manifest.json").read_text())
+    assert manifest["inputs"] == digests(), "the pages changed since the pictures were made"
+    for name in [*PAGES, "workspace-chip", "workspace-panel", "workspace-warning"]:
+        assert f"{name}.png" in manifest["images"], name
+    for name in manifest["images"]:
+        assert (IMAGES / name).read_bytes().startswith(b"\x89PNG"), name
+    readme = (ROOT / "README.md").read_text()
+    shown = re.findall(r"!\[[^\]]+\]\((docs/images/[a-z-]+\.png)\)", readme)
+    assert len(shown) >= 2 and all((ROOT / path).is_file() for path in shown), shown

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from codepool.core import sockets
 from codepool.core.backends.local import LocalBackend, SlotMeta, _alive
 from codepool.core.errors import BackendError
 from codepool.core.models import InstanceState, Lifecycle
@@ -42,6 +43,8 @@ async def test_launch_claim_stop_start_terminate(state_dir: Path) -> None:
     home = state_dir / "slots" / box.instance_id / "home"
     (home / "notes.txt").write_text("my work")
     pid = meta(state_dir, box.instance_id).pid
+    family = sockets.descendants(pid)  # the sandbox and the workspace in it
+    assert family, "the workspace runs under its slot's process"
 
     result = await be.stop([box.instance_id])
     assert result.succeeded == (box.instance_id,)
@@ -51,6 +54,8 @@ async def test_launch_claim_stop_start_terminate(state_dir: Path) -> None:
     assert (await be.capacity()).desired == 0  # EnterStandby decrements desired
     assert not await http_ok(box.address, be.ready_path)
     assert not Path(f"/proc/{pid}").exists() or not _alive(meta(state_dir, box.instance_id))
+    left = [p for p, start in family if sockets.proc_start(p) == start]
+    assert not left, f"processes of the stopped workspace still run: {left}"
 
     resumed = await be.start(box.instance_id)
     assert resumed.lifecycle is Lifecycle.IN_SERVICE and (await be.capacity()).desired == 1

@@ -73,6 +73,23 @@ def descends(pid: int, ancestor: int) -> bool:
     return False
 
 
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """pid's descendants now, each with its start time (to tell it later from a process
+    given the same pid since), found by /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[tuple[int, str]] = []
+    todo = [pid]
+    while todo and len(found) < 100_000:
+        for child in children.get(todo.pop(), []):
+            if start := proc_start(child):
+                found.append((child, start))
+                todo.append(child)
+    return found
+
+
 def peer_refusal(sock: socket.socket, expected: UnixAddress) -> str:
     """Why the process at the other end of a connected Unix socket is not the workspace's
     ('' if it is)."""

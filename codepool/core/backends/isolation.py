@@ -213,9 +213,9 @@ def sandbox_argv(
     but root's): the sandbox keeps only the two capabilities setpriv needs to become the
     account, and drops them in doing so.
 
-    bwrap is held by a shell: with --die-with-parent, the sandbox dies with bwrap, and
-    bwrap with that shell, so killing the shell ends every process in the sandbox, while
-    the router's own exit (a restart) ends none."""
+    bwrap is held by a shell, so that the router's own exit (a restart) ends no sandbox;
+    stopping one ends every process under the shell (LocalBackend._kill): bwrap's
+    --die-with-parent does not reliably take the sandbox's first process along."""
     bwrap = shutil.which("bwrap") or "bwrap"
     if account is None:
         argv = ["--unshare-all", "--share-net", "--cap-drop", "ALL"]

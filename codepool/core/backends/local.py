@@ -339,20 +339,30 @@ class LocalBackend:
         return isolation.ensure_account(name, owner, home)
 
     def _kill(self, meta: SlotMeta) -> None:
-        """Stop a slot's process group: SIGTERM, then SIGKILL after a grace period. In a
-        sandbox that ends the whole sandbox; with per-person accounts every process of
-        the account ends too (jobs left in the background included)."""
+        """Stop a slot's processes: SIGTERM, then SIGKILL after a grace period, to its
+        process group and to every process under it. The sandbox's own first process
+        leaves the group and outlives its parent (bubblewrap's --die-with-parent does not
+        reach it once it has entered its user namespace), so the group alone is not
+        enough. With per-person accounts every process of the account ends too (jobs
+        left in the background included)."""
         if _alive(meta):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(meta.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE_S
-            while _alive(meta) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(meta):
+            family = [(meta.pid, meta.pid_start), *sockets.descendants(meta.pid)]
+
+            def left() -> list[int]:
+                _reap_child(meta.pid)
+                return [pid for pid, start in family if sockets.proc_start(pid) == start]
+
+            for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(meta.pid, signal.SIGKILL)
-                while _alive(meta) and time.monotonic() < deadline + STOP_GRACE_S:
+                    os.killpg(meta.pid, sig)
+                for pid in left():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
+                deadline = time.monotonic() + STOP_GRACE_S
+                while left() and time.monotonic() < deadline:
                     time.sleep(0.05)
+                if not left():
+                    break
         if meta.account and meta.account != isolation.NOBODY:
             with contextlib.suppress(KeyError):
                 account = pwd.getpwnam(meta.account)
