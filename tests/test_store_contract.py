@@ -6,7 +6,16 @@ import asyncio
 import time
 from dataclasses import replace
 
-from codepool.core.models import Account, EntryGrant, SessionRecord, Workspace, WorkspaceState
+from codepool.core import events
+from codepool.core.models import (
+    Account,
+    EntryGrant,
+    Event,
+    EventKind,
+    SessionRecord,
+    Workspace,
+    WorkspaceState,
+)
 from codepool.core.store import PingResult, Store
 
 RUNNING = WorkspaceState.RUNNING
@@ -317,3 +326,42 @@ async def test_attempts_are_counted_before_and_never_past_the_limit(store: Store
     assert await store.reserve_attempts([("w", 1)], "x", 50) == 0
     await asyncio.sleep(0.06)  # the window has passed
     assert await store.reserve_attempts([("w", 1)], "y", 50) == 0
+
+
+async def test_the_event_log_keeps_order_pages_and_trims(store: Store) -> None:
+    """Events come back by (time, id), in the order they came within a millisecond, with
+    their text as given (odd names and details included); a page boundary inside one
+    millisecond loses and repeats nothing; retention deletes only the old ones."""
+    odd = 'ünï|code "x"\\n'
+    written = [
+        Event(1000, EventKind.ASSIGN, "alice", "alice", "spare", "i-1"),
+        Event(1000, EventKind.HOLD, "alice", "alice", "3600", "i-1"),
+        Event(1000, EventKind.STOP, "bob", "reaper", "idle", "i-2"),
+        Event(2000, EventKind.LOGIN, odd, odd, odd),
+        Event(3000, EventKind.TERMINATE, "bob", "cli:ops", "retention", "i-2"),
+    ]
+    await store.append_events(written[:2])
+    await store.append_events(written[2:])
+    got = await store.read_events(0, 10_000, 100)
+    assert [replace(e, id="") for e in got] == written
+    assert len({e.id for e in got}) == 5 and all(e.id for e in got)
+    assert await store.read_events(1000, 2000, 2) == got[:2]
+    assert await store.read_events(2000, 2000, 100) == got[3:4]
+    everything = [e async for e in events.read(store, 0, 10_000)]
+    assert everything == got
+    events_page, events.PAGE = events.PAGE, 2
+    try:  # pages of two: the first ends inside millisecond 1000
+        assert [e async for e in events.read(store, 0, 10_000)] == got
+        assert [e async for e in events.read(store, 0, 10_000, user="bob")] == [got[2], got[4]]
+    finally:
+        events.PAGE = events_page
+    assert await store.trim_events(2000) == 3
+    assert await store.read_events(0, 10_000, 100) == got[3:]
+
+
+async def test_events_appended_at_once_are_all_kept(store: Store) -> None:
+    batch = [Event(5000, EventKind.HOLD, f"u{i}", f"u{i}", "60") for i in range(40)]
+    await asyncio.gather(*(store.append_events([e]) for e in batch))
+    got = await store.read_events(0, 10_000, 1000)
+    assert sorted(e.user for e in got) == sorted(e.user for e in batch)
+    assert len({e.id for e in got}) == 40

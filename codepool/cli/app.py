@@ -4,6 +4,7 @@ runs one core method and renders the result (STYLE: one core object, two front d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -15,8 +16,10 @@ from rich.live import Live
 
 from codepool import __version__
 from codepool.cli import render, serve, users
-from codepool.core import policy
+from codepool.core import events, policy
 from codepool.core.errors import InvalidInput
+from codepool.core.events import cli_actor
+from codepool.core.models import Event, EventKind
 from codepool.core.origins import Origins
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import Settings, load_settings
@@ -127,7 +130,7 @@ def assign(
     """
     _check_user(user, as_json)
     with _Progress(as_json) as progress:
-        result, settings = _run(ctx, as_json, lambda pool: pool.assign(user, progress))
+        result, settings = _run(ctx, as_json, lambda pool: pool.assign(user, progress, cli_actor()))
     with render.exits_on_error(as_json):
         url = Origins.from_settings(settings).workspace_url(user)
     render.assignment(result, url, as_json)
@@ -147,7 +150,7 @@ def release(
     Example: codepool release alice   (or --terminate to delete it)
     """
     _check_user(user, as_json)
-    ws, settings = _run(ctx, as_json, lambda pool: pool.release(user, terminate))
+    ws, settings = _run(ctx, as_json, lambda pool: pool.release(user, terminate, cli_actor()))
     render.released(ws, terminate or settings.pool.on_idle == "terminate", as_json)
 
 
@@ -239,8 +242,78 @@ def extend(
     _check_user(user, as_json)
     with render.exits_on_error(as_json):
         seconds = policy.parse_duration(duration)
-    ws, _ = _run(ctx, as_json, lambda pool: pool.extend(user, seconds))
+    ws, _ = _run(ctx, as_json, lambda pool: pool.extend(user, seconds, cli_actor()))
     render.extended(ws, int(time.time() * 1000), as_json)
+
+
+@app.command("events")
+def events_(
+    ctx: typer.Context,
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", metavar="USER", help="Only USER's events.")
+    ] = None,
+    kinds: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            metavar="KINDS",
+            help="Only these kinds, comma-separated: " + ", ".join(k.value for k in EventKind),
+        ),
+    ] = "",
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since", metavar="WHEN", help="From: a duration ago (7d, 12h) or an ISO date/time."
+        ),
+    ] = "1d",
+    until: Annotated[
+        str, typer.Option("--until", metavar="WHEN", help="Up to (default: now); as --since.")
+    ] = "",
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per event and line (JSON Lines).")
+    ] = False,
+) -> None:
+    """The event log: starts (and how), stops (and why), holds, logins, account changes;
+    with when, whose and who did it. Kept store.events_retention_days.
+
+    Examples: codepool events --since 7d --user alice    codepool events -f --kind stop,assign
+    """
+    with render.exits_on_error(as_json):
+        if user is not None:
+            policy.check_user(user)
+        wanted = events.parse_kinds(kinds)
+        now = int(time.time() * 1000)
+        start = policy.parse_time(since, now)
+        end = policy.parse_time(until, now) if until else now
+        if follow and until:
+            raise InvalidInput("--follow and --until cannot be combined")
+        if end < start:
+            raise InvalidInput(f"--until ({until}) is before --since ({since})")
+
+    def keep(event: Event) -> bool:
+        return not wanted or event.kind in wanted
+
+    async def stream(pool: CodePool) -> None:
+        found = (
+            events.follow(pool.store, start, pool.clock, user)
+            if follow
+            else events.read(pool.store, start, end, user)
+        )
+        async for event in found:
+            if keep(event):
+                render.event_line(event, as_json)
+
+    async def collect(pool: CodePool) -> list[Event]:
+        return [e async for e in events.read(pool.store, start, end, user) if keep(e)]
+
+    if as_json or follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            _run(ctx, as_json, stream)
+    else:
+        render.events_table(_run(ctx, False, collect)[0])
 
 
 @app.command()

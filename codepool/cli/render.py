@@ -8,6 +8,7 @@ import dataclasses
 import enum
 import json
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -19,6 +20,8 @@ from codepool.core import errors, sockets
 from codepool.core.models import (
     Assignment,
     Check,
+    Event,
+    EventKind,
     PoolStatus,
     ReapAction,
     ReapDecision,
@@ -246,3 +249,54 @@ def alarms(defined: Sequence[dict[str, Any]], dry_run: bool, as_json: bool) -> N
     verb = "would create or update" if dry_run else "created or updated"
     for a in defined:
         out.print(f"{verb} [bold]{a['AlarmName']}[/]: {a['AlarmDescription']}")
+
+
+def _when(at_ms: int) -> str:
+    """An event's time in the machine's zone, to the second, with its offset."""
+    moment = datetime.fromtimestamp(at_ms / 1000).astimezone()
+    return moment.isoformat(timespec="seconds")
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    return {
+        "at": _when(e.at_ms),
+        "at_ms": e.at_ms,
+        "kind": e.kind.value,
+        "user": e.user,
+        "actor": e.actor,
+        "detail": e.detail,
+        "instance_id": e.instance_id,
+        "id": e.id,
+    }
+
+
+def _detail(e: Event) -> str:
+    """An event's detail for people: a hold's seconds as a duration."""
+    if e.kind is EventKind.HOLD and e.detail.isdigit():
+        return f"for {format_duration(int(e.detail))}" if int(e.detail) else "hold ended"
+    return e.detail
+
+
+def event_line(e: Event, as_json: bool) -> None:
+    """One event as it comes (--follow, --json): a line each, flushed at once."""
+    if as_json:
+        print(json.dumps(event_json(e), sort_keys=True), flush=True)
+        return
+    line = Text.assemble((_when(e.at_ms), "dim"), "  ", (f"{e.kind.value:<9}", "bold"))
+    line.append(f"  {e.user}  by {e.actor}  {_detail(e)}")
+    if e.instance_id:
+        line.append(f"  {e.instance_id}", "dim")
+    out.print(line)
+
+
+def events_table(found: Sequence[Event]) -> None:
+    if not found:
+        err.print("no events in that time (see --since)", style="dim")
+        return
+    zone = datetime.now().astimezone().strftime("%Z")
+    table = _table(None, f"time ({zone})", "kind", "user", "by", "detail", "instance")
+    table.columns[0].no_wrap = True
+    for e in found:
+        when = datetime.fromtimestamp(e.at_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(when, e.kind.value, e.user, e.actor, _detail(e), e.instance_id)
+    out.print(table)

@@ -15,6 +15,7 @@ import typer
 from codepool.cli import render
 from codepool.core.accounts import Accounts, write_users_file
 from codepool.core.errors import InvalidInput
+from codepool.core.events import cli_actor
 from codepool.core.models import Account
 from codepool.core.policy import check_user
 from codepool.core.settings import Settings, load_settings
@@ -40,7 +41,7 @@ def with_accounts(settings: Settings, step: Callable[[Accounts], Awaitable[T]]) 
     async def go() -> T:
         store = create_store(settings.store_url, key_prefix=settings.store.key_prefix)
         try:
-            return await step(Accounts(store))
+            return await step(Accounts(store, actor=cli_actor()))
         finally:
             await store.close()
 

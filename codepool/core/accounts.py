@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from codepool.core import events
 from codepool.core.errors import ConfigError, InvalidInput
-from codepool.core.models import Account
+from codepool.core.models import Account, Event, EventKind
 from codepool.core.policy import check_user
 from codepool.core.store import Store
 
@@ -108,9 +109,15 @@ class ImportResult:
 class Accounts:
     """The accounts in a store. Every change is one atomic store step."""
 
-    def __init__(self, store: Store, clock: Callable[[], int] = _wall_ms) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], int] = _wall_ms, actor: str = events.ROUTER
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.actor = actor  # who makes the changes, for the event log
+
+    async def _record(self, kind: EventKind, name: str, detail: str) -> None:
+        await events.record(self.store, [Event(self.clock(), kind, name, self.actor, detail)])
 
     async def get(self, name: str) -> Account | None:
         return await self.store.get_account(name)
@@ -125,6 +132,7 @@ class Accounts:
         account = Account(name, admin, digest, self.clock())
         if not await self.store.add_account(account):
             raise InvalidInput(f"user {name!r} already exists (use `codepool users passwd`)")
+        await self._record(EventKind.ACCOUNT, name, "added admin" if admin else "added")
         return account
 
     async def _existing(self, name: str) -> Account:
@@ -142,23 +150,28 @@ class Accounts:
             replace(account, password_hash=digest), end_sessions=True
         ):
             raise InvalidInput(f"no user {name!r} (removed meanwhile)")
+        await self._record(EventKind.ACCOUNT, name, "password changed")
 
     async def set_admin(self, name: str, admin: bool) -> Account:
         """Grant or take back admin rights; taken back, they are gone at the next request."""
         account = replace(await self._existing(name), admin=admin)
         if not await self.store.update_account(account, end_sessions=False):
             raise InvalidInput(f"no user {name!r} (removed meanwhile)")
+        await self._record(EventKind.ACCOUNT, name, "made admin" if admin else "admin taken back")
         return account
 
     async def remove(self, name: str) -> None:
         """Delete the account and end its sessions; the workspace is left alone."""
         if not await self.store.delete_account(name):
             raise InvalidInput(f"no user {name!r} (see `codepool users list`)")
+        await self._record(EventKind.ACCOUNT, name, "removed")
 
     async def logout(self, name: str) -> int:
         """End every session of this person (an account or not: JWT people too)."""
         check_user(name)
-        return await self.store.delete_user_sessions(name)
+        ended = await self.store.delete_user_sessions(name)
+        await self._record(EventKind.LOGOUT, name, f"every session ended ({ended})")
+        return ended
 
     async def verify(self, name: str, password: str) -> Account | None:
         """The account if the password is right, else None, at the same cost either way.
@@ -183,7 +196,10 @@ class Accounts:
         password = secrets.token_urlsafe(12)
         digest = await _in_hash_pool(hash_password, password)
         admin = Account("admin", True, digest, self.clock())
-        return password if await self.store.add_account(admin, only_if_none=True) else None
+        if not await self.store.add_account(admin, only_if_none=True):
+            return None
+        await self._record(EventKind.ACCOUNT, "admin", "added admin (first start)")
+        return password
 
     async def import_file(self, path: Path) -> ImportResult:
         """Accounts from a users file of codepool 0.1 (`{"users": {name: {"hash": ...,
@@ -196,6 +212,9 @@ class Accounts:
                 imported.append(name)
             else:
                 skipped.append(name)
+        now = self.clock()
+        added = [Event(now, EventKind.ACCOUNT, n, self.actor, "imported") for n in imported]
+        await events.record(self.store, added)
         return ImportResult(tuple(imported), tuple(skipped))
 
 

@@ -226,3 +226,40 @@ class EntryGrant:
     state: str
     expires_ms: int
     session_expires_ms: int  # the workspace session it opens ends by then
+
+
+class EventKind(enum.StrEnum):
+    """What happened, in the event log (the audit log and the source of the report)."""
+
+    ASSIGN = "assign"  # a workspace started running for its person; detail: how
+    STOP = "stop"  # a running workspace stopped, its disk kept; detail: why
+    TERMINATE = "terminate"  # a workspace and its disk deleted; detail: why
+    HOLD = "hold"  # kept running past idle; detail: for how many seconds (0 ends a hold)
+    LOGIN = "login"  # detail: how (password, jwt)
+    LOGOUT = "logout"
+    ACCOUNT = "account"  # an account changed; detail: added, removed, password, admin...
+
+
+# Why a workspace stopped or was deleted (the detail of STOP and TERMINATE events).
+WHY_IDLE = "idle"  # the reaper: no tab in view for pool.idle_timeout_s
+WHY_RELEASED = "released"  # its person, or an operator's `codepool release`
+WHY_ADMIN = "admin"  # an admin, from the admin page
+WHY_RETENTION = "retention"  # stopped longer than pool.stopped_retention_days
+WHY_GONE = "gone"  # its box was found stopped or missing by reconcile
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of the event log. `id` is the store's, unique; events are ordered by
+    (at_ms, id)."""
+
+    at_ms: int
+    kind: EventKind
+    user: str  # whose workspace or account
+    actor: str  # who did it: a person's name, "reaper", "cli:<login>", "router"
+    detail: str = ""
+    instance_id: str = ""
+    id: str = ""
+
+    def row(self) -> list[object]:
+        return [self.at_ms, self.kind.value, self.user, self.actor, self.detail, self.instance_id]

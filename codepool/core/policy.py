@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 
 from codepool.core.errors import InvalidInput
 from codepool.core.models import Capacity, ReapAction, ReapDecision, Workspace, WorkspaceState
@@ -43,6 +44,24 @@ def parse_duration(text: str) -> int:
             f"invalid duration {text!r}: use seconds or units d h m s, e.g. 90, 30m, 2h, 1h30m"
         )
     return sum(int(part or 0) * unit for part, unit in zip(match.groups(), _UNIT_S, strict=True))
+
+
+def parse_time(text: str, now_ms: int) -> int:
+    """A moment as epoch ms: a duration ago ('7d', '12h', '90') or a date or time in ISO
+    form ('2026-11-01', '2026-11-01T09:30', with a zone or in the machine's)."""
+    cleaned = text.strip()
+    try:
+        if cleaned[:1].isdigit() and ("-" in cleaned[1:] or ":" in cleaned):
+            moment = datetime.fromisoformat(cleaned)
+            if moment.tzinfo is None:
+                moment = moment.astimezone()  # the machine's zone, as a person typing it means
+            return int(moment.timestamp() * 1000)
+        return now_ms - parse_duration(cleaned) * 1000
+    except (ValueError, InvalidInput):
+        raise InvalidInput(
+            f"invalid time {text!r}: use a duration ago (7d, 12h, 30m) or an ISO date or time "
+            "(2026-11-01, 2026-11-01T09:30, 2026-11-01T09:30+01:00)"
+        ) from None
 
 
 def format_duration(seconds: float) -> str:

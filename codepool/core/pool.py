@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from codepool.core import policy
+from codepool.core import events, policy
 from codepool.core.backend import Backend, create_backend
 from codepool.core.errors import (
     AssignTimeout,
@@ -31,8 +31,14 @@ from codepool.core.errors import (
     StoreUnavailable,
 )
 from codepool.core.models import (
+    WHY_GONE,
+    WHY_IDLE,
+    WHY_RELEASED,
+    WHY_RETENTION,
     Assignment,
     Check,
+    Event,
+    EventKind,
     Instance,
     InstanceState,
     Lifecycle,
@@ -56,6 +62,11 @@ LOCK_TTL_MS = 10_000  # a user lock lives this long unless renewed; renewed ever
 CLAIM_TTL_MS = 600_000  # a popped spare is not re-added to the pool for this long
 POLL_S = 0.25  # how often to look again while waiting for a box
 POOL_FULL_RETRY_S = 60
+
+
+def _running(ws: Workspace | None) -> bool:
+    """Whether a record counts as a running workspace (for the report: a box serving)."""
+    return ws is not None and ws.state is not WorkspaceState.STOPPED
 
 
 def _wall_ms() -> int:
@@ -156,9 +167,12 @@ class CodePool:
 
     # -- assign ---------------------------------------------------------------------------
 
-    async def assign(self, user: str, progress: Progress | None = None) -> Assignment:
+    async def assign(
+        self, user: str, progress: Progress | None = None, actor: str = ""
+    ) -> Assignment:
         """Give the user their workspace: the running one, their own stopped one resumed,
-        a warm spare, or a newly launched box. Raises PoolFull at the group's maximum."""
+        a warm spare, or a newly launched box. Raises PoolFull at the group's maximum.
+        actor: who asked (the event log's; the person themself when empty)."""
         policy.check_user(user)
         say = progress or _quiet
         timeout_s = self.settings.pool.assign_timeout_s
@@ -196,6 +210,8 @@ class CodePool:
             ready = replace(starting, state=WorkspaceState.RUNNING, last_seen_ms=self.clock())
             await self.store.put_workspace(ready)
         log.info("assign user=%s instance=%s how=%s", user, inst.instance_id, how)
+        if ws is None or ws.state is not WorkspaceState.RUNNING or not same:
+            await self._record(EventKind.ASSIGN, ready, actor or user, how)
         await self._scale_after(f"assign of {user}")
         return Assignment(ready, how)
 
@@ -272,8 +288,11 @@ class CodePool:
 
     # -- release and the stop step --------------------------------------------------------
 
-    async def release(self, user: str, terminate: bool = False) -> Workspace:
-        """Stop the user's workspace now (per pool.on_idle, or delete it with terminate)."""
+    async def release(
+        self, user: str, terminate: bool = False, actor: str = "", why: str = WHY_RELEASED
+    ) -> Workspace:
+        """Stop the user's workspace now (per pool.on_idle, or delete it with terminate).
+        actor and why are the event log's (the person themself, "released", when empty)."""
         policy.check_user(user)
         async with self.user_lock(user, wait_s=self.settings.pool.assign_timeout_s):
             ws = await self.store.get_workspace(user)
@@ -287,6 +306,8 @@ class CodePool:
         if ws.instance_id in failed:
             raise BackendError(f"could not stop {ws.instance_id}: {failed[ws.instance_id]}")
         log.info("release user=%s instance=%s terminate=%s", user, ws.instance_id, kill)
+        kind = EventKind.TERMINATE if kill else EventKind.STOP
+        await self._record(kind, ws, actor or user, why)
         await self._scale_after(f"release of {user}")
         return ws
 
@@ -372,6 +393,17 @@ class CodePool:
             terminate_idle = p.on_idle == "terminate"
             failed = await self._stop(to_stop, terminate=terminate_idle)
             failed.update(await self._stop(to_delete, terminate=True))
+            idle_kind = EventKind.TERMINATE if terminate_idle else EventKind.STOP
+            happened = [
+                Event(now, kind, w.user, events.REAPER, why, w.instance_id)
+                for kind, why, done in (
+                    (idle_kind, WHY_IDLE, to_stop),
+                    (EventKind.TERMINATE, WHY_RETENTION, to_delete),
+                )
+                for w in done
+                if w.instance_id not in failed
+            ]
+            await events.record(self.store, happened)
             for ws in [*to_stop, *to_delete]:
                 d = decided[ws.user]
                 err = failed.get(ws.instance_id, "")
@@ -435,7 +467,7 @@ class CodePool:
 
     # -- extend ---------------------------------------------------------------------------
 
-    async def extend(self, user: str, duration_s: int) -> Workspace:
+    async def extend(self, user: str, duration_s: int, actor: str = "") -> Workspace:
         """Hold a running workspace open past idle until duration_s from now, at most
         pool.max_hold_s: each hold replaces the last, so holds never add up beyond that.
         0 ends the hold."""
@@ -452,6 +484,7 @@ class CodePool:
         hold = self.clock() + duration_s * 1000 if duration_s else 0
         if not await self.store.set_hold(user, ws.instance_id, hold):
             raise NoWorkspace(f"{user}'s workspace stopped or changed; nothing extended")
+        await self._record(EventKind.HOLD, ws, actor or user, str(duration_s))
         return replace(ws, hold_until_ms=hold)
 
     # -- ping -----------------------------------------------------------------------------
@@ -559,6 +592,7 @@ class CodePool:
                     await self.store.delete_workspace(user, ws.instance_id)
                 elif want is not None and want != ws:
                     await self.store.put_workspace(want)
+                await self._record_found(ws, want)
         except Busy:
             return [replace(a, detail=a.detail + " (skipped: busy)") for a in actions]
         return [replace(a, done=True) for a in actions]
@@ -599,6 +633,28 @@ class CodePool:
             log.info("reconcile terminate unowned stopped boxes %s", ", ".join(dead))
             await self.backend.terminate(dead)
         return [replace(a, done=True) for a in actions]
+
+    # -- the event log --------------------------------------------------------------------
+
+    async def trim_events(self) -> int:
+        """Delete the events older than store.events_retention_days; how many."""
+        days = self.settings.store.events_retention_days
+        return await self.store.trim_events(self.clock() - days * 86_400_000)
+
+    async def _record(self, kind: EventKind, ws: Workspace, actor: str, detail: str) -> None:
+        await events.record(
+            self.store, [Event(self.clock(), kind, ws.user, actor, detail, ws.instance_id)]
+        )
+
+    async def _record_found(self, before: Workspace | None, after: Workspace | None) -> None:
+        """What reconcile found, as the report counts it: a workspace that stopped running
+        without a stop of ours (its box stopped or vanished), or that runs again."""
+        was, now = _running(before), _running(after)
+        if was and not now and before is not None:
+            kind = EventKind.STOP if after is not None else EventKind.TERMINATE
+            await self._record(kind, before, "reconcile", WHY_GONE)
+        elif now and not was and after is not None:
+            await self._record(EventKind.ASSIGN, after, "reconcile", "found")
 
     # -- doctor ---------------------------------------------------------------------------
 

@@ -87,6 +87,9 @@ class StoreSettings:
     )
     key_prefix: str = setting("", "prefix for every Redis key (several pools on one Redis)")
     batch_size: int = setting(500, "workspaces read per round trip when walking all", minimum=1)
+    events_retention_days: int = setting(
+        400, "days the event log keeps an event (the audit log, the report's source)", minimum=1
+    )
 
 
 @dataclass(frozen=True)

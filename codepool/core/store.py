@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 from codepool.core.errors import ConfigError
-from codepool.core.models import Account, EntryGrant, SessionRecord, Workspace
+from codepool.core.models import Account, EntryGrant, Event, SessionRecord, Workspace
 
 
 class PingResult(enum.StrEnum):
@@ -142,6 +142,15 @@ class Store(Protocol):
 
     async def clear_attempts(self, keys: Sequence[str]) -> None:
         """Forget every attempt of these keys."""
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        """Add events to the event log (their ids are the store's)."""
+
+    async def read_events(self, since_ms: int, until_ms: int, limit: int) -> list[Event]:
+        """At most limit events with since_ms <= at_ms <= until_ms, ordered by (at_ms, id)."""
+
+    async def trim_events(self, before_ms: int) -> int:
+        """Delete the events before before_ms (retention); how many."""
 
     async def check(self) -> None:
         """Raise StoreUnavailable if the store cannot answer."""

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from codepool.core import policy
+from codepool.core.models import WHY_ADMIN
 from codepool.daemon import home, pages
 from codepool.daemon.context import ROUTER
 from codepool.daemon.http import check_form, require_session
@@ -58,11 +59,11 @@ async def admin_action(request: web.Request) -> web.StreamResponse:
         if form.get("confirm") != "yes":
             text = pages.confirm_stop(home.who(session), user, "/admin/stop", "/admin")
             return web.Response(text=text, content_type="text/html")
-        await home.stop_workspace(router, user)
+        await home.stop_workspace(router, user, session.user, WHY_ADMIN)
         done = "stopped"
     else:
         seconds = policy.parse_duration(str(form.get("for", "")))
-        await router.pool.extend(user, seconds)
+        await router.pool.extend(user, seconds, session.user)
         done = "held" if seconds else "unheld"
     log.info("admin %s: %s %s", session.user, done, user)
     raise web.HTTPSeeOther("/admin?" + urlencode({"done": done, "user": user}))

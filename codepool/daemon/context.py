@@ -7,7 +7,9 @@ from ipaddress import IPv4Network, IPv6Network
 
 from aiohttp import web
 
+from codepool.core import events
 from codepool.core.accounts import Accounts
+from codepool.core.models import Event, EventKind
 from codepool.core.origins import Origins
 from codepool.core.pool import CodePool
 from codepool.core.settings import Settings
@@ -38,6 +40,11 @@ class Router:
     secure_cookies: bool
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...]  # whose X-Forwarded-For counts
     backend_checked_until: float = 0.0  # monotonic time the last good backend check holds
+
+    async def record(self, kind: EventKind, user: str, actor: str, detail: str) -> None:
+        """Add an event to the log (a failure is logged, not raised)."""
+        event = Event(self.pool.clock(), kind, user, actor, detail)
+        await events.record(self.pool.store, [event])
 
     @property
     def page_policy(self) -> str:

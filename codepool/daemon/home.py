@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from codepool.core import policy
-from codepool.core.models import Workspace, WorkspaceState
+from codepool.core.models import WHY_RELEASED, Workspace, WorkspaceState
 from codepool.daemon import pages
 from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.http import (
@@ -119,9 +119,11 @@ async def api_me(request: web.Request) -> web.StreamResponse:
 # -- holding ------------------------------------------------------------------------------------
 
 
-async def hold_json(request: web.Request, router: Router, owner: str) -> web.StreamResponse:
+async def hold_json(
+    request: web.Request, router: Router, owner: str, actor: str
+) -> web.StreamResponse:
     """POST {"for_s": N} from the workspace's own page (the banner, a warning's click):
-    hold owner's workspace for N seconds from now (0 ends the hold)."""
+    hold owner's workspace for N seconds from now (0 ends the hold); actor asked."""
     if request.content_type != "application/json":
         return json_error(415, "unsupported-media-type", "send Content-Type: application/json")
     raw = await request.content.read(MAX_HOLD_BODY + 1)
@@ -132,8 +134,8 @@ async def hold_json(request: web.Request, router: Router, owner: str) -> web.Str
     seconds = body.get("for_s") if isinstance(body, dict) and len(body) == 1 else None
     if not isinstance(seconds, int) or isinstance(seconds, bool):
         return json_error(400, "bad-fields", 'expected {"for_s": <whole seconds>}')
-    ws = await router.pool.extend(owner, seconds)
-    log.info("hold user=%s for=%ss", owner, seconds)
+    ws = await router.pool.extend(owner, seconds, actor)
+    log.info("hold user=%s for=%ss by=%s", owner, seconds, actor)
     return web.json_response(status_body(router, ws), headers={"Cache-Control": "no-store"})
 
 
@@ -145,11 +147,11 @@ async def hold(request: web.Request) -> web.StreamResponse:
     if request.content_type == "application/json":
         if not same_origin(request, router.origins.main):
             return json_error(403, "cross-origin", "requests from other origins are refused")
-        return await hold_json(request, router, session.user)
+        return await hold_json(request, router, session.user, session.user)
     form = await request.post()
     check_form(request, form, session.csrf)
     seconds = policy.parse_duration(str(form.get("for", "")))
-    await router.pool.extend(session.user, seconds)
+    await router.pool.extend(session.user, seconds, session.user)
     log.info("hold user=%s for=%ss", session.user, seconds)
     raise web.HTTPSeeOther("/?done=" + ("held" if seconds else "unheld"))
 
@@ -166,11 +168,11 @@ async def stop(request: web.Request) -> web.StreamResponse:
     if form.get("confirm") != "yes":
         text = pages.confirm_stop(who(session), session.user, "/stop", "/")
         return web.Response(text=text, content_type="text/html")
-    await stop_workspace(router, session.user)
+    await stop_workspace(router, session.user, session.user, WHY_RELEASED)
     raise web.HTTPSeeOther("/?done=stopped")
 
 
-async def stop_workspace(router: Router, user: str) -> None:
+async def stop_workspace(router: Router, user: str, actor: str, why: str) -> None:
     """Release user's workspace now, and forget where it was."""
-    await router.pool.release(user)
+    await router.pool.release(user, actor=actor, why=why)
     router.proxy.forget(user)

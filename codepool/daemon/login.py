@@ -7,6 +7,7 @@ import secrets
 
 from aiohttp import web
 
+from codepool.core.models import EventKind
 from codepool.daemon import pages
 from codepool.daemon.context import ROUTER
 from codepool.daemon.http import (
@@ -74,6 +75,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     account = await router.accounts.verify(user, password)
     if account is None:
         log.info("login failed user=%r client=%s", user[:64], client)
+        await router.record(EventKind.LOGIN, user[:64], user[:64], f"failed from {client}")
         text = pages.login(csrf, next_path, "Wrong user name or password.", user)
         return web.Response(text=text, status=401, content_type="text/html")
     await router.limiter.succeeded(keys, attempt)
@@ -88,6 +90,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     )
     clear_cookie(router, response, router.cookies.login_csrf, path="/login")
     log.info("login user=%s client=%s", account.name, client)
+    await router.record(EventKind.LOGIN, account.name, account.name, f"password from {client}")
     raise response
 
 
@@ -106,4 +109,5 @@ async def logout(request: web.Request) -> web.StreamResponse:
     # caches and service workers.
     response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
     log.info("logout user=%s", session.user)
+    await router.record(EventKind.LOGOUT, session.user, session.user, "")
     raise response

@@ -84,6 +84,7 @@ class Loops:
         # Reaping on a store that failed to reconcile could act on stale data: skip it.
         ok = walk_ok and await self._step("reap", self._reap)
         ok = await self._step("scale", self.pool.scale) and ok
+        ok = await self._step("events", self.pool.trim_events) and ok
         observe = functools.partial(self._observe, walked if walk_ok else None)
         ok = await self._step("status", observe) and ok
         self.metrics.cycles.labels("ok" if ok else "error").inc()

@@ -294,7 +294,7 @@ async def _router_path(
         if path == STATUS and request.method == "GET":
             return await home.workspace_status(request, router, session.owner)
         if path == HOLD and request.method == "POST":
-            return await home.hold_json(request, router, session.owner)
+            return await home.hold_json(request, router, session.owner, session.user)
     if path == FRONT_AUTH and request.method == "GET":
         return await authorize_front(request, label)
     if path == RESUME and request.method == "GET":

@@ -15,6 +15,9 @@ Keys (with the optional prefix P):
   P entry:<token hash>      a one-time entry pass (JSON); expires within a minute
   P attempts:<key>          sorted set attempt -> time: login attempts per account and
                             per client, for the rate limit; expires with its window
+  P events                  sorted set: the event log, "<id>|<JSON row>" -> time
+  P eventSeq                the last event id given (ids are 16-digit numbers, so the
+                            members of one millisecond sort in the order they came)
 The scripts build some keys from the prefix, so this is for a single Redis (or a
 primary with replicas), not Redis Cluster.
 """
@@ -32,7 +35,15 @@ from redis.exceptions import RedisError
 
 from codepool.core.batching import GroupCommit
 from codepool.core.errors import ConfigError, StoreUnavailable
-from codepool.core.models import Account, EntryGrant, SessionRecord, Workspace, WorkspaceState
+from codepool.core.models import (
+    Account,
+    EntryGrant,
+    Event,
+    EventKind,
+    SessionRecord,
+    Workspace,
+    WorkspaceState,
+)
 from codepool.core.store import PingResult
 
 # A batch of pings (group commit). KEYS[1] is the lastSeen index; ARGV[1] the prefix of
@@ -337,6 +348,15 @@ def _from_fields(user: str, f: list[str | None]) -> Workspace | None:
     )
 
 
+# Events, many in one call: KEYS = the event log, the id counter; ARGV = JSON rows.
+_APPEND_EVENTS = """
+for _, row in ipairs(ARGV) do
+  local id = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[1], cjson.decode(row)[1], string.format('%016d', id) .. '|' .. row)
+end
+"""
+
+
 class RedisStore:
     """Store on Redis (redis://, rediss:// with TLS, unix:// socket)."""
 
@@ -371,6 +391,8 @@ class RedisStore:
         self._touch_session = client.register_script(_TOUCH_SESSION)
         self._sessions = GroupCommit(self._read_sessions, max_batch=batch_size)
         self._reserve_attempts = client.register_script(_RESERVE_ATTEMPTS)
+        self._append_events = client.register_script(_APPEND_EVENTS)
+        self.k_events = f"{key_prefix}events"
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "", batch_size: int = 500) -> RedisStore:
@@ -610,6 +632,31 @@ class RedisStore:
     async def clear_attempts(self, keys: Sequence[str]) -> None:
         if keys:
             await self._do(self.r.delete(*self._attempt_keys(keys)))
+
+    # -- the event log ----------------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        rows = [json.dumps(e.row(), separators=(",", ":")) for e in events]
+        keys = [self.k_events, f"{self.prefix}eventSeq"]
+        await self._do(self._append_events(keys=keys, args=rows))
+
+    async def read_events(self, since_ms: int, until_ms: int, limit: int) -> list[Event]:
+        members = await self._do(
+            self.r.zrangebyscore(self.k_events, since_ms, until_ms, start=0, num=limit)
+        )
+        events = []
+        for member in members:
+            seq, _, row = member.partition("|")
+            at, kind, user, actor, detail, instance_id = json.loads(row)
+            events.append(
+                Event(int(at), EventKind(kind), user, actor, detail, instance_id, str(int(seq)))
+            )
+        return events
+
+    async def trim_events(self, before_ms: int) -> int:
+        return int(await self._do(self.r.zremrangebyscore(self.k_events, "-inf", f"({before_ms}")))
 
     async def check(self) -> None:
         await self._do(self.r.ping())

@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 from codepool.core.batching import GroupCommit
 from codepool.core.errors import ConfigError, StoreUnavailable
-from codepool.core.models import Account, EntryGrant, SessionRecord, Workspace, WorkspaceState
+from codepool.core.models import (
+    Account,
+    EntryGrant,
+    Event,
+    EventKind,
+    SessionRecord,
+    Workspace,
+    WorkspaceState,
+)
 from codepool.core.store import PingResult
 
 T = TypeVar("T")
@@ -68,7 +76,18 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (key, attempt)
 );
 CREATE INDEX IF NOT EXISTS attempts_by_time ON attempts (key, at_ms);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    user TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    instance_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (at_ms, id);
 """
+EVENT_COLUMNS = "at_ms, kind, user, actor, detail, instance_id"
 
 SESSION_COLUMNS = (
     "sid, user, csrf, created_ms, last_seen_ms, expires_ms, client, owner, host, parent"
@@ -570,6 +589,34 @@ class SQLiteStore:
             db.executemany("DELETE FROM attempts WHERE key = ?", rows)
 
         await self._run(q, write=True)
+
+    # -- the event log ----------------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        rows = [e.row() for e in events]
+
+        def q(db: sqlite3.Connection) -> None:
+            db.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+        if rows:
+            await self._run(q, write=True)
+
+    async def read_events(self, since_ms: int, until_ms: int, limit: int) -> list[Event]:
+        def q(db: sqlite3.Connection) -> list[Event]:
+            rows = db.execute(
+                f"SELECT {EVENT_COLUMNS}, id FROM events WHERE at_ms BETWEEN ? AND ? "
+                "ORDER BY at_ms, id LIMIT ?",
+                (since_ms, until_ms, limit),
+            )
+            return [Event(r[0], EventKind(r[1]), r[2], r[3], r[4], r[5], str(r[6])) for r in rows]
+
+        return await self._run(q)
+
+    async def trim_events(self, before_ms: int) -> int:
+        def q(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM events WHERE at_ms < ?", (before_ms,)).rowcount
+
+        return await self._run(q, write=True)
 
     async def check(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
