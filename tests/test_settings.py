@@ -51,6 +51,14 @@ def test_environment_overrides_every_type(tmp_path: Path) -> None:
     on = settings_from_mapping({}, environ={"CODEPOOL_ROUTER_ADMINS_ENTER_WORKSPACES": "yes"})
     assert on.router.admins_enter_workspaces is True
     assert on.public_url == "http://127.0.0.1:8000"
+    priced = settings_from_mapping(
+        {"cost": {"running_hour_price": 1}},
+        environ={"CODEPOOL_COST_STORAGE_GB_MONTH_PRICE": "0.08"},
+    )
+    assert priced.cost.running_hour_price == 1.0 and isinstance(
+        priced.cost.running_hour_price, float
+    )
+    assert priced.cost.storage_gb_month_price == 0.08
 
 
 @pytest.mark.parametrize(
@@ -80,6 +88,12 @@ def test_environment_overrides_every_type(tmp_path: Path) -> None:
         ),
         ({"router": {"origin_mode": "both"}}, {}, "allowed: host, path"),
         ({"local": {"isolation": "chroot"}}, {}, "allowed: auto, accounts, sandbox, none"),
+        ({"cost": {"running_hour_price": -1}}, {}, "cost.running_hour_price = -1: must be >= 0"),
+        ({"cost": {"running_hour_price": "0.1"}}, {}, "= '0.1': must be a number"),
+        ({"cost": {"running_hour_price": False}}, {}, "must be a number"),
+        ({"cost": {"running_hour_price": float("inf")}}, {}, "must be a finite number"),
+        ({}, {"CODEPOOL_COST_STORAGE_GB_MONTH_PRICE": "cheap"}, "= 'cheap': must be a number"),
+        ({}, {"CODEPOOL_COST_STORAGE_GB_MONTH_PRICE": "nan"}, "must be a finite number"),
     ],
 )
 def test_bad_values_name_where_what_and_what_is_allowed(

@@ -7,6 +7,7 @@ Every setting is declared once, here, with its default, unit and allowed values;
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import tomllib
@@ -223,6 +224,24 @@ class JwtSettings:
 
 
 @dataclass(frozen=True)
+class CostSettings:
+    running_hour_price: float = setting(
+        0.0,
+        "price of one workspace box running for an hour; 0: no costs in the report",
+        minimum=0,
+    )
+    storage_gb_month_price: float = setting(
+        0.0, "price of one GB of workspace disk kept for a month", minimum=0
+    )
+    disk_gb: int = setting(
+        0,
+        "a workspace's disk in GB; 0: the group's launch template's (AWS), else none",
+        minimum=0,
+    )
+    currency: str = setting("USD", "the currency of the prices, as shown in the report")
+
+
+@dataclass(frozen=True)
 class Settings:
     pool: PoolSettings = field(default_factory=PoolSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -230,6 +249,7 @@ class Settings:
     aws: AwsSettings = field(default_factory=AwsSettings)
     router: RouterSettings = field(default_factory=RouterSettings)
     jwt: JwtSettings = field(default_factory=JwtSettings)
+    cost: CostSettings = field(default_factory=CostSettings)
     source: str = EMBEDDED  # the file these came from, for messages
 
     @property
@@ -400,6 +420,13 @@ def _from_env(f: dataclasses.Field[Any], raw: str, key: str) -> Any:
             raise ConfigError(
                 f"config error: environment: {key} = {raw!r}: must be a whole number"
             ) from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(
+                f"config error: environment: {key} = {raw!r}: must be a number"
+            ) from None
     return raw
 
 
@@ -430,14 +457,18 @@ def _check(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"config error: {where}: must be true or false")
         return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config error: {where}: must be a whole number")
+    if kind in (int, float):
+        number = int if kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, number):
+            whole = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"config error: {where}: must be {whole}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config error: {where}: must be a finite number")
         lo, hi = meta["minimum"], meta["maximum"]
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
             raise ConfigError(f"config error: {where}: must be {bounds}")
-        return value
+        return float(value) if kind is float else value
     if kind is tuple:
         may_be_empty = not f.default  # a list that defaults to empty may be empty
         if (
