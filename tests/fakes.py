@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from codepool.core.errors import BackendError, NotASpare
-from codepool.core.models import BatchResult, Capacity, Check, Instance, InstanceState, Lifecycle
+from codepool.core.models import (
+    BatchResult,
+    BoxShape,
+    Capacity,
+    Check,
+    Instance,
+    InstanceState,
+    Lifecycle,
+)
 from codepool.core.tls import WorkspaceTls
 
 
@@ -106,6 +114,9 @@ class MemoryBackend:
 
     async def refuses(self, user: str) -> str:
         return ""  # every box is a machine of its own
+
+    async def box_shape(self) -> BoxShape:
+        return BoxShape("memory", 0)
 
     async def checks(self) -> list[Check]:
         return [Check("memory backend", True, "a test fake")]

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from codepool.core.models import Capacity, PoolStatus, Workspace, WorkspaceState
 from codepool.core.policy import hold_choices
+from codepool.core.report import Prices, Report, Usage, total_of
 from codepool.daemon import pages
 from codepool.daemon.proxy import Heartbeat, inject
 from tests.helpers import serve_app
@@ -81,6 +82,24 @@ def _pool() -> PoolStatus:
     )
 
 
+def _usage() -> Report:
+    prices = Prices(0.096, 0.08, 20, "USD", "m6i.large")
+    hours = {"alice": (176.0, 535.0), "bob": (77.0, 634.0), "carol": (16.0, 33.0)}
+    people = [
+        Usage(
+            user,
+            run,
+            stopped,
+            {"resumed": 40},
+            {"idle": 40},
+            prices.cost(run, run + stopped),
+            prices.cost(run + stopped, run + stopped),
+        )
+        for user, (run, stopped) in hours.items()
+    ]
+    return Report(NOW - 30 * 86_400_000, NOW, prices, tuple(people), total_of(people))
+
+
 PAGES = {  # name -> the page (the names of the pictures in docs/images)
     "login": lambda: pages.login("token", "/"),
     "home": lambda: pages.home(ALICE, _home(_ws("alice", WorkspaceState.RUNNING, 95))),
@@ -101,7 +120,11 @@ PAGES = {  # name -> the page (the names of the pictures in docs/images)
         who=ALICE,
     ),
     "admin": lambda: pages.admin(
-        _pool(), ADMIN, "Stopped dan's workspace.", hold_choices_s=hold_choices(28800)
+        _pool(),
+        ADMIN,
+        "Stopped dan's workspace.",
+        hold_choices_s=hold_choices(28800),
+        usage=_usage(),
     ),
 }
 

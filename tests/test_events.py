@@ -175,3 +175,19 @@ async def test_codepool_events_reads_filters_follows_and_refuses_bad_input(
         result = cli(env, "events", *bad)
         assert result.returncode == 2, (bad, result)
         assert says in result.stderr and "Traceback" not in result.stderr, (bad, result.stderr)
+
+
+async def test_the_admin_page_shows_the_last_days_usage(served: Served) -> None:
+    c = await served.client("alice")
+    await dispatched(c, "alice", served)
+    await served.pool.release("alice")
+    root = await served.client("root")
+    page = await (await root.get("/admin")).text()
+    assert "The last 30 days" in page and "saved by stopping idle workspaces" in page
+    usage = page.split('id="usage"')[1]
+    assert "<td>alice</td>" in usage and "No prices set" in usage
+    # kept a few minutes: the pool table refreshes every few seconds, the figures do not
+    assert served.router.usage is not None
+    made = served.router.usage[0]
+    await root.get("/admin")
+    assert served.router.usage[0] == made

@@ -317,6 +317,41 @@ def events_(
 
 
 @app.command()
+def report(
+    ctx: typer.Context,
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since", metavar="WHEN", help="From: a duration ago (30d) or an ISO date/time."
+        ),
+    ] = "30d",
+    until: Annotated[
+        str, typer.Option("--until", metavar="WHEN", help="Up to (default: now); as --since.")
+    ] = "",
+    as_json: JsonOpt = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV: a row per person, then the total.")
+    ] = False,
+) -> None:
+    """Usage and savings from the event log: per person and in total, hours running and
+    stopped, starts by kind, stops by reason, cost at the [cost] prices, what the same
+    workspaces would have cost left running (always on), and what stopping them saved.
+
+    Examples: codepool report    codepool report --since 2026-11-01 --until 2026-12-01 --csv
+    """
+    with render.exits_on_error(as_json):
+        if as_json and as_csv:
+            raise InvalidInput("--json and --csv cannot be combined")
+        now = int(time.time() * 1000)
+        start = policy.parse_time(since, now)
+        end = policy.parse_time(until, now) if until else now
+        if end < start:
+            raise InvalidInput(f"--until ({until}) is before --since ({since})")
+    found, _ = _run(ctx, as_json, lambda pool: pool.report(start, end))
+    render.report(found, as_json, as_csv)
+
+
+@app.command()
 def reconcile(ctx: typer.Context, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Make the store agree with the backend: rebuild lost records, fix states, sync spares.
 

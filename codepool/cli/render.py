@@ -4,9 +4,11 @@ place where core errors become exit codes."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import enum
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,6 +32,7 @@ from codepool.core.models import (
     Workspace,
 )
 from codepool.core.policy import format_duration
+from codepool.core.report import Report, Usage
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -300,3 +303,65 @@ def events_table(found: Sequence[Event]) -> None:
         when = datetime.fromtimestamp(e.at_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(when, e.kind.value, e.user, e.actor, _detail(e), e.instance_id)
     out.print(table)
+
+
+def report_json(r: Report) -> dict[str, Any]:
+    def person(u: Usage) -> dict[str, Any]:
+        return {
+            "user": u.user,
+            "running_h": round(u.running_h, 4),
+            "stopped_h": round(u.stopped_h, 4),
+            "starts": u.starts,
+            "stops": u.stops,
+            "cost": round(u.cost, 4),
+            "always_on_cost": round(u.always_on_cost, 4),
+            "saved": round(u.saved, 4),
+        }
+
+    return {
+        "since_ms": r.since_ms,
+        "until_ms": r.until_ms,
+        "prices": jsonable(r.prices),
+        "people": [person(u) for u in r.people],
+        "total": person(r.total),
+    }
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def report(r: Report, as_json: bool, as_csv: bool) -> None:
+    body = report_json(r)
+    if as_json:
+        print_json(body)
+        return
+    rows = [*body["people"], body["total"]]
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["user", "running_h", "stopped_h", "starts", "stops", "cost",
+                         "always_on_cost", "saved", "currency"])  # fmt: skip
+        for row in rows:
+            writer.writerow([
+                row["user"], row["running_h"], row["stopped_h"], _counts(row["starts"]),
+                _counts(row["stops"]), row["cost"], row["always_on_cost"], row["saved"],
+                r.prices.currency,
+            ])  # fmt: skip
+        return
+    p = r.prices
+    start = datetime.fromtimestamp(r.since_ms / 1000).strftime("%Y-%m-%d %H:%M")
+    end = datetime.fromtimestamp(r.until_ms / 1000).strftime("%Y-%m-%d %H:%M")
+    box = f"{p.instance_type or 'a box'}, {p.disk_gb} GB disk" if p.disk_gb else p.instance_type
+    title = f"{start} to {end} · {p.running_hour:g} {p.currency}/h running ({box})"
+    table = _table(title, "user", "running", "stopped", "starts", "stops", "cost",
+                   "always on", "saved")  # fmt: skip
+    for row in rows:
+        money = [f"{row[k]:.2f}" for k in ("cost", "always_on_cost", "saved")]
+        table.add_row(
+            row["user"], f"{row['running_h']:.1f} h", f"{row['stopped_h']:.1f} h",
+            _counts(row["starts"]), _counts(row["stops"]), *money,
+            end_section=row is rows[-2],
+        )  # fmt: skip
+    out.print(table)
+    if not p.running_hour:
+        err.print("no prices set: costs are 0 (see [cost] in the configuration)", style="dim")

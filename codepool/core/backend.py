@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from codepool.core.errors import ConfigError
-from codepool.core.models import BatchResult, Capacity, Check, Instance
+from codepool.core.models import BatchResult, BoxShape, Capacity, Check, Instance
 from codepool.core.settings import Settings
 from codepool.core.tls import WorkspaceTls
 
@@ -46,6 +46,9 @@ class Backend(Protocol):
 
     async def label_spares(self, instance_ids: Sequence[str]) -> None:
         """Record boxes that carry no owner at all as unowned (the seed's Owner=UNASSIGNED)."""
+
+    async def box_shape(self) -> BoxShape:
+        """What a box is (instance type, disk size), for the cost report."""
 
     async def checks(self) -> list[Check]:
         """Whether the backend is set up safely (for `codepool doctor`)."""

@@ -104,6 +104,14 @@ class Capacity:
 
 
 @dataclass(frozen=True, slots=True)
+class BoxShape:
+    """What one workspace box is, for the cost report."""
+
+    instance_type: str  # "" when unknown
+    disk_gb: int  # 0 when unknown or none
+
+
+@dataclass(frozen=True, slots=True)
 class BatchResult:
     """Outcome of a call over many instances: AWS answers per instance, so do we."""
 

@@ -51,6 +51,7 @@ from codepool.core.models import (
     WorkspaceState,
 )
 from codepool.core.ready import http_ok, wait_ready
+from codepool.core.report import Prices, Report, usage
 from codepool.core.settings import Settings
 from codepool.core.store import PingResult, Store, create_store
 
@@ -635,6 +636,22 @@ class CodePool:
         return [replace(a, done=True) for a in actions]
 
     # -- the event log --------------------------------------------------------------------
+
+    async def report(self, since_ms: int, until_ms: int) -> Report:
+        """Usage and savings from since_ms to until_ms, from the event log (the events
+        before since_ms say what was running when the period began)."""
+        c = self.settings.cost
+        shape = await self.backend.box_shape()
+        prices = Prices(
+            running_hour=c.running_hour_price,
+            storage_gb_month=c.storage_gb_month_price,
+            disk_gb=c.disk_gb or shape.disk_gb,
+            currency=c.currency,
+            instance_type=shape.instance_type,
+        )
+        oldest = until_ms - self.settings.store.events_retention_days * 86_400_000
+        found = [e async for e in events.read(self.store, min(oldest, since_ms), until_ms)]
+        return usage(found, since_ms, until_ms, prices)
 
     async def trim_events(self) -> int:
         """Delete the events older than store.events_retention_days; how many."""

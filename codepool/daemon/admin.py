@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from codepool.core import policy
 from codepool.core.models import WHY_ADMIN
+from codepool.core.report import Report
 from codepool.daemon import home, pages
-from codepool.daemon.context import ROUTER
+from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.http import check_form, require_session
 from codepool.daemon.sessions import Session
 
@@ -32,6 +34,21 @@ async def require_admin(request: web.Request) -> Session:
     return session
 
 
+REPORT_DAYS = 30
+REPORT_FOR_S = 300.0  # the admin page's usage figures are made at most this often
+
+
+async def recent_usage(router: Router) -> Report:
+    """The last REPORT_DAYS' usage: read from the whole event log, so kept a few minutes
+    (the page refreshes its pool table every few seconds, not this)."""
+    now = time.monotonic()
+    if router.usage is None or router.usage[0] < now - REPORT_FOR_S:
+        until = router.pool.clock()
+        found = await router.pool.report(until - REPORT_DAYS * 86_400_000, until)
+        router.usage = (now, found)
+    return router.usage[1]
+
+
 async def admin_page(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     session = await require_admin(request)
@@ -45,6 +62,7 @@ async def admin_page(request: web.Request) -> web.StreamResponse:
         notice,
         router.origins.workspace if enter else None,
         policy.hold_choices(router.settings.pool.max_hold_s),
+        await recent_usage(router),
     )
     return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
 

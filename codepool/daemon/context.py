@@ -12,6 +12,7 @@ from codepool.core.accounts import Accounts
 from codepool.core.models import Event, EventKind
 from codepool.core.origins import Origins
 from codepool.core.pool import CodePool
+from codepool.core.report import Report
 from codepool.core.settings import Settings
 from codepool.daemon.auth import JwtVerifier, LoginLimiter
 from codepool.daemon.dispatch import Dispatcher
@@ -40,6 +41,7 @@ class Router:
     secure_cookies: bool
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...]  # whose X-Forwarded-For counts
     backend_checked_until: float = 0.0  # monotonic time the last good backend check holds
+    usage: tuple[float, Report] | None = None  # the admin page's report, and when it was made
 
     async def record(self, kind: EventKind, user: str, actor: str, detail: str) -> None:
         """Add an event to the log (a failure is logged, not raised)."""

@@ -10,6 +10,7 @@ from html import escape
 
 from codepool.core.models import PoolStatus, Workspace, WorkspaceState
 from codepool.core.policy import format_duration
+from codepool.core.report import Report, Usage
 
 
 @dataclass(frozen=True)
@@ -289,11 +290,12 @@ def admin(
     notice: str = "",
     workspace_origin: Callable[[str], str] | None = None,
     hold_choices_s: tuple[int, ...] = (),
+    usage: Report | None = None,
 ) -> str:
     """The pool page; with workspace_origin (admins may enter workspaces) each running
-    workspace gets an Open link to its origin."""
+    workspace gets an Open link to its origin; with usage, what the pool cost and saved."""
     c = status.capacity
-    options = "".join(f'<option value="{s}">{format_duration(s)}</option>' for s in hold_choices_s)
+    options = "".join(f'<option value="{s}">{plain(s)}</option>' for s in hold_choices_s)
     rows = []
     for w in status.workspaces:
         idle = format_duration((status.now_ms - w.last_seen_ms) / 1000)
@@ -338,7 +340,46 @@ def admin(
 <p class="numbers">desired <b>{c.desired}</b> (min {c.min_size}, max {c.max_size}) ·
 in service <b>{status.in_service}</b> · standby <b>{status.standby}</b> ·
 spares <b>{status.spares}</b></p>
-{warnings}{table}</section>""",
+{warnings}{table}</section>{_usage(usage) if usage is not None else ""}""",
         who=who,
         scripts=("live.js",),
     )
+
+
+USAGE_ROWS = 10  # people shown on the admin page; `codepool report` has everyone
+
+
+def _usage(r: Report) -> str:
+    """The last days' hours and money: the total, and the people who ran the most."""
+    days = round((r.until_ms - r.since_ms) / 86_400_000)
+    money = r.prices.currency
+
+    def row(u: Usage, total: bool = False) -> str:
+        cells = [f"{u.running_h:.1f} h", f"{u.stopped_h:.1f} h"]
+        cells += [f"{v:.2f}" for v in (u.cost, u.always_on_cost, u.saved)]
+        tr = '<tr class="total">' if total else "<tr>"
+        return (
+            f"{tr}<td>{escape(u.user)}</td>"
+            + "".join(f'<td class="num">{c}</td>' for c in cells)
+            + "</tr>"
+        )
+
+    top = sorted(r.people, key=lambda u: -u.running_h)[:USAGE_ROWS]
+    more = len(r.people) - len(top)
+    rest = f'<p class="hint">and {more} more: <code>codepool report</code></p>' if more else ""
+    priced = (
+        ""
+        if r.prices.running_hour
+        else ('<p class="hint">No prices set: costs are 0 (the <code>[cost]</code> settings).</p>')
+    )
+    t = r.total
+    return f"""<section id="usage" aria-labelledby="usage-title">
+<h2 id="usage-title">The last {days} days</h2>
+<p class="numbers">running <b>{t.running_h:.0f} h</b> · stopped <b>{t.stopped_h:.0f} h</b> ·
+cost <b>{t.cost:.2f} {escape(money)}</b> · always on <b>{t.always_on_cost:.2f}</b> ·
+saved by stopping idle workspaces <b>{t.saved:.2f} {escape(money)}</b></p>{priced}
+<div class="scroll" tabindex="0" role="region" aria-label="usage by person">
+<table><thead><tr><th>User</th><th class="num">Running</th><th class="num">Stopped</th>
+<th class="num">Cost</th><th class="num">Always on</th><th class="num">Saved</th></tr>
+</thead><tbody>{"".join(row(u) for u in top)}{row(t, total=True)}</tbody></table></div>
+{rest}</section>"""

@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from codepool.core.errors import BackendError, NotASpare
 from codepool.core.models import (
     BatchResult,
+    BoxShape,
     Capacity,
     Check,
     Instance,
@@ -403,17 +404,15 @@ class AwsBackend:
 
         return await self._call(run)
 
-    def _port_check(self, group: AutoScalingGroupTypeDef) -> Check:
-        """The workspace port must be open to security groups only (the routers'), never to
-        address ranges: people reach workspaces through the router or not at all."""
-        port = self.settings.workspace_port
+    def _template(self, group: AutoScalingGroupTypeDef) -> dict[str, Any] | None:
+        """The data of the launch template the group launches boxes with (None: none)."""
         template = group.get("LaunchTemplate") or (
             group.get("MixedInstancesPolicy", {})
             .get("LaunchTemplate", {})
             .get("LaunchTemplateSpecification")
         )
         if not template:
-            return Check("workspace port", False, "the group has no launch template to inspect")
+            return None
         version = [template.get("Version") or "$Default"]
         if "LaunchTemplateId" in template:
             answer = self.ec2.describe_launch_template_versions(
@@ -424,7 +423,32 @@ class AwsBackend:
                 LaunchTemplateName=template.get("LaunchTemplateName", ""), Versions=version
             )
         versions = answer["LaunchTemplateVersions"]
-        data = versions[0]["LaunchTemplateData"] if versions else {}
+        return dict(versions[0]["LaunchTemplateData"]) if versions else {}
+
+    async def box_shape(self) -> BoxShape:
+        """The instance type and disk size the group's launch template gives a box."""
+
+        def run() -> BoxShape:
+            group = self._group()
+            data = self._template(group) or {}
+            kind = data.get("InstanceType", "")
+            overrides = group.get("MixedInstancesPolicy", {}).get("LaunchTemplate", {})
+            for override in overrides.get("Overrides", []):
+                kind = kind or override.get("InstanceType", "")
+            disks = [
+                m.get("Ebs", {}).get("VolumeSize", 0) for m in data.get("BlockDeviceMappings", [])
+            ]
+            return BoxShape(kind, sum(disks))
+
+        return await self._call(run)
+
+    def _port_check(self, group: AutoScalingGroupTypeDef) -> Check:
+        """The workspace port must be open to security groups only (the routers'), never to
+        address ranges: people reach workspaces through the router or not at all."""
+        port = self.settings.workspace_port
+        data = self._template(group)
+        if data is None:
+            return Check("workspace port", False, "the group has no launch template to inspect")
         sg_ids = list(data.get("SecurityGroupIds", []))
         for nic in data.get("NetworkInterfaces", []):
             sg_ids += nic.get("Groups", [])

@@ -42,6 +42,7 @@ from codepool.core.backends import isolation
 from codepool.core.errors import BackendError, NotASpare
 from codepool.core.models import (
     BatchResult,
+    BoxShape,
     Capacity,
     Check,
     Instance,
@@ -526,6 +527,11 @@ class LocalBackend:
 
     async def label_spares(self, instance_ids: Sequence[str]) -> None:
         return None  # a slot's metadata always records its owner, if only as none
+
+    async def box_shape(self) -> BoxShape:
+        """A slot is a process on this machine: no instance type, no disk of its own to pay
+        for (cost.disk_gb may say otherwise)."""
+        return BoxShape("local process", 0)
 
     async def checks(self) -> list[Check]:
         def run() -> list[Check]:
