@@ -246,6 +246,25 @@ def extend(
     render.extended(ws, int(time.time() * 1000), as_json)
 
 
+SinceOpt = Annotated[
+    str,
+    typer.Option("--since", metavar="WHEN", help="From: a duration ago (7d) or an ISO date/time."),
+]
+UntilOpt = Annotated[
+    str, typer.Option("--until", metavar="WHEN", help="Up to (default: now); as --since.")
+]
+
+
+def _period(since: str, until: str) -> tuple[int, int]:
+    """--since and --until as epoch ms (until: now when empty), the one before the other."""
+    now = int(time.time() * 1000)
+    start = policy.parse_time(since, now)
+    end = policy.parse_time(until, now) if until else now
+    if end < start:
+        raise InvalidInput(f"--until ({until}) is before --since ({since})")
+    return start, end
+
+
 @app.command("events")
 def events_(
     ctx: typer.Context,
@@ -260,15 +279,8 @@ def events_(
             help="Only these kinds, comma-separated: " + ", ".join(k.value for k in EventKind),
         ),
     ] = "",
-    since: Annotated[
-        str,
-        typer.Option(
-            "--since", metavar="WHEN", help="From: a duration ago (7d, 12h) or an ISO date/time."
-        ),
-    ] = "1d",
-    until: Annotated[
-        str, typer.Option("--until", metavar="WHEN", help="Up to (default: now); as --since.")
-    ] = "",
+    since: SinceOpt = "1d",
+    until: UntilOpt = "",
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")
     ] = False,
@@ -285,13 +297,9 @@ def events_(
         if user is not None:
             policy.check_user(user)
         wanted = events.parse_kinds(kinds)
-        now = int(time.time() * 1000)
-        start = policy.parse_time(since, now)
-        end = policy.parse_time(until, now) if until else now
         if follow and until:
             raise InvalidInput("--follow and --until cannot be combined")
-        if end < start:
-            raise InvalidInput(f"--until ({until}) is before --since ({since})")
+        start, end = _period(since, until)
 
     def keep(event: Event) -> bool:
         return not wanted or event.kind in wanted
@@ -319,15 +327,8 @@ def events_(
 @app.command()
 def report(
     ctx: typer.Context,
-    since: Annotated[
-        str,
-        typer.Option(
-            "--since", metavar="WHEN", help="From: a duration ago (30d) or an ISO date/time."
-        ),
-    ] = "30d",
-    until: Annotated[
-        str, typer.Option("--until", metavar="WHEN", help="Up to (default: now); as --since.")
-    ] = "",
+    since: SinceOpt = "30d",
+    until: UntilOpt = "",
     as_json: JsonOpt = False,
     as_csv: Annotated[
         bool, typer.Option("--csv", help="CSV: a row per person, then the total.")
@@ -342,11 +343,7 @@ def report(
     with render.exits_on_error(as_json):
         if as_json and as_csv:
             raise InvalidInput("--json and --csv cannot be combined")
-        now = int(time.time() * 1000)
-        start = policy.parse_time(since, now)
-        end = policy.parse_time(until, now) if until else now
-        if end < start:
-            raise InvalidInput(f"--until ({until}) is before --since ({since})")
+        start, end = _period(since, until)
     found, _ = _run(ctx, as_json, lambda pool: pool.report(start, end))
     render.report(found, as_json, as_csv)
 
