@@ -365,3 +365,41 @@ async def test_events_appended_at_once_are_all_kept(store: Store) -> None:
     got = await store.read_events(0, 10_000, 1000)
     assert sorted(e.user for e in got) == sorted(e.user for e in batch)
     assert len({e.id for e in got}) == 40
+
+
+async def test_starts_are_limited_and_given_in_the_order_people_came(store: Store) -> None:
+    ttl = 60_000
+    assert [await store.take_start(t, 2, ttl) for t in ("a", "b", "c", "d")] == [0, 0, 1, 2]
+    assert await store.take_start("a", 2, ttl) == 0  # a renewal keeps it
+    assert await store.take_start("d", 2, ttl) == 2  # asking again keeps one's place
+    await store.give_back_start("a")
+    assert await store.take_start("d", 2, ttl) == 1  # c came first: the free start is c's
+    assert await store.take_start("c", 2, ttl) == 0
+    assert await store.take_start("d", 2, ttl) == 1
+    await store.give_back_start("d")  # d leaves the line
+    assert await store.take_start("e", 2, ttl) == 1
+    for t in ("b", "c", "e"):
+        await store.give_back_start(t)
+
+
+async def test_a_start_or_a_place_not_renewed_is_lost(store: Store) -> None:
+    assert await store.take_start("1-held", 1, 400) == 0
+    assert await store.take_start("2-waiting", 1, 400) == 1
+    assert await store.take_start("3-late", 1, 400) == 2
+    await asyncio.sleep(0.25)
+    assert await store.take_start("3-late", 1, 400) == 2  # renewed: still in line
+    await asyncio.sleep(0.25)  # neither the holder nor the first in line renewed in time
+    assert await store.take_start("3-late", 1, 400) == 0
+    await store.give_back_start("3-late")
+
+
+async def test_many_asking_at_once_get_exactly_the_limit(store: Store) -> None:
+    tickets = [f"t{i:02d}" for i in range(20)]
+    got = await asyncio.gather(*(store.take_start(t, 5, 60_000) for t in tickets))
+    assert got.count(0) == 5
+    # once all are in line, each has a place of its own
+    waiting = [t for t, place in zip(tickets, got, strict=True) if place]
+    places = await asyncio.gather(*(store.take_start(t, 5, 60_000) for t in waiting))
+    assert sorted(places) == list(range(1, 16))
+    for t in tickets:
+        await store.give_back_start(t)

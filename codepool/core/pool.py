@@ -59,6 +59,10 @@ log = logging.getLogger("codepool")
 
 Progress = Callable[[str], None]
 
+IN_LINE = "Many workspaces are starting"  # what one waiting for a start is told
+LOCKED = "Waiting for a start or stop of this workspace to finish"
+START_TTL_MS = 10_000  # a start in flight, or a place in line, lives this long unless renewed
+START_POLL_S = 1.0  # how often one in line asks again (and renews their place)
 LOCK_TTL_MS = 10_000  # a user lock lives this long unless renewed; renewed every third of it
 CLAIM_TTL_MS = 600_000  # a popped spare is not re-added to the pool for this long
 POLL_S = 0.25  # how often to look again while waiting for a box
@@ -114,11 +118,49 @@ class CodePool:
             if time.monotonic() >= deadline:
                 raise Busy(f"{user}: another assignment or stop of this workspace is under way")
             if not waited:
-                progress("Waiting for a start or stop of this workspace to finish")
+                progress(LOCKED)
                 waited = True
             await asyncio.sleep(POLL_S)
         async with self._held([name], holder):
             yield
+
+    @contextlib.asynccontextmanager
+    async def start_slot(self, say: Progress = _quiet) -> AsyncIterator[None]:
+        """Hold one of pool.max_concurrent_starts starts in flight (a launch or a resume,
+        counted in the store across routers) while the body runs; past the limit, wait in
+        line, first come first served, saying one's place."""
+        limit = self.settings.pool.max_concurrent_starts
+        if not limit:
+            yield
+            return
+        ticket = secrets.token_hex(8)
+        try:
+            shown = 0
+            while place := await self.store.take_start(ticket, limit, START_TTL_MS):
+                if place != shown:
+                    say(f"{IN_LINE}: you are number {place} in line")
+                    shown = place
+                await asyncio.sleep(START_POLL_S)
+            done = asyncio.Event()
+
+            async def renew() -> None:
+                while not done.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), START_TTL_MS / 3000)
+                        return
+                    with contextlib.suppress(StoreUnavailable):
+                        if await self.store.take_start(ticket, limit, START_TTL_MS):
+                            log.warning("a start in flight expired: another took its place")
+
+            renewer = asyncio.create_task(renew())
+            try:
+                yield
+            finally:
+                done.set()
+                await renewer
+        finally:
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.shield(self.store.give_back_start(ticket))
 
     @contextlib.asynccontextmanager
     async def user_locks(self, users: Sequence[str]) -> AsyncIterator[set[str]]:
@@ -177,7 +219,7 @@ class CodePool:
         policy.check_user(user)
         say = progress or _quiet
         timeout_s = self.settings.pool.assign_timeout_s
-        async with self.user_lock(user, timeout_s, say):
+        async with self.user_lock(user, timeout_s, say), contextlib.AsyncExitStack() as starts:
             ws = await self.store.get_workspace(user)
             if (
                 ws is not None
@@ -193,11 +235,12 @@ class CodePool:
             if owned is not None and owned.state is InstanceState.RUNNING and owned.in_service:
                 inst, how = owned, "running"
             elif owned is not None:
+                await starts.enter_async_context(self.start_slot(say))
                 say("Waking up your workspace")
                 log.info("resume user=%s instance=%s", user, owned.instance_id)
                 inst, how = await self._resume(user, owned, instances), "resumed"
             else:
-                inst, how = await self._claim_box(user, instances, say)
+                inst, how = await self._claim_box(user, instances, say, starts)
             now = self.clock()
             same = ws is not None and ws.instance_id == inst.instance_id
             assigned_at = ws.assigned_at_ms if ws is not None and same else now
@@ -237,11 +280,17 @@ class CodePool:
         await self.backend.terminate([spare])
 
     async def _claim_box(
-        self, user: str, instances: list[Instance], say: Progress
+        self,
+        user: str,
+        instances: list[Instance],
+        say: Progress,
+        starts: contextlib.AsyncExitStack,
     ) -> tuple[Instance, str]:
-        """Claim a spare for the user, launching a box if none is free."""
+        """Claim a spare for the user, launching a box if none is free (once this
+        assignment holds a start in flight, in starts, when their number is limited)."""
         deadline = time.monotonic() + self.settings.pool.assign_timeout_s
         launched = False  # whether this assignment has asked the group for a box
+        may_launch = not self.settings.pool.max_concurrent_starts
         while True:
             iid = await self.store.claim_spare(user, CLAIM_TTL_MS)
             if iid is not None:
@@ -263,13 +312,22 @@ class CodePool:
                 cap = await self.backend.capacity()
                 if cap.desired <= in_service:
                     launched = False  # the box asked for went to someone else: ask again
+            if not launched and not may_launch:
+                await starts.enter_async_context(self.start_slot(say))
+                may_launch = True
+                # The wait in line is not the box's: its time to start counts from here.
+                deadline = time.monotonic() + self.settings.pool.assign_timeout_s
+                instances = await self.backend.list_instances()
+                continue  # a spare may have come meanwhile
             if not launched:
                 # Each waiting assignment asks for one box of its own, so ten new users
                 # at once get ten boots in parallel, not one after another. The lock keeps
                 # this process's waiters from reading the same desired and writing it twice.
                 async with self._launching:
                     cap = await self.backend.capacity()
-                    if cap.desired < cap.max_size:
+                    if await self._starts_full():
+                        pass  # a box another start left booting will do: claimed when up
+                    elif cap.desired < cap.max_size:
                         say("Preparing a new workspace")
                         log.info("launch for user=%s: no spare free", user)
                         await self.backend.set_desired(cap.desired + 1)
@@ -286,6 +344,16 @@ class CodePool:
                 )
             await asyncio.sleep(POLL_S)
             instances = await self.backend.list_instances()
+
+    async def _starts_full(self) -> bool:
+        """Whether pool.max_concurrent_starts boxes are booting already. A start in flight
+        holds one box at most, but the box it launched may be left booting when another
+        spare came first: that box counts until it is up."""
+        limit = self.settings.pool.max_concurrent_starts
+        if not limit:
+            return False
+        instances = await self.backend.list_instances()
+        return sum(i.state is InstanceState.PENDING for i in instances) >= limit
 
     # -- release and the stop step --------------------------------------------------------
 

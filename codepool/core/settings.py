@@ -76,6 +76,12 @@ class PoolSettings:
         "(a browser notification, one click to keep it running); 0: no warning",
         minimum=0,
     )
+    max_concurrent_starts: int = setting(
+        0,
+        "launches and resumes in flight at once, across routers; past it people wait "
+        "in line; 0: no limit",
+        minimum=0,
+    )
     assign_timeout_s: int = setting(300, "seconds to wait for a box to start and answer", minimum=1)
 
 

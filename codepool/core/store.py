@@ -143,6 +143,15 @@ class Store(Protocol):
     async def clear_attempts(self, keys: Sequence[str]) -> None:
         """Forget every attempt of these keys."""
 
+    async def take_start(self, ticket: str, limit: int, ttl_ms: int) -> int:
+        """A place among the starts in flight (at most limit across every router), given
+        fairly by arrival: 0 if ticket holds one (taken now, or renewed), else its place in
+        line (1: next). Each call renews the ticket; one not renewed within ttl_ms loses
+        its place in line, or its start."""
+
+    async def give_back_start(self, ticket: str) -> None:
+        """Leave the line, or give a start back."""
+
     async def append_events(self, events: Sequence[Event]) -> None:
         """Add events to the event log (their ids are the store's)."""
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 from codepool.core.errors import CodepoolError
 from codepool.core.models import Assignment
-from codepool.core.pool import CodePool
+from codepool.core.pool import IN_LINE, LOCKED, CodePool
 
 log = logging.getLogger("codepool.dispatch")
 
 KEEP_FINISHED_S = 60.0  # a finished job answers status polls this long
+WAITING = (IN_LINE, LOCKED)  # messages about waiting, not about the start itself
 RECENT_STARTS = 20  # how many recent starts of each kind the estimate is taken from
 
 
@@ -39,9 +40,9 @@ class Job:
 
     @property
     def kind(self) -> str:
-        """What sort of start this is, by its first message ("Waking up your workspace",
-        "Preparing a new workspace", ...; "" while it has said nothing)."""
-        return self.messages[0] if self.messages else ""
+        """What sort of start this is, by its first message that is not about waiting
+        ("Waking up your workspace", "Preparing a new workspace", ...; "" until then)."""
+        return next((m for m in self.messages if not m.startswith(WAITING)), "")
 
     def say(self, message: str) -> None:
         self.messages.append(message)

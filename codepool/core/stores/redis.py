@@ -15,6 +15,10 @@ Keys (with the optional prefix P):
   P entry:<token hash>      a one-time entry pass (JSON); expires within a minute
   P attempts:<key>          sorted set attempt -> time: login attempts per account and
                             per client, for the rate limit; expires with its window
+  P startQueue              sorted set ticket -> arrival number: people waiting for a start
+  P startSeq                the last arrival number given
+  P startQueueSeen          sorted set ticket -> last renewal (a waiter gone is dropped)
+  P startHolders            sorted set ticket -> expiry: the starts in flight
   P events                  sorted set: the event log, "<id>|<JSON row>" -> time
   P eventSeq                the last event id given (ids are 16-digit numbers, so the
                             members of one millisecond sort in the order they came)
@@ -348,6 +352,35 @@ def _from_fields(user: str, f: list[str | None]) -> Workspace | None:
     )
 
 
+# A place among the starts in flight, fairly by arrival (Store.take_start). KEYS = the
+# line, its renewals, the holders, the arrival counter; ARGV = ticket, limit, ttl. The
+# server's clock. Arrivals are numbered: one who came later never goes ahead.
+_TAKE_START = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ticket, limit, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - ttl)) do
+  redis.call('ZREM', KEYS[1], gone)
+  redis.call('ZREM', KEYS[2], gone)
+end
+if redis.call('ZSCORE', KEYS[3], ticket) then
+  redis.call('ZADD', KEYS[3], now + ttl, ticket)
+  return 0
+end
+if not redis.call('ZSCORE', KEYS[1], ticket) then
+  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[4]), ticket)
+end
+redis.call('ZADD', KEYS[2], now, ticket)
+local ahead = redis.call('ZRANK', KEYS[1], ticket)
+local free = limit - redis.call('ZCARD', KEYS[3])
+if ahead >= free then return ahead - free + 1 end
+redis.call('ZREM', KEYS[1], ticket)
+redis.call('ZREM', KEYS[2], ticket)
+redis.call('ZADD', KEYS[3], now + ttl, ticket)
+return 0
+"""
+
 # Events, many in one call: KEYS = the event log, the id counter; ARGV = JSON rows.
 _APPEND_EVENTS = """
 for _, row in ipairs(ARGV) do
@@ -392,6 +425,10 @@ class RedisStore:
         self._sessions = GroupCommit(self._read_sessions, max_batch=batch_size)
         self._reserve_attempts = client.register_script(_RESERVE_ATTEMPTS)
         self._append_events = client.register_script(_APPEND_EVENTS)
+        self._take_start = client.register_script(_TAKE_START)
+        self.k_starts = [
+            f"{key_prefix}{k}" for k in ("startQueue", "startQueueSeen", "startHolders")
+        ]
         self.k_events = f"{key_prefix}events"
 
     @classmethod
@@ -632,6 +669,18 @@ class RedisStore:
     async def clear_attempts(self, keys: Sequence[str]) -> None:
         if keys:
             await self._do(self.r.delete(*self._attempt_keys(keys)))
+
+    # -- the start limit ----------------------------------------------------------------------
+
+    async def take_start(self, ticket: str, limit: int, ttl_ms: int) -> int:
+        keys = [*self.k_starts, f"{self.prefix}startSeq"]
+        return int(await self._do(self._take_start(keys=keys, args=[ticket, limit, ttl_ms])))
+
+    async def give_back_start(self, ticket: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        for key in self.k_starts:
+            pipe.zrem(key, ticket)
+        await self._do(pipe.execute())
 
     # -- the event log ----------------------------------------------------------------------
 

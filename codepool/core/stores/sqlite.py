@@ -76,6 +76,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (key, attempt)
 );
 CREATE INDEX IF NOT EXISTS attempts_by_time ON attempts (key, at_ms);
+CREATE TABLE IF NOT EXISTS start_queue (
+    ticket TEXT PRIMARY KEY, arrival INTEGER NOT NULL, seen_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS start_holders (ticket TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms INTEGER NOT NULL,
@@ -587,6 +591,47 @@ class SQLiteStore:
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany("DELETE FROM attempts WHERE key = ?", rows)
+
+        await self._run(q, write=True)
+
+    # -- the start limit ----------------------------------------------------------------------
+
+    async def take_start(self, ticket: str, limit: int, ttl_ms: int) -> int:
+        def q(db: sqlite3.Connection) -> int:
+            now = _now_ms()
+            db.execute("DELETE FROM start_holders WHERE expires_ms <= ?", (now,))
+            db.execute("DELETE FROM start_queue WHERE seen_ms <= ?", (now - ttl_ms,))
+            renewed = db.execute(
+                "UPDATE start_holders SET expires_ms = ? WHERE ticket = ?", (now + ttl_ms, ticket)
+            )
+            if renewed.rowcount:
+                return 0
+            # Arrivals are numbered (the next after the last in line): one who came later
+            # never goes ahead, not even within one millisecond.
+            db.execute(
+                "INSERT INTO start_queue (ticket, arrival, seen_ms) "
+                "VALUES (?, (SELECT COALESCE(MAX(arrival), 0) + 1 FROM start_queue), ?) "
+                "ON CONFLICT (ticket) DO UPDATE SET seen_ms = excluded.seen_ms",
+                (ticket, now),
+            )
+            ahead = db.execute(
+                "SELECT COUNT(*) FROM start_queue WHERE arrival < "
+                "(SELECT arrival FROM start_queue WHERE ticket = ?)",
+                (ticket,),
+            ).fetchone()[0]
+            free = limit - db.execute("SELECT COUNT(*) FROM start_holders").fetchone()[0]
+            if ahead >= free:
+                return int(ahead - free + 1)
+            db.execute("DELETE FROM start_queue WHERE ticket = ?", (ticket,))
+            db.execute("INSERT INTO start_holders VALUES (?, ?)", (ticket, now + ttl_ms))
+            return 0
+
+        return await self._run(q, write=True)
+
+    async def give_back_start(self, ticket: str) -> None:
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM start_queue WHERE ticket = ?", (ticket,))
+            db.execute("DELETE FROM start_holders WHERE ticket = ?", (ticket,))
 
         await self._run(q, write=True)
 
