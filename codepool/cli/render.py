@@ -153,6 +153,8 @@ def scale(r: ScaleResult, as_json: bool) -> None:
         print_json({**jsonable(r), "changed": r.changed})
         return
     verb = "would set" if r.dry_run else "set"
+    if r.spares:
+        out.print(f"warm spares now: {r.spares}")
     if not r.changed:
         out.print(f"desired capacity {r.desired_before}: no change")
         return

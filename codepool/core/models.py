@@ -144,6 +144,7 @@ class ScaleResult:
     desired_after: int
     terminated_spares: tuple[str, ...] = ()
     dry_run: bool = False
+    spares: str = ""  # the warm spares wanted and why: the schedule entry in force, or not
 
     @property
     def changed(self) -> bool:

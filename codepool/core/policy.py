@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from codepool.core.errors import InvalidInput
 from codepool.core.models import Capacity, ReapAction, ReapDecision, Workspace, WorkspaceState
+from codepool.core.settings import DAYS, ScheduleEntry
 
 # One safe pattern for user names everywhere (CLI, router, store keys, URL paths, tags):
 # lower-case letters, digits and . _ @ -, starting with a letter or digit, at most 64.
@@ -128,6 +131,17 @@ def retention_decision(ws: Workspace, now_ms: int, retention_days: int) -> ReapD
         f"stopped {format_duration(stopped_s)} > retention {retention_days}d",
         idle_s,
     )
+
+
+def schedule_entry(entries: Sequence[ScheduleEntry], now_ms: int) -> ScheduleEntry | None:
+    """The first [[pool.schedule]] entry in force at now_ms (each in its own time zone)."""
+    for entry in entries:
+        local = datetime.fromtimestamp(now_ms / 1000, ZoneInfo(entry.timezone))
+        minute = local.hour * 60 + local.minute
+        start, end = (int(t[:2]) * 60 + int(t[3:]) for t in (entry.start, entry.end))
+        if DAYS[local.weekday()] in entry.days and start <= minute < end:
+            return entry
+    return None
 
 
 def desired_capacity(running_assigned: int, warm_spares: int, min_size: int, max_size: int) -> int:

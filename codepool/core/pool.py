@@ -506,15 +506,19 @@ class CodePool:
         assigned = in_service - len(spares) - booting
         cap = await self.backend.capacity()
         p = self.settings.pool
-        target = policy.desired_capacity(assigned, p.warm_spares, cap.min_size, cap.max_size)
+        now = self.clock()
+        entry = policy.schedule_entry(p.schedule, now)
+        spares_wanted = entry.warm_spares if entry is not None else p.warm_spares
+        target = policy.desired_capacity(assigned, spares_wanted, cap.min_size, cap.max_size)
+        why = entry.describe() if entry else f"pool.warm_spares: {p.warm_spares} warm spares"
         # A spare launched moments ago is likely an assignment's box about to be claimed:
         # culling it would make that user wait for another. Only older spares are excess.
-        young_after = self.clock() - p.assign_timeout_s * 1000
+        young_after = now - p.assign_timeout_s * 1000
         old = [i.instance_id for i in spares if i.launched_at_ms < young_after]
         excess = old[: max(0, len(spares) + booting - max(0, target - assigned))]
         if dry_run:
             desired = min(max(target, in_service - len(excess)), cap.max_size)
-            return ScaleResult(cap.desired, desired, tuple(excess), dry_run=True)
+            return ScaleResult(cap.desired, desired, tuple(excess), dry_run=True, spares=why)
         taken = [iid for iid in excess if await self.store.take_spare(iid, CLAIM_TTL_MS)]
         if taken:
             log.info("scale terminate excess spares %s", ", ".join(taken))
@@ -525,7 +529,7 @@ class CodePool:
         if cap.desired != desired:
             await self.backend.set_desired(desired)
             log.info("scale desired=%d->%d", cap.desired, desired)
-        return ScaleResult(cap.desired, desired, tuple(taken))
+        return ScaleResult(cap.desired, desired, tuple(taken), spares=why)
 
     async def _scale_after(self, why: str) -> None:
         """Scale after a lifecycle step; its failure must not undo the step that succeeded."""

@@ -7,6 +7,7 @@ Every setting is declared once, here, with its default, unit and allowed values;
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shlex
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from codepool.core.errors import ConfigError
 
@@ -51,10 +53,83 @@ DEFAULT_COMMAND = (
 )
 
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """A time of the week when the pool keeps another number of warm spares."""
+
+    days: tuple[str, ...]  # of DAYS
+    start: str  # "HH:MM", the entry's `from`
+    end: str  # "HH:MM" (up to "24:00"), the entry's `to`; after start
+    timezone: str  # an IANA name ("Europe/Berlin", "UTC")
+    warm_spares: int
+
+    def describe(self) -> str:
+        days = ",".join(self.days)
+        return f"{days} {self.start}-{self.end} {self.timezone}: {self.warm_spares} warm spares"
+
+
+SCHEDULE_KEYS = {"days", "from", "to", "timezone", "warm_spares"}
+
+
+def _schedule_entry(raw: Any, where: str) -> ScheduleEntry:
+    """One [[pool.schedule]] table, checked: every key there, each as allowed."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config error: {where}: each entry must be a table [[pool.schedule]]")
+    if set(raw) != SCHEDULE_KEYS:
+        missing, extra = SCHEDULE_KEYS - set(raw), set(raw) - SCHEDULE_KEYS
+        what = f"missing {', '.join(sorted(missing))}" if missing else ""
+        what += ("; " if what else "") + (f"unknown {', '.join(sorted(extra))}" if extra else "")
+        raise ConfigError(
+            f"config error: {where}: {what}; an entry has days, from, to, timezone, warm_spares"
+        )
+    days = raw["days"]
+    if not isinstance(days, list) or not days or not all(d in DAYS for d in days):
+        raise ConfigError(
+            f"config error: {where}: days = {days!r}: a non-empty list of {', '.join(DAYS)}"
+        )
+    start, end = (_clock_time(raw[k], f"{where}: {k}") for k in ("from", "to"))
+    if start >= end:
+        raise ConfigError(
+            f"config error: {where}: from {raw['from']!r} must be before to {raw['to']!r} "
+            "(for a night, use two entries: up to 24:00, and from 00:00)"
+        )
+    zone = raw["timezone"]
+    try:
+        if not isinstance(zone, str):
+            raise ValueError(zone)
+        ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ConfigError(
+            f"config error: {where}: timezone = {zone!r}: an IANA time zone such as "
+            "'Europe/Berlin' or 'UTC'"
+        ) from None
+    spares = raw["warm_spares"]
+    if isinstance(spares, bool) or not isinstance(spares, int) or not 0 <= spares <= 1000:
+        raise ConfigError(f"config error: {where}: warm_spares = {spares!r}: from 0 to 1000")
+    return ScheduleEntry(tuple(days), raw["from"], raw["to"], zone, spares)
+
+
+def _clock_time(value: Any, where: str) -> int:
+    """'HH:MM' (00:00 to 24:00) as minutes of the day."""
+    if isinstance(value, str) and len(value) == 5 and value[2] == ":":
+        hours, minutes = value[:2], value[3:]
+        if hours.isdigit() and minutes.isdigit():
+            total = int(hours) * 60 + int(minutes)
+            if int(minutes) < 60 and total <= 24 * 60:
+                return total
+    raise ConfigError(f"config error: {where} = {value!r}: a time of day, HH:MM (00:00 to 24:00)")
+
+
 @dataclass(frozen=True)
 class PoolSettings:
     backend: str = setting("local", "where workspaces run", choices=("local", "aws"))
     warm_spares: int = setting(1, "started, unowned boxes kept ready", minimum=0, maximum=1000)
+    schedule: tuple[ScheduleEntry, ...] = setting(
+        (), "times of the week with another number of warm spares ([[pool.schedule]])"
+    )
     idle_timeout_s: int = setting(
         300, "seconds without a ping before a workspace is stopped", minimum=1
     )
@@ -412,6 +487,13 @@ def _env_target(key: str) -> tuple[str | None, str]:
 def _from_env(f: dataclasses.Field[Any], raw: str, key: str) -> Any:
     """Env values are strings: turn them into the setting's type (lists split like a shell)."""
     kind: type[Any] = type(f.default)
+    if f.name == "schedule":  # a list of tables, as JSON
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigError(
+                f"config error: environment: {key}: must be a JSON list of schedule entries"
+            ) from None
     if kind is tuple:
         return tuple(shlex.split(raw))
     if kind is bool:
@@ -475,6 +557,13 @@ def _check(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
             bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
             raise ConfigError(f"config error: {where}: must be {bounds}")
         return float(value) if kind is float else value
+    if f.name == "schedule":
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config error: {where}: must be a list of [[pool.schedule]] tables")
+        return tuple(
+            e if isinstance(e, ScheduleEntry) else _schedule_entry(e, f"{where} entry {i + 1}")
+            for i, e in enumerate(value)
+        )
     if kind is tuple:
         may_be_empty = not f.default  # a list that defaults to empty may be empty
         if (
