@@ -226,6 +226,7 @@ async def test_iam_policy_covers_exactly_the_calls_made(
     await pool.assign("alice")  # resume
     await pool.release("alice", terminate=True)
     await pool.reconcile()
+    await pool.report(0, pool.clock())  # the admin page's usage figures
     granted = {a for st in iam_policy(GROUP)["Statement"] for a in st["Action"]}
     assert calls.iam_actions() == granted
 
@@ -255,10 +256,15 @@ def test_guardrail_commands_against_motos_server(
     ec2.authorize_security_group_ingress(GroupId=boxes["GroupId"], IpPermissions=world)
     create_group(session, endpoint_url=endpoint, security_group=boxes["GroupId"])
     config = tmp_path / "codepool.toml"
-    config.write_text(
-        f'[pool]\nbackend = "aws"\n[aws]\ngroup_name = "{GROUP}"\nregion = "{REGION}"\n'
-        f'endpoint_url = "{endpoint}"\n[local]\nstate_dir = "{tmp_path / "state"}"\n'
-    )
+
+    def configure(budget: str = "25", notify: str = "ops@example.com") -> None:
+        config.write_text(
+            f'[pool]\nbackend = "aws"\n[aws]\ngroup_name = "{GROUP}"\nregion = "{REGION}"\n'
+            f'endpoint_url = "{endpoint}"\n[local]\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[cost]\ndaily_budget = {budget}\nbudget_notify = "{notify}"\n'
+        )
+
+    configure()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     runner = CliRunner(env=env)
 
@@ -285,8 +291,11 @@ def test_guardrail_commands_against_motos_server(
             }
         ],
     )
-    result = cli("doctor")
-    assert result.exit_code == 0, result.output
+    result = cli("doctor", "--json")
+    found = {c["name"]: c for c in json.loads(result.output)["checks"]}
+    assert found["workspace port"]["ok"] and result.exit_code == 1  # guardrails missing
+    for missing in ("alarms", "group metrics", "budget"):
+        assert not found[missing]["ok"] and "alarms apply" in found[missing]["detail"], missing
 
     result = cli("status", "--json")
     assert result.exit_code == 0, result.output
@@ -297,13 +306,35 @@ def test_guardrail_commands_against_motos_server(
     }
 
     result = cli("alarms", "apply", "--dry-run", "--json")
-    assert result.exit_code == 0 and len(json.loads(result.output)["alarms"]) == 2
+    assert result.exit_code == 0 and len(json.loads(result.output)["alarms"]) == 3
     cloudwatch = session.client("cloudwatch", endpoint_url=endpoint)
+    budgets = session.client("budgets", endpoint_url=endpoint, region_name="us-east-1")
+    account = session.client("sts", endpoint_url=endpoint).get_caller_identity()["Account"]
     assert cloudwatch.describe_alarms()["MetricAlarms"] == []
+    assert budgets.describe_budgets(AccountId=account).get("Budgets", []) == []
     result = cli("alarms", "apply", "--topic-arn", f"arn:aws:sns:{REGION}:123456789012:ops")
     assert result.exit_code == 0, result.output
+    assert f"the budget codepool-{GROUP}: 25.00 USD a day" in result.output
     names = sorted(a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"])
     assert names == [f"codepool-{GROUP}-launch-lag", f"codepool-{GROUP}-near-max"]
+    budget = budgets.describe_budget(AccountId=account, BudgetName=f"codepool-{GROUP}")["Budget"]
+    assert budget["TimeUnit"] == "DAILY" and float(budget["BudgetLimit"]["Amount"]) == 25
+    assert budget["CostFilters"] == {"TagKeyValue": [f"aws:autoscaling:groupName${GROUP}"]}
+    told = budgets.describe_notifications_for_budget(
+        AccountId=account, BudgetName=f"codepool-{GROUP}"
+    )["Notifications"]
+    assert sorted(n["NotificationType"] for n in told) == ["ACTUAL", "FORECASTED"]
+    result = cli("doctor")
+    assert result.exit_code == 0, result.output  # the full deployment passes
+    configure(budget="30")  # the budget in the config changed: doctor says so, apply fixes it
+    result = cli("doctor", "--json")
+    found = {c["name"]: c for c in json.loads(result.output)["checks"]}
+    assert result.exit_code == 1 and "differs" in found["budget"]["detail"]
+    assert cli("alarms", "apply").exit_code == 0
+    assert cli("doctor").exit_code == 0
+    configure(notify="")
+    result = cli("alarms", "apply")
+    assert result.exit_code == 2 and "needs cost.budget_notify" in result.output
 
     result = cli("iam-policy")
     assert result.exit_code == 0

@@ -253,7 +253,12 @@ def alarms(defined: Sequence[dict[str, Any]], dry_run: bool, as_json: bool) -> N
         return
     verb = "would create or update" if dry_run else "created or updated"
     for a in defined:
-        out.print(f"{verb} [bold]{a['AlarmName']}[/]: {a['AlarmDescription']}")
+        if "Budget" in a:
+            b = a["Budget"]
+            limit = f"{b['BudgetLimit']['Amount']} {b['BudgetLimit']['Unit']}"
+            out.print(f"{verb} the budget [bold]{b['BudgetName']}[/]: {limit} a day")
+        else:
+            out.print(f"{verb} [bold]{a['AlarmName']}[/]: {a['AlarmDescription']}")
 
 
 def _when(at_ms: int) -> str:

@@ -70,7 +70,7 @@ def create_backend(settings: Settings) -> Backend:
     if settings.pool.backend == "aws":
         from codepool.core.backends.aws import AwsBackend
 
-        return AwsBackend(settings.aws)
+        return AwsBackend(settings.aws, cost=settings.cost)
     raise ConfigError(
         f"config error: pool.backend = {settings.pool.backend!r}: allowed: local, aws"
     )

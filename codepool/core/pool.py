@@ -759,6 +759,18 @@ class CodePool:
             exposed := _store_open_to_workspaces(self.settings.store_url)
         ):
             found.append(Check("store from workspaces", False, exposed))
+        if self.settings.pool.backend == "aws" and self.settings.store_url.startswith("redis://"):
+            found.append(
+                Check(
+                    "store TLS",
+                    False,
+                    "store.url is redis://: across a network, use rediss:// (TLS), or every "
+                    "session and password hash crosses it in clear",
+                )
+            )
+        if self.settings.router.auth == "jwt":
+            j = self.settings.jwt
+            found.append(Check("jwt", True, f"issuer {j.issuer}, audience {j.audience}"))
         try:
             cap = await self.backend.capacity()
             found.append(

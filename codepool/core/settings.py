@@ -320,6 +320,14 @@ class CostSettings:
         minimum=0,
     )
     currency: str = setting("USD", "the currency of the prices, as shown in the report")
+    daily_budget: float = setting(
+        0.0,
+        "an AWS daily cost budget for the pool's boxes (`codepool alarms apply`); 0: none",
+        minimum=0,
+    )
+    budget_notify: str = setting(
+        "", "who hears when the daily budget is passed: an e-mail address or an SNS topic ARN"
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from codepool.core import policy
+from codepool.core.errors import CodepoolError
 from codepool.core.models import WHY_ADMIN
 from codepool.core.report import Report
 from codepool.daemon import home, pages
@@ -38,13 +39,17 @@ REPORT_DAYS = 30
 REPORT_FOR_S = 300.0  # the admin page's usage figures are made at most this often
 
 
-async def recent_usage(router: Router) -> Report:
+async def recent_usage(router: Router) -> Report | None:
     """The last REPORT_DAYS' usage: read from the whole event log, so kept a few minutes
     (the page refreshes its pool table every few seconds, not this)."""
     now = time.monotonic()
     if router.usage is None or router.usage[0] < now - REPORT_FOR_S:
         until = router.pool.clock()
-        found = await router.pool.report(until - REPORT_DAYS * 86_400_000, until)
+        try:
+            found = await router.pool.report(until - REPORT_DAYS * 86_400_000, until)
+        except CodepoolError as exc:  # the page without its figures, not no page
+            log.warning("admin page: no usage figures: %s", exc)
+            return router.usage[1] if router.usage is not None else None
         router.usage = (now, found)
     return router.usage[1]
 

@@ -28,7 +28,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from codepool.core.errors import BackendError, NotASpare
+from codepool.core.errors import BackendError, InvalidInput, NotASpare
 from codepool.core.models import (
     BatchResult,
     BoxShape,
@@ -38,7 +38,7 @@ from codepool.core.models import (
     InstanceState,
     Lifecycle,
 )
-from codepool.core.settings import AwsSettings
+from codepool.core.settings import AwsSettings, CostSettings
 from codepool.core.tls import WorkspaceTls, workspace_tls
 
 if TYPE_CHECKING:  # the stubs are a development dependency only
@@ -99,8 +99,14 @@ def _why(exc: Exception) -> str:
 class AwsBackend:
     """An Auto Scaling Group as a pool of workspace boxes."""
 
-    def __init__(self, settings: AwsSettings, session: boto3.Session | None = None) -> None:
+    def __init__(
+        self,
+        settings: AwsSettings,
+        session: boto3.Session | None = None,
+        cost: CostSettings | None = None,
+    ) -> None:
         self.settings = settings
+        self.cost = cost or CostSettings()
         self.group = settings.group_name
         self.ready_path = settings.ready_path
         self.tls: WorkspaceTls | None = workspace_tls(
@@ -121,6 +127,9 @@ class AwsBackend:
             self.asg = session.client("autoscaling", **kwargs)
             self.ec2 = session.client("ec2", **kwargs)
             self.cloudwatch = session.client("cloudwatch", **kwargs)
+            self.sts = session.client("sts", **kwargs)
+            # Budgets is one global endpoint, in us-east-1.
+            self.budgets = session.client("budgets", **{"region_name": "us-east-1", **kwargs})
         except BotoCoreError as exc:
             raise BackendError(f"aws: cannot make a client: {exc}") from None
 
@@ -400,7 +409,7 @@ class AwsBackend:
                 )
             )
             found.append(self._port_check(g))
-            return found
+            return found + self._guardrails(g)
 
         return await self._call(run)
 
@@ -485,22 +494,94 @@ class AwsBackend:
         )
 
     async def apply_alarms(self, topic_arn: str, dry_run: bool) -> list[dict[str, Any]]:
-        """Turn on the group metrics the alarms read, and create or update both alarms."""
+        """Turn on the group metrics the alarms read, create or update both alarms, and
+        the daily cost budget when cost.daily_budget is set."""
         alarms = alarm_definitions(self.group, topic_arn)
+        budget = budget_definition(self.group, self.cost) if self.cost.daily_budget else None
         if dry_run:
-            return alarms
+            return [*alarms, *([budget] if budget else [])]
 
         def run() -> None:
             self.asg.enable_metrics_collection(
-                AutoScalingGroupName=self.group,
-                Granularity="1Minute",
-                Metrics=["GroupDesiredCapacity", "GroupInServiceInstances", "GroupMaxSize"],
+                AutoScalingGroupName=self.group, Granularity="1Minute", Metrics=GROUP_METRICS
             )
             for alarm in alarms:
                 self.cloudwatch.put_metric_alarm(**alarm)
+            if budget is not None:
+                self._put_budget(budget)
 
         await self._call(run)
-        return alarms
+        return [*alarms, *([budget] if budget else [])]
+
+    def _put_budget(self, budget: dict[str, Any]) -> None:
+        """Create the budget, or make it again when it differs (Budgets has no put; its
+        update cannot change notifications in the same call)."""
+        account = self.sts.get_caller_identity()["Account"]
+        name = budget["Budget"]["BudgetName"]
+        current = self._budget(account, name)
+        if current is not None:
+            if _same_budget(current, budget["Budget"]):
+                return
+            self.budgets.delete_budget(AccountId=account, BudgetName=name)
+        self.budgets.create_budget(AccountId=account, **budget)
+
+    def _budget(self, account: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.budgets.describe_budget(AccountId=account, BudgetName=name)["Budget"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NotFoundException":
+                return None
+            raise
+
+    def _guardrails(self, group: AutoScalingGroupTypeDef) -> list[Check]:
+        """The alarms, the metrics they read, and the daily budget exist."""
+        names = [a["AlarmName"] for a in alarm_definitions(self.group)]
+        found = {
+            a["AlarmName"]
+            for a in self.cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
+        }
+        missing = [n for n in names if n not in found]
+        checks = [
+            Check(
+                "alarms",
+                not missing,
+                "both capacity alarms exist"
+                if not missing
+                else f"missing {', '.join(missing)}: run `codepool alarms apply`",
+            )
+        ]
+        enabled = {m["Metric"] for m in group.get("EnabledMetrics", [])}
+        off = [m for m in GROUP_METRICS if m not in enabled]
+        checks.append(
+            Check(
+                "group metrics",
+                not off,
+                "the alarms' metrics are collected"
+                if not off
+                else f"{', '.join(off)} not collected: run `codepool alarms apply`",
+            )
+        )
+        checks.append(self._budget_check())
+        return checks
+
+    def _budget_check(self) -> Check:
+        apply = "run `codepool alarms apply`"
+        if not self.cost.daily_budget:
+            return Check(
+                "budget",
+                False,
+                f"no daily budget: set cost.daily_budget and budget_notify, {apply}",
+            )
+        want = budget_definition(self.group, self.cost)["Budget"]
+        name = want["BudgetName"]
+        current = self._budget(self.sts.get_caller_identity()["Account"], name)
+        if current is None:
+            return Check("budget", False, f"{name} does not exist: {apply}")
+        if not _same_budget(current, want):
+            return Check("budget", False, f"{name} differs from cost.daily_budget: {apply}")
+        return Check(
+            "budget", True, f"{name}: {self.cost.daily_budget:g} {self.cost.currency} a day"
+        )
 
     async def close(self) -> None:
         return None
@@ -514,6 +595,8 @@ ROUTER_ACTIONS = {
         "autoscaling:DescribeAutoScalingGroups",
         "ec2:DescribeInstances",
         "ec2:DescribeInstanceStatus",
+        # the launch template's instance type and disk size, for the usage report
+        "ec2:DescribeLaunchTemplateVersions",
     ],
     # The group's own calls, limited to this group.
     "group": [
@@ -566,6 +649,55 @@ def iam_policy(group: str) -> dict[str, Any]:
             },
         ],
     }
+
+
+GROUP_METRICS = ["GroupDesiredCapacity", "GroupInServiceInstances", "GroupMaxSize"]
+
+
+def budget_definition(group: str, cost: CostSettings) -> dict[str, Any]:
+    """CreateBudget's arguments (without the account): a daily cost budget for the boxes of
+    the group (by the cost allocation tag AWS puts on them), telling cost.budget_notify
+    when the day's actual cost passes it, and when the forecast does."""
+    notify = cost.budget_notify
+    if not notify:
+        raise InvalidInput(
+            "cost.daily_budget needs cost.budget_notify: an e-mail address or an SNS topic ARN"
+        )
+    kind = "SNS" if notify.startswith("arn:") else "EMAIL"
+    subscribers = [{"SubscriptionType": kind, "Address": notify}]
+
+    def when(kind: str) -> dict[str, Any]:
+        return {
+            "Notification": {
+                "NotificationType": kind,
+                "ComparisonOperator": "GREATER_THAN",
+                "Threshold": 100.0,
+                "ThresholdType": "PERCENTAGE",
+            },
+            "Subscribers": subscribers,
+        }
+
+    return {
+        "Budget": {
+            "BudgetName": f"codepool-{group}",
+            "BudgetLimit": {"Amount": f"{cost.daily_budget:.2f}", "Unit": cost.currency},
+            "TimeUnit": "DAILY",
+            "BudgetType": "COST",
+            # Activate the aws:autoscaling:groupName cost allocation tag in the Billing
+            # console: until then, the budget counts nothing.
+            "CostFilters": {"TagKeyValue": [f"aws:autoscaling:groupName${group}"]},
+        },
+        "NotificationsWithSubscribers": [when("ACTUAL"), when("FORECASTED")],
+    }
+
+
+def _same_budget(current: dict[str, Any], want: dict[str, Any]) -> bool:
+    limit, wanted = current.get("BudgetLimit", {}), want["BudgetLimit"]
+    return (
+        float(limit.get("Amount", -1)) == float(wanted["Amount"])
+        and limit.get("Unit") == wanted["Unit"]
+        and current.get("CostFilters") == want["CostFilters"]
+    )
 
 
 def alarm_definitions(group: str, topic_arn: str = "") -> list[dict[str, Any]]:
