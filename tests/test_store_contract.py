@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from codepool.core import events
 from codepool.core.models import (
@@ -403,3 +404,46 @@ async def test_many_asking_at_once_get_exactly_the_limit(store: Store) -> None:
     assert sorted(places) == list(range(1, 16))
     for t in tickets:
         await store.give_back_start(t)
+
+
+async def test_long_running_workspaces_by_start_time(store: Store) -> None:
+    await store.put_workspaces(
+        [
+            ws("old", started_at_ms=1000),
+            ws("new", started_at_ms=9000),
+            ws("off", state=STOPPED, started_at_ms=500),
+            ws("unknown"),  # started before codepool kept start times: never counted
+        ]
+    )
+    assert [w.user for w in await store.long_running(5000, 10)] == ["old"]
+    assert [w.user for w in await store.long_running(10_000, 10)] == ["old", "new"]
+    assert await store.mark_stopping_many([("old", "i-old", 1000)]) == [True]
+    await store.delete_workspace("new", "i-new")
+    assert await store.long_running(10_000, 10) == []
+
+
+async def test_a_store_file_from_before_start_times_is_brought_up_to_date(tmp_path: Path) -> None:
+    """A SQLite store made by an earlier codepool (no started_at_ms column) opens, keeps
+    its records, and records start times from then on."""
+    import sqlite3
+
+    from codepool.core.stores.sqlite import SQLiteStore
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE workspaces (user TEXT PRIMARY KEY, instance_id TEXT NOT NULL, "
+        "address TEXT NOT NULL, state TEXT NOT NULL, last_seen_ms INTEGER NOT NULL, "
+        "assigned_at_ms INTEGER NOT NULL, hold_until_ms INTEGER NOT NULL DEFAULT 0, "
+        "stopped_at_ms INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute("INSERT INTO workspaces VALUES ('alice', 'i-1', 'http://x', 'running', 5, 1, 0, 0)")
+    db.commit()
+    db.close()
+    store = SQLiteStore(str(path))
+    ws_ = await store.get_workspace("alice")
+    assert ws_ is not None and ws_.last_seen_ms == 5 and ws_.started_at_ms == 0
+    await store.put_workspace(replace(ws_, started_at_ms=7))
+    again = await store.get_workspace("alice")
+    assert again is not None and again.started_at_ms == 7
+    await store.close()

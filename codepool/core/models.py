@@ -45,8 +45,9 @@ class Workspace:
     assigned_at_ms: int
     hold_until_ms: int = 0
     stopped_at_ms: int = 0
+    started_at_ms: int = 0  # when it last started running (pool.max_age_s counts from it)
 
-    def row(self) -> tuple[str, str, str, str, int, int, int, int]:
+    def row(self) -> tuple[str, str, str, str, int, int, int, int, int]:
         """The fields in the order above, the state as its text: how the stores write a
         record (SQLite's columns, the Redis script's array)."""
         return (
@@ -58,6 +59,7 @@ class Workspace:
             self.assigned_at_ms,
             self.hold_until_ms,
             self.stopped_at_ms,
+            self.started_at_ms,
         )
 
 

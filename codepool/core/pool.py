@@ -244,8 +244,16 @@ class CodePool:
             now = self.clock()
             same = ws is not None and ws.instance_id == inst.instance_id
             assigned_at = ws.assigned_at_ms if ws is not None and same else now
+            # A box that kept running (a record repaired here) keeps its start time.
+            kept = ws is not None and same and how == "running" and ws.started_at_ms
             starting = Workspace(
-                user, inst.instance_id, inst.address, WorkspaceState.STARTING, now, assigned_at
+                user,
+                inst.instance_id,
+                inst.address,
+                WorkspaceState.STARTING,
+                now,
+                assigned_at,
+                started_at_ms=ws.started_at_ms if ws is not None and kept else now,
             )
             await self.store.put_workspace(starting)
             await wait_ready(
@@ -874,6 +882,13 @@ def _expected(ws: Workspace | None, inst: Instance, now: int) -> Workspace:
         stopped_at_ms=0
         if running
         else (base.stopped_at_ms if base and base.stopped_at_ms else now),
+        started_at_ms=(
+            base.started_at_ms
+            if base and base.state is not WorkspaceState.STOPPED and base.started_at_ms
+            else now
+        )
+        if running
+        else 0,
     )
 
 

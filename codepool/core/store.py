@@ -54,6 +54,10 @@ class Store(Protocol):
         """Running workspaces last seen before seen_before_ms, oldest first (from the index,
         so the cost follows the number returned, not the number of workspaces)."""
 
+    async def long_running(self, started_before_ms: int, limit: int) -> list[Workspace]:
+        """Running workspaces that started before started_before_ms, oldest first (at most
+        limit): those past pool.max_age_s."""
+
     async def expired_workspaces(self, stopped_before_ms: int, limit: int) -> list[Workspace]:
         """Stopped workspaces stopped before stopped_before_ms, oldest first."""
 

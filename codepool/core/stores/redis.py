@@ -2,9 +2,11 @@
 
 Keys (with the optional prefix P):
   P workspace:<user>        hash: instanceId address state lastSeen assignedAt holdUntil stoppedAt
+                            startedAt
   P unassignedPool          set of running spare instance ids
   P workspacesByLastSeen    sorted set user -> lastSeen, running workspaces only (for reap)
   P workspacesByStoppedAt   sorted set user -> stoppedAt, stopped workspaces only (retention)
+  P workspacesByStartedAt   sorted set user -> startedAt, running workspaces only (max age)
   P claim:<instanceId>      user who popped this spare; expires (keeps reconcile from re-adding)
   P lease:<name>            holder of a lease (per-user lock, leader); expires
   P accounts                set of account names
@@ -81,17 +83,21 @@ _PING_RESULTS = (
 
 # Whole records with their indexes, many in one call: KEYS = the lastSeen and stoppedAt
 # indexes; ARGV[1] the prefix of workspace keys; ARGV[2] JSON [[user, instanceId,
-# address, state, lastSeen, assignedAt, holdUntil, stoppedAt], ...] (Workspace.row).
+# address, state, lastSeen, assignedAt, holdUntil, stoppedAt, startedAt], ...]
+# (Workspace.row).
 _PUT = """
 for _, w in ipairs(cjson.decode(ARGV[2])) do
   local key = ARGV[1] .. w[1]
   redis.call('DEL', key)
   redis.call('HSET', key, 'instanceId', w[2], 'address', w[3], 'state', w[4],
-    'lastSeen', w[5], 'assignedAt', w[6], 'holdUntil', w[7], 'stoppedAt', w[8])
+    'lastSeen', w[5], 'assignedAt', w[6], 'holdUntil', w[7], 'stoppedAt', w[8],
+    'startedAt', w[9])
   if w[4] == 'running' then redis.call('ZADD', KEYS[1], w[5], w[1])
   else redis.call('ZREM', KEYS[1], w[1]) end
   if w[4] == 'stopped' then redis.call('ZADD', KEYS[2], w[8], w[1])
   else redis.call('ZREM', KEYS[2], w[1]) end
+  if w[4] == 'running' and w[9] > 0 then redis.call('ZADD', KEYS[3], w[9], w[1])
+  else redis.call('ZREM', KEYS[3], w[1]) end
 end
 return 0
 """
@@ -101,7 +107,10 @@ return 0
 # _LOAD reads the users in ARGV[2..] under the prefix ARGV[1]; _WALK reads one SCAN step
 # (cursor ARGV[1], pattern ARGV[2], COUNT ARGV[3]) and returns the next cursor, then the
 # users and their values. Neither sends the keys from Python.
-_FIELDS = "'instanceId', 'address', 'state', 'lastSeen', 'assignedAt', 'holdUntil', 'stoppedAt'"
+_FIELDS = (
+    "'instanceId', 'address', 'state', 'lastSeen', 'assignedAt', 'holdUntil', 'stoppedAt', "
+    "'startedAt'"
+)
 _LOAD = f"""
 local out = {{}}
 for i = 2, #ARGV do out[i - 1] = redis.call('HMGET', ARGV[1] .. ARGV[i], {_FIELDS}) end
@@ -127,6 +136,7 @@ for i, p in ipairs(cjson.decode(ARGV[2])) do
   if h[1] == p[2] and h[2] == 'running' and tonumber(h[3]) == p[3] then
     redis.call('HSET', key, 'state', 'stopping')
     redis.call('ZREM', KEYS[1], p[1])
+    redis.call('ZREM', KEYS[2], p[1])
     out[i] = 1
   else
     out[i] = 0
@@ -147,6 +157,7 @@ if redis.call('HGET', KEYS[1], 'instanceId') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
 return 1
 """
 
@@ -349,6 +360,7 @@ def _from_fields(user: str, f: list[str | None]) -> Workspace | None:
         assigned_at_ms=int(f[4] or 0),
         hold_until_ms=int(f[5] or 0),
         stopped_at_ms=int(f[6] or 0),
+        started_at_ms=int(f[7] or 0),
     )
 
 
@@ -400,6 +412,7 @@ class RedisStore:
         self.k_pool = f"{key_prefix}unassignedPool"
         self.k_last_seen = f"{key_prefix}workspacesByLastSeen"
         self.k_stopped_at = f"{key_prefix}workspacesByStoppedAt"
+        self.k_started_at = f"{key_prefix}workspacesByStartedAt"
         self.k_claim = f"{key_prefix}claim:"
         self._ping = client.register_script(_PING)
         self._mark_stopping = client.register_script(_MARK_STOPPING)
@@ -472,12 +485,12 @@ class RedisStore:
         if not workspaces:
             return
         rows = [w.row() for w in workspaces]
-        keys = [self.k_last_seen, self.k_stopped_at]
+        keys = [self.k_last_seen, self.k_stopped_at, self.k_started_at]
         args = [self._ws_key(""), json.dumps(rows, separators=(",", ":"))]
         await self._do(self._put(keys=keys, args=args))
 
     async def delete_workspace(self, user: str, instance_id: str) -> bool:
-        keys = [self._ws_key(user), self.k_last_seen, self.k_stopped_at]
+        keys = [self._ws_key(user), self.k_last_seen, self.k_stopped_at, self.k_started_at]
         return bool(await self._do(self._delete(keys=keys, args=[instance_id, user])))
 
     async def record_ping(self, user: str, instance_id: str, now_ms: int) -> PingResult:
@@ -499,7 +512,8 @@ class RedisStore:
         if not items:
             return []
         args = [self._ws_key(""), json.dumps(items, separators=(",", ":"))]
-        codes = await self._do(self._mark_stopping(keys=[self.k_last_seen], args=args))
+        keys = [self.k_last_seen, self.k_started_at]
+        codes = await self._do(self._mark_stopping(keys=keys, args=args))
         return [bool(c) for c in codes]
 
     async def _load(self, users: list[str]) -> list[Workspace]:
@@ -513,6 +527,10 @@ class RedisStore:
     async def idle_workspaces(self, seen_before_ms: int, limit: int) -> list[Workspace]:
         found = await self._by_score(self.k_last_seen, seen_before_ms, limit)
         return [w for w in found if w.state is WorkspaceState.RUNNING]
+
+    async def long_running(self, started_before_ms: int, limit: int) -> list[Workspace]:
+        found = await self._by_score(self.k_started_at, started_before_ms, limit)
+        return [w for w in found if w.state is WorkspaceState.RUNNING and w.started_at_ms]
 
     async def expired_workspaces(self, stopped_before_ms: int, limit: int) -> list[Workspace]:
         found = await self._by_score(self.k_stopped_at, stopped_before_ms, limit)

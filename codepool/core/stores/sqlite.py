@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS workspaces (
     last_seen_ms INTEGER NOT NULL,
     assigned_at_ms INTEGER NOT NULL,
     hold_until_ms INTEGER NOT NULL DEFAULT 0,
-    stopped_at_ms INTEGER NOT NULL DEFAULT 0
+    stopped_at_ms INTEGER NOT NULL DEFAULT 0,
+    started_at_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS workspaces_by_state_last_seen ON workspaces (state, last_seen_ms);
 CREATE INDEX IF NOT EXISTS workspaces_by_state_stopped_at ON workspaces (state, stopped_at_ms);
@@ -99,8 +100,13 @@ SESSION_COLUMNS = (
 EXPIRED_BATCH = 200  # expired sessions and passes deleted per write that adds one
 
 COLUMNS = (
-    "user, instance_id, address, state, last_seen_ms, assigned_at_ms, hold_until_ms, stopped_at_ms"
+    "user, instance_id, address, state, last_seen_ms, assigned_at_ms, hold_until_ms, "
+    "stopped_at_ms, started_at_ms"
 )
+# Columns added since a store file was first made: added to older files when opened.
+ADDED_COLUMNS = {
+    "started_at_ms": "ALTER TABLE workspaces ADD COLUMN started_at_ms INTEGER NOT NULL DEFAULT 0"
+}
 
 
 def _now_ms() -> int:
@@ -138,7 +144,7 @@ def _end_sessions(db: sqlite3.Connection, user: str) -> int:
 
 
 def _row(r: tuple[Any, ...]) -> Workspace:
-    return Workspace(r[0], r[1], r[2], WorkspaceState(r[3]), r[4], r[5], r[6], r[7])
+    return Workspace(r[0], r[1], r[2], WorkspaceState(r[3]), r[4], r[5], r[6], r[7], r[8])
 
 
 class SQLiteStore:
@@ -161,6 +167,14 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(SCHEMA)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(workspaces)")}
+            for column, add in ADDED_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(add)
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS workspaces_by_state_started_at "
+                "ON workspaces (state, started_at_ms)"
+            )
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"store unavailable: sqlite {path}: {exc}") from None
         self._lock = threading.Lock()
@@ -215,7 +229,7 @@ class SQLiteStore:
 
         def q(db: sqlite3.Connection) -> None:
             db.executemany(
-                f"INSERT OR REPLACE INTO workspaces ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO workspaces ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -275,6 +289,17 @@ class SQLiteStore:
                 "ORDER BY last_seen_ms LIMIT ?",
                 (WorkspaceState.RUNNING.value, seen_before_ms, limit),
             ).fetchall()
+            return [_row(r) for r in rows]
+
+        return await self._run(q)
+
+    async def long_running(self, started_before_ms: int, limit: int) -> list[Workspace]:
+        def q(db: sqlite3.Connection) -> list[Workspace]:
+            rows = db.execute(
+                f"SELECT {COLUMNS} FROM workspaces WHERE state = ? AND started_at_ms > 0 "
+                "AND started_at_ms < ? ORDER BY started_at_ms LIMIT ?",
+                (WorkspaceState.RUNNING.value, started_before_ms, limit),
+            )
             return [_row(r) for r in rows]
 
         return await self._run(q)
