@@ -257,6 +257,7 @@ WHY_RELEASED = "released"  # its person, or an operator's `codepool release`
 WHY_ADMIN = "admin"  # an admin, from the admin page
 WHY_RETENTION = "retention"  # stopped longer than pool.stopped_retention_days
 WHY_GONE = "gone"  # its box was found stopped or missing by reconcile
+WHY_MAX_AGE = "max-age"  # the reaper: it ran pool.max_age_s without a stop
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,11 +79,31 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def stoppable_at_ms(ws: Workspace, idle_timeout_s: int) -> int:
+def stoppable_at_ms(ws: Workspace, idle_timeout_s: int, max_age_s: int = 0) -> int:
     """The time after which the reaper may stop a running workspace: idle_timeout_s after
-    its last ping, or the end of its hold, whichever is later. (The reaper runs every
-    router.reap_interval_s, so it stops at that time or up to one interval later.)"""
-    return max(ws.last_seen_ms + idle_timeout_s * 1000, ws.hold_until_ms)
+    its last ping, or the end of its hold, whichever is later; or, sooner, max_age_s after
+    it started. (The reaper runs every router.reap_interval_s, so it stops at that time or
+    up to one interval later.)"""
+    idle = max(ws.last_seen_ms + idle_timeout_s * 1000, ws.hold_until_ms)
+    return min(idle, aged_at_ms(ws, max_age_s)) if aged_at_ms(ws, max_age_s) else idle
+
+
+def aged_at_ms(ws: Workspace, max_age_s: int) -> int:
+    """When a workspace reaches pool.max_age_s (0: no limit, or no start time known)."""
+    return ws.started_at_ms + max_age_s * 1000 if max_age_s and ws.started_at_ms else 0
+
+
+def age_decision(ws: Workspace, now_ms: int, max_age_s: int, on_idle: str) -> ReapDecision:
+    """Whether a running workspace has run too long without a stop (holds do not count)."""
+    idle_s = (now_ms - ws.last_seen_ms) / 1000
+    aged = aged_at_ms(ws, max_age_s)
+    if ws.state is not WorkspaceState.RUNNING or not aged or now_ms <= aged:
+        return ReapDecision(ws.user, ws.instance_id, ReapAction.KEEP, "within max age", idle_s)
+    action = ReapAction.TERMINATE if on_idle == "terminate" else ReapAction.STOP
+    ran = format_duration((now_ms - ws.started_at_ms) / 1000)
+    return ReapDecision(
+        ws.user, ws.instance_id, action, f"ran {ran} > max age {format_duration(max_age_s)}", idle_s
+    )
 
 
 HOLD_CHOICES_S = (1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600)

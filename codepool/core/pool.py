@@ -33,6 +33,7 @@ from codepool.core.errors import (
 from codepool.core.models import (
     WHY_GONE,
     WHY_IDLE,
+    WHY_MAX_AGE,
     WHY_RELEASED,
     WHY_RETENTION,
     Assignment,
@@ -414,8 +415,9 @@ class CodePool:
     async def reap(
         self, dry_run: bool = False, idle_timeout_s: int | None = None, stop_idle: bool = True
     ) -> list[ReapDecision]:
-        """Stop workspaces idle past the timeout and delete boxes stopped past retention.
-        A ping that lands before a workspace is marked stopping keeps it (compare-and-set).
+        """Stop workspaces idle past the timeout or running past pool.max_age_s, and delete
+        boxes stopped past retention. A ping that lands before a workspace is marked
+        stopping keeps it (compare-and-set; one past its age is stopped the next cycle).
         stop_idle=False does only the retention part (after a store outage, when the
         pings of the outage are lost and nobody can be known to be idle)."""
         p = self.settings.pool
@@ -426,6 +428,16 @@ class CodePool:
         limit = self.settings.store.batch_size
         idle = await self.store.idle_workspaces(now - timeout * 1000, limit) if stop_idle else []
         decisions = [policy.reap_decision(w, now, timeout, p.on_idle) for w in idle]
+        why = {w.user: WHY_IDLE for w in idle}
+        if p.max_age_s:
+            # Active or held, it stops all the same: past its age is past its age.
+            idle_stops = {d.user for d in decisions if d.action is not ReapAction.KEEP}
+            old = await self.store.long_running(now - p.max_age_s * 1000, limit)
+            old = [w for w in old if w.user not in idle_stops]
+            aged = [policy.age_decision(w, now, p.max_age_s, p.on_idle) for w in old]
+            decisions = [d for d in decisions if d.user not in {w.user for w in old}] + aged
+            idle = [w for w in idle if w.user not in {w.user for w in old}] + old
+            why.update({w.user: WHY_MAX_AGE for w in old})
         expired: list[Workspace] = []
         if p.stopped_retention_days:
             cutoff = now - p.stopped_retention_days * 86_400_000
@@ -472,12 +484,12 @@ class CodePool:
             failed.update(await self._stop(to_delete, terminate=True))
             idle_kind = EventKind.TERMINATE if terminate_idle else EventKind.STOP
             happened = [
-                Event(now, kind, w.user, events.REAPER, why, w.instance_id)
-                for kind, why, done in (
-                    (idle_kind, WHY_IDLE, to_stop),
-                    (EventKind.TERMINATE, WHY_RETENTION, to_delete),
-                )
-                for w in done
+                Event(now, idle_kind, w.user, events.REAPER, why[w.user], w.instance_id)
+                for w in to_stop
+                if w.instance_id not in failed
+            ] + [
+                Event(now, EventKind.TERMINATE, w.user, events.REAPER, WHY_RETENTION, w.instance_id)
+                for w in to_delete
                 if w.instance_id not in failed
             ]
             await events.record(self.store, happened)

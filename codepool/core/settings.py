@@ -151,6 +151,11 @@ class PoolSettings:
         "(a browser notification, one click to keep it running); 0: no warning",
         minimum=0,
     )
+    max_age_s: int = setting(
+        0,
+        "seconds a workspace may run without a stop, in use or not (warned first); 0: no limit",
+        minimum=0,
+    )
     max_concurrent_starts: int = setting(
         0,
         "launches and resumes in flight at once, across routers; past it people wait "

@@ -89,10 +89,11 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
             login="",
             home=origins.main + "/",
             interval_s=r.heartbeat_interval_s,
+            max_age_s=settings.pool.max_age_s,
         )
         if origins.per_user
         else Heartbeat(
-            script="/assets/heartbeat.js?v=3",
+            script="/assets/heartbeat.js?v=4",
             ping="/ping",
             status="/api/me",
             hold="/hold",
@@ -100,6 +101,7 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
             login="/login",
             home="/",
             interval_s=r.heartbeat_interval_s,
+            max_age_s=settings.pool.max_age_s,
         )
     )
     router = Router(

@@ -51,9 +51,10 @@ def view(router: Router, ws: Workspace | None) -> pages.HomeView:
     return pages.HomeView(
         workspace=ws,
         now_ms=router.pool.clock(),
-        stoppable_at_ms=policy.stoppable_at_ms(ws, p.idle_timeout_s) if ws else 0,
+        stoppable_at_ms=policy.stoppable_at_ms(ws, p.idle_timeout_s, p.max_age_s) if ws else 0,
         idle_timeout_s=p.idle_timeout_s,
         hold_choices_s=policy.hold_choices(p.max_hold_s),
+        max_age_s=p.max_age_s,
     )
 
 
@@ -73,7 +74,8 @@ async def home_page(request: web.Request) -> web.StreamResponse:
 
 def status_body(router: Router, ws: Workspace | None) -> dict[str, Any]:
     """The state of a workspace for scripts: "left_s" is how long until the reaper may
-    stop it (running only; it stops then or up to router.reap_interval_s later)."""
+    stop it (running only; it stops then or up to router.reap_interval_s later), "ends"
+    why: "idle" or "max-age"."""
     p = router.settings.pool
     now = router.pool.clock()
     body: dict[str, Any] = {
@@ -83,7 +85,11 @@ def status_body(router: Router, ws: Workspace | None) -> dict[str, Any]:
         "notify_hold_s": min(NOTIFY_HOLD_S, p.max_hold_s),
     }
     if ws is not None and ws.state is WorkspaceState.RUNNING:
-        body["left_s"] = max(0, (policy.stoppable_at_ms(ws, p.idle_timeout_s) - now) // 1000)
+        at = policy.stoppable_at_ms(ws, p.idle_timeout_s, p.max_age_s)
+        body["left_s"] = max(0, (at - now) // 1000)
+        # Why it will stop then: idle (a hold or a tab in view keeps it), or its age
+        # (nothing keeps it: the person should save their work).
+        body["ends"] = "max-age" if at == policy.aged_at_ms(ws, p.max_age_s) else "idle"
         body["held_s"] = max(0, (ws.hold_until_ms - now) // 1000)
         body["last_active_s"] = max(0, (now - ws.last_seen_ms) // 1000)
     return body

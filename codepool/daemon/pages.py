@@ -104,6 +104,7 @@ class HomeView:
     stoppable_at_ms: int  # when the reaper may stop it (running only)
     idle_timeout_s: int
     hold_choices_s: tuple[int, ...]
+    max_age_s: int = 0  # pool.max_age_s
 
 
 def plain(seconds: float) -> str:
@@ -142,7 +143,14 @@ def _when(view: HomeView) -> str:
     if ws.state is not WorkspaceState.RUNNING:
         return "<p>This takes a moment.</p>"
     lines = [f"<dt>Last active</dt><dd>{_ago(now, ws.last_seen_ms)}</dd>"]
-    if ws.hold_until_ms > now:
+    if view.max_age_s and view.stoppable_at_ms == ws.started_at_ms + view.max_age_s * 1000:
+        left = (view.stoppable_at_ms - now) / 1000
+        when = f"in about {plain(left)}" if left >= 60 else "within a minute"
+        lines.append(
+            f"<dt>Stops</dt><dd>{when}: a workspace runs at most {plain(view.max_age_s)} "
+            "at a time. Save your work; open it again to carry on.</dd>"
+        )
+    elif ws.hold_until_ms > now:
         held = plain((ws.hold_until_ms - now) / 1000)
         lines.append(f"<dt>Kept running</dt><dd>for another {held}, open or not</dd>")
     else:

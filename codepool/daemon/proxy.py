@@ -129,11 +129,13 @@ class Heartbeat:
     login: str  # where to log in on a 401 ("": reload, which logs in again by itself)
     home: str  # the person's home page
     interval_s: int
+    max_age_s: int = 0  # pool.max_age_s: a tab in view reads how long is left when set
 
     def tag(self, instance_id: str) -> bytes:
         data = {
             "instance-id": instance_id,
             "interval": str(self.interval_s),
+            "max-age": str(self.max_age_s),
             "ping": self.ping,
             "status": self.status,
             "hold": self.hold,

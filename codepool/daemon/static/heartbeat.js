@@ -23,11 +23,12 @@
   }
   var instanceId = data("instance-id", "");
   var intervalMs = Math.max(1, Number(data("interval", "30"))) * 1000;
+  var maxAge = Math.max(0, Number(data("max-age", "0")));  // pool.max_age_s; 0: no limit
   var urls = {
     ping: data("ping", "/ping"), status: data("status", "/api/me"), hold: data("hold", "/hold"),
     resume: data("resume", "/dispatch"), login: data("login", ""), home: data("home", "/")
   };
-  var stopped = false, watching = false, warning = null, last = null;
+  var stopped = false, watching = false, warning = null, last = null, warnedFor = "";
   var CUE = "\u23F8 Stops soon \u00B7 ";
   var dark = window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
   var ink = dark ? "#f0f3f6" : "#1a1c1f", paper = dark ? "#1f2328" : "#ffffff";
@@ -177,6 +178,7 @@
     var barActions = [];
     if (keep) barActions.push(button(keep, false, function () { hold(s.notify_hold_s); }));
     showBar("codepool-warning", soon, barActions);
+    warnedFor = "idle";
     if (document.title.indexOf(CUE) !== 0) document.title = CUE + document.title;
     if (warning || !window.Notification || Notification.permission !== "granted") return;
     try {
@@ -195,7 +197,26 @@
     } catch (e) { /* a browser that only notifies from a service worker: the bar stays */ }
   }
 
+  // A workspace at its maximum age stops whatever anyone does: say so, in view or not.
+  function warnAge(s) {
+    var soon = "This workspace stops in about " + duration(s.left_s) + ": a workspace runs " +
+      "at most " + duration(maxAge) + " at a time. Save your work, then open it again to carry on.";
+    showBar("codepool-warning", soon, []);
+    warnedFor = "age";
+    if (document.title.indexOf(CUE) !== 0) document.title = CUE + document.title;
+    if (warning || !window.Notification || Notification.permission !== "granted") return;
+    try {
+      warning = new Notification("Your workspace stops in about " + duration(s.left_s), {
+        body: "It has run for the longest a workspace may. Save your work.",
+        tag: "codepool-idle",
+        requireInteraction: true
+      });
+      warning.onclick = function () { window.focus(); warning.close(); };
+    } catch (e) { /* as in warn() */ }
+  }
+
   function unwarn() {
+    warnedFor = "";
     hideBar("codepool-warning");
     if (document.title.indexOf(CUE) === 0) document.title = document.title.slice(CUE.length);
     if (warning) { warning.close(); warning = null; }
@@ -223,6 +244,8 @@
   function seen(s) {
     last = s;
     if (s.state === "stopped" || s.state === "none") stoppedNow();
+    else if (s.state === "running" && s.ends === "max-age" && s.warn_s > 0 &&
+             s.left_s <= s.warn_s) warnAge(s);
     else if (s.state === "running" && s.held_s === 0 && s.warn_s > 0 && s.left_s <= s.warn_s &&
              document.visibilityState !== "visible") warn(s);
     else unwarn();
@@ -289,13 +312,20 @@
     }).then(function (r) {
       if (r.status === 401) loggedOut();
       else if (r.status === 409) stoppedNow();
-      else if (r.ok) unwarn();
+      else if (r.ok && warnedFor === "idle") unwarn();
     }).catch(function () { /* router unreachable: try again next time */ });
   }
 
   function start() {
     ui();
     setInterval(ping, intervalMs);
+    // A tab in view does not read how long is left (its pings keep the workspace), but a
+    // maximum age ends it all the same: then it reads once a minute, to warn in time.
+    if (maxAge > 0) {
+      setInterval(function () {
+        if (document.visibilityState === "visible" && !stopped) read(false).catch(function () {});
+      }, 60000);
+    }
     document.addEventListener("visibilitychange", function () {
       if (document.visibilityState === "visible") ping(); else watch();
     });
