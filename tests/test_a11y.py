@@ -22,7 +22,6 @@ LOOKS = {  # name -> (color scheme, viewport)
     "light": ("light", {"width": 1100, "height": 720}),
     "dark": ("dark", {"width": 1100, "height": 720}),
     "phone": ("light", {"width": 390, "height": 844}),
-    "phone-dark": ("dark", {"width": 390, "height": 844}),
 }
 BAD = ("serious", "critical")
 

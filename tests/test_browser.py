@@ -99,7 +99,7 @@ async def test_stand_in_workspace_lifecycle_in_a_browser(
     await log_in(admin, server.url, "root", "root-password")
     await admin.wait_for_url(f"http://root.localhost:{server.port}/", timeout=30_000)
     await admin.goto(server.url + "/admin")
-    assert await admin.locator("td", has_text="alice").count() == 1
+    assert await admin.locator("#pool td", has_text="alice").count() == 1
     await admin.screenshot(path=str(SHOTS / "admin.png"), full_page=True)
     await admin.close()
 

@@ -82,7 +82,7 @@ def test_port_in_use_is_a_clear_error(state_dir: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-PEOPLE, VISITS = 80, 5  # 160 concurrent logins, then 400 concurrent dispatches
+PEOPLE, VISITS = 60, 5  # 120 concurrent logins, then 300 concurrent dispatches
 
 
 @pytest.mark.timeout(300)
