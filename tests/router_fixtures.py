@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
@@ -102,6 +103,7 @@ class Served:
     router: Router
     origin: str
     make_client: Callable[[], Any]
+    app: web.Application | None = None  # the router's application (its route table)
 
     async def client(self, user: str | None = None) -> Client:
         c: Client = await self.make_client()
@@ -238,7 +240,7 @@ async def _builder(
 
         await server.start_server()
         servers.append(server)
-        return Served(settings, pool, app[ROUTER], origin, make_client)
+        return Served(settings, pool, app[ROUTER], origin, make_client, app)
 
     return build
 

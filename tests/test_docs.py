@@ -83,3 +83,17 @@ def test_screenshots_are_current() -> None:
     readme = (ROOT / "README.md").read_text()
     shown = re.findall(r"!\[[^\]]+\]\((docs/images/[a-z-]+\.png)\)", readme)
     assert len(shown) >= 2 and all((ROOT / path).is_file() for path in shown), shown
+
+
+def test_api_reference_is_generated_from_the_openapi_document() -> None:
+    """docs/api.md is what scripts/api_reference.py writes now; if this fails, run
+    `.venv/bin/python scripts/api_reference.py` and commit the result."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "api_reference", ROOT / "scripts" / "api_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "api.md").read_text() == module.render()

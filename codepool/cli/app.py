@@ -15,7 +15,7 @@ import typer
 from rich.live import Live
 
 from codepool import __version__
-from codepool.cli import render, serve, users
+from codepool.cli import render, serve, tokens, users
 from codepool.core import events, policy
 from codepool.core.errors import InvalidInput
 from codepool.core.events import cli_actor
@@ -416,6 +416,7 @@ def version(as_json: JsonOpt = False) -> None:
 
 app.command()(serve.serve)
 app.add_typer(users.users_app, name="users")
+app.add_typer(tokens.tokens_app, name="tokens")
 
 
 def main() -> None:

@@ -89,7 +89,7 @@ def print_json(obj: Any) -> None:
     print(json.dumps(jsonable(obj), indent=2, sort_keys=True))
 
 
-def _table(title: str | None, *columns: str) -> Table:
+def make_table(title: str | None, *columns: str) -> Table:
     """A table whose cells wrap instead of being cut (URLs and ids must stay whole)."""
     table = Table(title=title, title_justify="left")
     for col in columns:
@@ -137,7 +137,7 @@ def reap(decisions: Sequence[ReapDecision], dry_run: bool, as_json: bool) -> Non
         out.print("nothing idle: no workspace would be stopped" if dry_run else "nothing idle")
         return
     title = "reap (dry run: nothing changed)" if dry_run else "reap"
-    table = _table(title, "user", "instance", "action", "idle", "reason")
+    table = make_table(title, "user", "instance", "action", "idle", "reason")
     for d in decisions:
         action = d.action.value
         if d.action is not ReapAction.KEEP:
@@ -183,7 +183,7 @@ def reconcile(actions: Sequence[ReconcileAction], dry_run: bool, as_json: bool) 
         out.print("store and backend agree: nothing to do")
         return
     title = "reconcile (dry run: nothing changed)" if dry_run else "reconcile"
-    table = _table(title, "action", "subject", "detail", "done")
+    table = make_table(title, "action", "subject", "detail", "done")
     for a in actions:
         table.add_row(a.kind, a.subject, a.detail, "yes" if a.done else "no")
     out.print(table)
@@ -215,7 +215,7 @@ def status_view(s: PoolStatus) -> RenderableType:
     )
     parts: list[RenderableType] = [head]
     if s.workspaces:
-        table = _table(None, "user", "instance", "state", "address", "idle", "held", "assigned")
+        table = make_table(None, "user", "instance", "state", "address", "idle", "held", "assigned")
         for w in s.workspaces:
             held = (
                 format_duration((w.hold_until_ms - s.now_ms) / 1000)
@@ -304,7 +304,7 @@ def events_table(found: Sequence[Event]) -> None:
         err.print("no events in that time (see --since)", style="dim")
         return
     zone = datetime.now().astimezone().strftime("%Z")
-    table = _table(None, f"time ({zone})", "kind", "user", "by", "detail", "instance")
+    table = make_table(None, f"time ({zone})", "kind", "user", "by", "detail", "instance")
     table.columns[0].no_wrap = True
     for e in found:
         when = datetime.fromtimestamp(e.at_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
@@ -360,7 +360,7 @@ def report(r: Report, as_json: bool, as_csv: bool) -> None:
     end = datetime.fromtimestamp(r.until_ms / 1000).strftime("%Y-%m-%d %H:%M")
     box = f"{p.instance_type or 'a box'}, {p.disk_gb} GB disk" if p.disk_gb else p.instance_type
     title = f"{start} to {end} · {p.running_hour:g} {p.currency}/h running ({box})"
-    table = _table(title, "user", "running", "stopped", "starts", "stops", "cost",
+    table = make_table(title, "user", "running", "stopped", "starts", "stops", "cost",
                    "always on", "saved")  # fmt: skip
     for row in rows:
         money = [f"{row[k]:.2f}" for k in ("cost", "always_on_cost", "saved")]

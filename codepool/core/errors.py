@@ -33,6 +33,11 @@ class PoolFull(CodepoolError):
         self.retry_after_s = retry_after_s
 
 
+class StartsFull(PoolFull):
+    """pool.max_concurrent_starts starts are in flight, and the caller would not wait in
+    line (the API): try again shortly."""
+
+
 class Busy(CodepoolError):
     """Another process holds this user's lock (an assignment or a stop is under way)."""
 

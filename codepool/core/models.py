@@ -275,3 +275,18 @@ class Event:
 
     def row(self) -> list[object]:
         return [self.at_ms, self.kind.value, self.user, self.actor, self.detail, self.instance_id]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API token as the store keeps it: only the SHA-256 of the token itself, so a copy
+    of the store opens nothing. `user` is the one person a `self` token acts for."""
+
+    id: str
+    digest: str
+    name: str
+    scopes: tuple[str, ...]
+    user: str
+    created_ms: int
+    expires_ms: int  # 0: never
+    created_by: str

@@ -28,6 +28,7 @@ from codepool.core.errors import (
     NotASpare,
     NoWorkspace,
     PoolFull,
+    StartsFull,
     StoreUnavailable,
 )
 from codepool.core.models import (
@@ -64,6 +65,7 @@ IN_LINE = "Many workspaces are starting"  # what one waiting for a start is told
 LOCKED = "Waiting for a start or stop of this workspace to finish"
 START_TTL_MS = 10_000  # a start in flight, or a place in line, lives this long unless renewed
 START_POLL_S = 1.0  # how often one in line asks again (and renews their place)
+STARTS_FULL_RETRY_S = 15  # what Retry-After says when the start line is not waited in
 LOCK_TTL_MS = 10_000  # a user lock lives this long unless renewed; renewed every third of it
 CLAIM_TTL_MS = 600_000  # a popped spare is not re-added to the pool for this long
 POLL_S = 0.25  # how often to look again while waiting for a box
@@ -126,10 +128,11 @@ class CodePool:
             yield
 
     @contextlib.asynccontextmanager
-    async def start_slot(self, say: Progress = _quiet) -> AsyncIterator[None]:
+    async def start_slot(self, say: Progress = _quiet, queue: bool = True) -> AsyncIterator[None]:
         """Hold one of pool.max_concurrent_starts starts in flight (a launch or a resume,
         counted in the store across routers) while the body runs; past the limit, wait in
-        line, first come first served, saying one's place."""
+        line, first come first served, saying one's place (queue=False: raise StartsFull
+        instead)."""
         limit = self.settings.pool.max_concurrent_starts
         if not limit:
             yield
@@ -138,6 +141,12 @@ class CodePool:
         try:
             shown = 0
             while place := await self.store.take_start(ticket, limit, START_TTL_MS):
+                if not queue:
+                    raise StartsFull(
+                        f"{limit} workspaces are starting; {place} waiting before you: "
+                        "try again shortly",
+                        STARTS_FULL_RETRY_S,
+                    )
                 if place != shown:
                     say(f"{IN_LINE}: you are number {place} in line")
                     shown = place
@@ -212,11 +221,12 @@ class CodePool:
     # -- assign ---------------------------------------------------------------------------
 
     async def assign(
-        self, user: str, progress: Progress | None = None, actor: str = ""
+        self, user: str, progress: Progress | None = None, actor: str = "", queue: bool = True
     ) -> Assignment:
         """Give the user their workspace: the running one, their own stopped one resumed,
         a warm spare, or a newly launched box. Raises PoolFull at the group's maximum.
-        actor: who asked (the event log's; the person themself when empty)."""
+        actor: who asked (the event log's; the person themself when empty). queue=False:
+        past pool.max_concurrent_starts, raise StartsFull rather than wait in line."""
         policy.check_user(user)
         say = progress or _quiet
         timeout_s = self.settings.pool.assign_timeout_s
@@ -236,12 +246,12 @@ class CodePool:
             if owned is not None and owned.state is InstanceState.RUNNING and owned.in_service:
                 inst, how = owned, "running"
             elif owned is not None:
-                await starts.enter_async_context(self.start_slot(say))
+                await starts.enter_async_context(self.start_slot(say, queue))
                 say("Waking up your workspace")
                 log.info("resume user=%s instance=%s", user, owned.instance_id)
                 inst, how = await self._resume(user, owned, instances), "resumed"
             else:
-                inst, how = await self._claim_box(user, instances, say, starts)
+                inst, how = await self._claim_box(user, instances, say, starts, queue)
             now = self.clock()
             same = ws is not None and ws.instance_id == inst.instance_id
             assigned_at = ws.assigned_at_ms if ws is not None and same else now
@@ -294,6 +304,7 @@ class CodePool:
         instances: list[Instance],
         say: Progress,
         starts: contextlib.AsyncExitStack,
+        queue: bool = True,
     ) -> tuple[Instance, str]:
         """Claim a spare for the user, launching a box if none is free (once this
         assignment holds a start in flight, in starts, when their number is limited)."""
@@ -322,7 +333,7 @@ class CodePool:
                 if cap.desired <= in_service:
                     launched = False  # the box asked for went to someone else: ask again
             if not launched and not may_launch:
-                await starts.enter_async_context(self.start_slot(say))
+                await starts.enter_async_context(self.start_slot(say, queue))
                 may_launch = True
                 # The wait in line is not the box's: its time to start counts from here.
                 deadline = time.monotonic() + self.settings.pool.assign_timeout_s

@@ -11,7 +11,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 from codepool.core.errors import ConfigError
-from codepool.core.models import Account, EntryGrant, Event, SessionRecord, Workspace
+from codepool.core.models import (
+    Account,
+    EntryGrant,
+    Event,
+    SessionRecord,
+    TokenRecord,
+    Workspace,
+)
 
 
 class PingResult(enum.StrEnum):
@@ -155,6 +162,18 @@ class Store(Protocol):
 
     async def give_back_start(self, ticket: str) -> None:
         """Leave the line, or give a start back."""
+
+    async def put_token(self, token: TokenRecord) -> None:
+        """Keep an API token (a new id)."""
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        """The token with this id, or None."""
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        """Every API token."""
+
+    async def delete_token(self, token_id: str) -> bool:
+        """Revoke a token; True if it existed."""
 
     async def append_events(self, events: Sequence[Event]) -> None:
         """Add events to the event log (their ids are the store's)."""

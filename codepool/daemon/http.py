@@ -23,6 +23,7 @@ HTTP_ERRORS: dict[type[errors.CodepoolError], tuple[int, str]] = {
     errors.InvalidInput: (400, "invalid-input"),
     errors.NoWorkspace: (409, "no-workspace"),
     errors.Busy: (409, "busy"),
+    errors.StartsFull: (429, "starts-full"),
     errors.PoolFull: (503, "pool-full"),
     errors.AssignTimeout: (504, "timeout"),
     errors.BackendError: (503, "backend-unavailable"),
@@ -70,8 +71,10 @@ def json_error(status: int, kind: str, message: str, **extra: Any) -> web.Respon
 
 def wants_json(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
-    return request.path in JSON_PATHS or (
-        "application/json" in accept and "text/html" not in accept
+    return (
+        request.path in JSON_PATHS
+        or request.path.startswith("/api/")
+        or ("application/json" in accept and "text/html" not in accept)
     )
 
 

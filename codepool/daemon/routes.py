@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from codepool.core import errors
-from codepool.daemon import admin, home, login, pages, workspace
+from codepool.daemon import admin, api, home, login, pages, workspace
 from codepool.daemon.context import ROUTER
 from codepool.daemon.http import (
     Handler,
@@ -229,6 +229,7 @@ def add_routes(app: web.Application) -> None:
         ("GET", "/metrics", metrics),
         ("GET", "/assets/{name}", asset),
         ("GET", "/favicon.ico", favicon),
+        *api.api_routes(),
         ("*", "/w/{user}", workspace.path_workspace),
         ("*", "/w/{user}/{tail:.*}", workspace.path_workspace),
         ("*", "/{tail:.*}", not_found),  # so that every path of a workspace host gets here

@@ -21,6 +21,8 @@ Keys (with the optional prefix P):
   P startSeq                the last arrival number given
   P startQueueSeen          sorted set ticket -> last renewal (a waiter gone is dropped)
   P startHolders            sorted set ticket -> expiry: the starts in flight
+  P tokens                  set of API token ids
+  P token:<id>              hash: digest name scopes user created expires createdBy
   P events                  sorted set: the event log, "<id>|<JSON row>" -> time
   P eventSeq                the last event id given (ids are 16-digit numbers, so the
                             members of one millisecond sort in the order they came)
@@ -47,6 +49,7 @@ from codepool.core.models import (
     Event,
     EventKind,
     SessionRecord,
+    TokenRecord,
     Workspace,
     WorkspaceState,
 )
@@ -699,6 +702,44 @@ class RedisStore:
         for key in self.k_starts:
             pipe.zrem(key, ticket)
         await self._do(pipe.execute())
+
+    # -- API tokens ---------------------------------------------------------------------------
+
+    async def put_token(self, token: TokenRecord) -> None:
+        fields: dict[str, str | int] = {
+            "digest": token.digest,
+            "name": token.name,
+            "scopes": " ".join(token.scopes),
+            "user": token.user,
+            "created": token.created_ms,
+            "expires": token.expires_ms,
+            "createdBy": token.created_by,
+        }
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(f"{self.prefix}token:{token.id}", mapping=cast(Any, fields))  # str keys
+        pipe.sadd(f"{self.prefix}tokens", token.id)
+        await self._do(pipe.execute())
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        f = await self._do(self.r.hgetall(f"{self.prefix}token:{token_id}"))
+        if not f:
+            return None
+        return TokenRecord(
+            token_id, f["digest"], f["name"], tuple(f["scopes"].split()), f["user"],
+            int(f["created"]), int(f["expires"]), f["createdBy"],
+        )  # fmt: skip
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        ids = await self._do(self.r.smembers(f"{self.prefix}tokens"))
+        found = [t for t in [await self.get_token(i) for i in sorted(ids)] if t is not None]
+        return sorted(found, key=lambda t: t.created_ms)
+
+    async def delete_token(self, token_id: str) -> bool:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(f"{self.prefix}token:{token_id}")
+        pipe.srem(f"{self.prefix}tokens", token_id)
+        deleted, _ = await self._do(pipe.execute())
+        return bool(deleted)
 
     # -- the event log ----------------------------------------------------------------------
 

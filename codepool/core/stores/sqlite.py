@@ -23,6 +23,7 @@ from codepool.core.models import (
     Event,
     EventKind,
     SessionRecord,
+    TokenRecord,
     Workspace,
     WorkspaceState,
 )
@@ -81,6 +82,11 @@ CREATE TABLE IF NOT EXISTS start_queue (
     ticket TEXT PRIMARY KEY, arrival INTEGER NOT NULL, seen_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS start_holders (ticket TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, digest TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL,
+    user TEXT NOT NULL, created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms INTEGER NOT NULL,
@@ -141,6 +147,10 @@ def _end_sessions(db: sqlite3.Connection, user: str) -> int:
     for sid in sids:
         db.execute("DELETE FROM sessions WHERE sid = ? OR parent = ?", (sid, sid))
     return len(sids)
+
+
+def _token(r: tuple[Any, ...]) -> TokenRecord:
+    return TokenRecord(r[0], r[1], r[2], tuple(r[3].split()), r[4], r[5], r[6], r[7])
 
 
 def _row(r: tuple[Any, ...]) -> Workspace:
@@ -659,6 +669,36 @@ class SQLiteStore:
             db.execute("DELETE FROM start_holders WHERE ticket = ?", (ticket,))
 
         await self._run(q, write=True)
+
+    # -- API tokens ---------------------------------------------------------------------------
+
+    async def put_token(self, token: TokenRecord) -> None:
+        row = (token.id, token.digest, token.name, " ".join(token.scopes), token.user,
+               token.created_ms, token.expires_ms, token.created_by)  # fmt: skip
+
+        def q(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+        await self._run(q, write=True)
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        def q(db: sqlite3.Connection) -> TokenRecord | None:
+            r = db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            return _token(r) if r else None
+
+        return await self._run(q)
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        def q(db: sqlite3.Connection) -> list[TokenRecord]:
+            return [_token(r) for r in db.execute("SELECT * FROM tokens ORDER BY created_ms")]
+
+        return await self._run(q)
+
+    async def delete_token(self, token_id: str) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+
+        return await self._run(q, write=True)
 
     # -- the event log ----------------------------------------------------------------------
 
