@@ -6,8 +6,12 @@ the routes exactly."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,7 @@ import pytest
 from codepool.core.store import Store
 from codepool.core.tokens import Tokens
 from codepool.daemon.api import PREFIX
+from tests.helpers import codepool_env
 from tests.router_fixtures import Client, Served
 
 API = PREFIX
@@ -41,6 +46,10 @@ async def test_refusals_are_json_with_a_stable_kind(served: Served) -> None:
     c = await served.client()
     resp = await c.get(API + "/status")
     assert resp.status == 401 and (await resp.json())["error"] == "unauthenticated"
+    # a person's browser, logged in, is no token: a page cannot use the API through it
+    logged_in = await served.client("root")
+    resp = await logged_in.get(API + "/status", headers={"Sec-Fetch-Site": "same-origin"})
+    assert resp.status == 401
     for bad in ("nonsense", "cp_1234abcd_forged", "cp_" + "x" * 300, "cp__", "Basic abc"):
         status, body = await call(c, "GET", "/status", bad)
         assert (status, body["error"]) == (401, "unauthenticated"), bad
@@ -178,3 +187,32 @@ async def test_tokens_are_kept_hashed(served: Served, scope: str) -> None:
     value = await token(served, scope)
     [record] = [t for t in await served.pool.store.list_tokens() if t.scopes == (scope,)]
     assert value not in repr(record) and value.split("_", 2)[2] not in repr(record)
+
+
+async def test_codepool_tokens_create_list_revoke(state_dir: Path) -> None:
+    env = codepool_env(state_dir)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "codepool", "tokens", *args], env=env, capture_output=True,
+            text=True,
+        )  # fmt: skip
+
+    made = cli("create", "bot", "--scope", "read", "--expires", "7d", "--json")
+    assert made.returncode == 0, made.stderr
+    body = json.loads(made.stdout)
+    assert body["token"].startswith("cp_" + body["id"] + "_") and body["scopes"] == ["read"]
+    listed = json.loads(cli("list", "--json").stdout)["tokens"]
+    assert [t["id"] for t in listed] == [body["id"]] and "token" not in listed[0]
+    assert "digest" not in listed[0]
+    assert cli("revoke", body["id"]).returncode == 0
+    assert json.loads(cli("list", "--json").stdout)["tokens"] == []
+    for bad, says in [
+        (["create", "x", "--scope", "root"], "invalid scope root: allowed: read"),
+        (["create", "x", "--scope", "self"], "exactly when it has 'self'"),
+        (["create", "x", "--scope", "read", "--expires", "soon"], "invalid duration"),
+        (["revoke", "nope"], "no token 'nope'"),
+    ]:
+        result = cli(*bad)
+        assert result.returncode == 2 and says in result.stderr, (bad, result.stderr)
+        assert "Traceback" not in result.stderr

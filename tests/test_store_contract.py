@@ -14,6 +14,7 @@ from codepool.core.models import (
     Event,
     EventKind,
     SessionRecord,
+    TokenRecord,
     Workspace,
     WorkspaceState,
 )
@@ -447,3 +448,16 @@ async def test_a_store_file_from_before_start_times_is_brought_up_to_date(tmp_pa
     again = await store.get_workspace("alice")
     assert again is not None and again.started_at_ms == 7
     await store.close()
+
+
+async def test_tokens_are_kept_listed_and_revoked(store: Store) -> None:
+    a = TokenRecord("0000aaaa", "d" * 64, "bot", ("read", "users:write"), "", 1, 0, "cli:ops")
+    b = TokenRecord("0000bbbb", "e" * 64, "mine", ("self",), "alice", 2, 99, "cli:ops")
+    await store.put_token(a)
+    await store.put_token(b)
+    assert await store.get_token("0000aaaa") == a
+    assert await store.get_token("nope") is None
+    assert await store.list_tokens() == [a, b]
+    assert await store.delete_token("0000aaaa")
+    assert not await store.delete_token("0000aaaa")
+    assert await store.list_tokens() == [b]
