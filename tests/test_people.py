@@ -19,7 +19,7 @@ from tests.serving import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.code_server]
 
-IDLE_S, WARN_S = 24, 20  # the warning is due 4 s after the last ping: room for a slow one
+IDLE_S, WARN_S = 14, 10
 
 # Keeps every Notification the page makes, so the test can click one as a person would
 # click the one their desktop shows (a headless browser shows none).
