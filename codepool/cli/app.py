@@ -19,7 +19,7 @@ from codepool.cli import render, serve, tokens, users
 from codepool.core import events, policy
 from codepool.core.errors import InvalidInput
 from codepool.core.events import cli_actor
-from codepool.core.models import Event, EventKind
+from codepool.core.models import Check, Event, EventKind
 from codepool.core.origins import Origins
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import Settings, load_settings
@@ -360,11 +360,21 @@ def reconcile(ctx: typer.Context, dry_run: DryRunOpt = False, as_json: JsonOpt =
 
 @app.command()
 def doctor(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Check a deployment: config, store, backend, and (AWS) the group's safety settings.
+    """Check a deployment: config, store, backend, (AWS) the group's safety settings, and
+    (OIDC login) that the identity provider's discovery document and keys can be read.
 
     Exits 1 when a check fails. Example: codepool doctor
     """
-    checks, _ = _run(ctx, as_json, lambda pool: pool.doctor())
+
+    async def every_check(pool: CodePool) -> list[Check]:
+        found = await pool.doctor()
+        if pool.settings.router.auth == "oidc":
+            from codepool.daemon.oidc import check_provider
+
+            found.append(await check_provider(pool.settings))
+        return found
+
+    checks, _ = _run(ctx, as_json, every_check)
     render.checks(checks, as_json)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from codepool.core.errors import ConfigError
@@ -247,12 +248,14 @@ class RouterSettings:
     public_url: str = setting(
         "", "URL users browse to (origin checks, Secure cookies); empty: http://<host>:<port>"
     )
-    auth: str = setting("local", "how users log in", choices=("local", "jwt"))
+    auth: str = setting("local", "how users log in", choices=("local", "jwt", "oidc"))
     users_file: str = setting(
         "", "accounts file `codepool users import` reads; empty: <state_dir>/users.json"
     )
     secret_file: str = setting(
-        "", "key for JWT sessions' CSRF tokens; empty: <state_dir>/session.key"
+        "",
+        "key for JWT sessions' CSRF tokens and OIDC logins in progress; "
+        "empty: <state_dir>/session.key",
     )
     session_lifetime_s: int = setting(43200, "seconds a login lasts", minimum=60)
     login_attempts_per_minute: int = setting(
@@ -310,6 +313,29 @@ class JwtSettings:
 
 
 @dataclass(frozen=True)
+class OidcSettings:
+    issuer: str = setting(
+        "",
+        "the identity provider's issuer URL; its /.well-known/openid-configuration is read "
+        "(required with router.auth = oidc)",
+    )
+    client_id: str = setting("", "this router's client id at the provider (required with oidc)")
+    client_secret: str = setting(
+        "", "the client's secret (better: CODEPOOL_OIDC_CLIENT_SECRET); empty: a public client"
+    )
+    user_claim: str = setting(
+        "sub", "ID token claim that names the person: sub, email (if verified) or another"
+    )
+    scopes: tuple[str, ...] = setting(
+        ("openid", "profile", "email"), "scopes asked for (openid is always asked)"
+    )
+    admin_users: tuple[str, ...] = setting((), "user names that get the admin page")
+    leeway_s: int = setting(
+        60, "clock skew allowed on the ID token's exp and iat, in seconds", minimum=0, maximum=600
+    )
+
+
+@dataclass(frozen=True)
 class CostSettings:
     running_hour_price: float = setting(
         0.0,
@@ -343,6 +369,7 @@ class Settings:
     aws: AwsSettings = field(default_factory=AwsSettings)
     router: RouterSettings = field(default_factory=RouterSettings)
     jwt: JwtSettings = field(default_factory=JwtSettings)
+    oidc: OidcSettings = field(default_factory=OidcSettings)
     cost: CostSettings = field(default_factory=CostSettings)
     source: str = EMBEDDED  # the file these came from, for messages
 
@@ -375,6 +402,22 @@ class Settings:
             Path(self.router.secret_file).expanduser()
             if self.router.secret_file
             else (self.state_dir / "session.key")
+        )
+
+
+def _check_oidc(oidc: OidcSettings, source: str) -> None:
+    if not (oidc.issuer and oidc.client_id):
+        raise ConfigError(
+            f"config error: {source}: router.auth = 'oidc' needs oidc.issuer and "
+            "oidc.client_id (the provider's issuer URL and this router's client id there)"
+        )
+    url = urlsplit(oidc.issuer)
+    loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+    if not (url.scheme == "https" or (url.scheme == "http" and loopback)) or not url.hostname:
+        raise ConfigError(
+            f"config error: {source}: oidc.issuer {oidc.issuer!r} must be an https:// URL "
+            "(http:// only for a provider on this machine): the login code and the client "
+            "secret travel to it"
         )
 
 
@@ -473,6 +516,8 @@ def settings_from_mapping(
             "without them a token your identity provider made for another application "
             "would open workspaces here"
         )
+    if settings.router.auth == "oidc":
+        _check_oidc(settings.oidc, source)
     if settings.router.origin_mode == "path" and settings.router.admins_enter_workspaces:
         raise ConfigError(
             f"config error: {source}: router.admins_enter_workspaces needs router.origin_mode "

@@ -23,6 +23,8 @@ from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.dispatch import Dispatcher
 from codepool.daemon.loops import Loops
 from codepool.daemon.metrics import Metrics
+from codepool.daemon.oidc import CALLBACK as OIDC_CALLBACK
+from codepool.daemon.oidc import OidcClient
 from codepool.daemon.proxy import Heartbeat, WorkspaceProxy
 from codepool.daemon.sessions import CookieNames, Sessions
 from codepool.daemon.workspace import HOLD, PING, RESUME, SCRIPT, STATUS
@@ -64,9 +66,15 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
     cookies = CookieNames.for_scheme(secure)
     accounts = Accounts(pool.store)
     jwt = None
-    if r.auth == "jwt":
-        jwt = JwtVerifier(settings.jwt, load_or_create_secret(settings.secret_file))
-        admins = frozenset(settings.jwt.admin_users)
+    oidc = None
+    if r.auth in ("jwt", "oidc"):  # people are the identity provider's, not accounts here
+        key = load_or_create_secret(settings.secret_file)
+        if r.auth == "jwt":
+            jwt = JwtVerifier(settings.jwt, key)
+            admins = frozenset(settings.jwt.admin_users)
+        else:
+            oidc = OidcClient(settings.oidc, f"{origins.main}{OIDC_CALLBACK}", key)
+            admins = frozenset(settings.oidc.admin_users)
 
         async def admin_of(user: str) -> bool | None:
             return user in admins
@@ -110,6 +118,7 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         accounts=accounts,
         sessions=Sessions(pool.store, admin_of, r.session_lifetime_s),
         jwt=jwt,
+        oidc=oidc,
         limiter=LoginLimiter(
             pool.store, r.login_attempts_per_minute, r.login_attempts_per_client_per_minute
         ),
@@ -141,6 +150,8 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         await router.loops.stop()
         await router.dispatcher.close()
         await router.proxy.close()
+        if router.oidc is not None:
+            await router.oidc.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

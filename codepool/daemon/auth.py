@@ -154,13 +154,13 @@ def user_from_claims(claims: Mapping[str, Any], claim: str) -> str | None:
     counts only when the provider says it was verified."""
     value = claims.get(claim)
     if claim == "email" and claims.get("email_verified") is not True:
-        log.warning("jwt refused: email is not verified (email_verified is not true)")
+        log.warning("identity refused: email is not verified (email_verified is not true)")
         return None
     if not isinstance(value, str):
-        log.warning("jwt refused: no %r claim", claim)
+        log.warning("identity refused: no %r claim", claim)
         return None
     try:
         return check_user(value)
     except InvalidInput:
-        log.warning("jwt refused: claim %r is not a valid user name as it is", claim)
+        log.warning("identity refused: claim %r is not a valid user name as it is", claim)
         return None

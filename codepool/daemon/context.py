@@ -18,6 +18,7 @@ from codepool.daemon.auth import JwtVerifier, LoginLimiter
 from codepool.daemon.dispatch import Dispatcher
 from codepool.daemon.loops import Loops
 from codepool.daemon.metrics import Metrics
+from codepool.daemon.oidc import OidcClient
 from codepool.daemon.proxy import WorkspaceProxy
 from codepool.daemon.sessions import CookieNames, Sessions
 
@@ -31,6 +32,7 @@ class Router:
     accounts: Accounts
     sessions: Sessions
     jwt: JwtVerifier | None  # set when router.auth = "jwt"
+    oidc: OidcClient | None  # set when router.auth = "oidc"
     limiter: LoginLimiter
     dispatcher: Dispatcher
     proxy: WorkspaceProxy

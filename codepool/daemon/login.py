@@ -8,7 +8,8 @@ import secrets
 from aiohttp import web
 
 from codepool.core.models import EventKind
-from codepool.daemon import pages
+from codepool.daemon import oidc, pages
+from codepool.daemon.auth import user_from_claims
 from codepool.daemon.context import ROUTER
 from codepool.daemon.http import (
     check_form,
@@ -19,7 +20,9 @@ from codepool.daemon.http import (
     safe_next,
     session_of,
     set_cookie,
+    tokens_match,
 )
+from codepool.daemon.oidc import OidcUnavailable
 
 log = logging.getLogger("codepool.router")
 
@@ -31,6 +34,8 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     next_path = safe_next(request.query.get("next"))
     if await session_of(request) is not None:
         raise web.HTTPFound(next_path)
+    if router.oidc is not None:
+        return await _oidc_begin(request, next_path)
     if router.jwt is not None:  # people log in at the identity provider, not here
         if router.settings.jwt.login_url:
             raise web.HTTPFound(router.settings.jwt.login_url)
@@ -56,8 +61,10 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
-    if router.jwt is not None:
-        raise web.HTTPNotFound(text="local login is off (router.auth = jwt)")
+    if router.settings.router.auth != "local":
+        raise web.HTTPNotFound(
+            text=f"local login is off (router.auth = {router.settings.router.auth})"
+        )
     form = await request.post()
     check_form(request, form, cookie(request, router.cookies.login_csrf))
     user = str(form.get("user", "")).strip()
@@ -79,19 +86,130 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         text = pages.login(csrf, next_path, "Wrong user name or password.", user)
         return web.Response(text=text, status=401, content_type="text/html")
     await router.limiter.succeeded(keys, attempt)
-    if why := await router.pool.backend.refuses(account.name):  # one person per machine
-        log.warning("login refused user=%s: %s", account.name, why)
+    response = await _logged_in(request, account.name, next_path, "password")
+    clear_cookie(router, response, router.cookies.login_csrf, path="/login")
+    return response
+
+
+async def _logged_in(
+    request: web.Request, user: str, next_path: str, how: str
+) -> web.StreamResponse:
+    """The one way a login ends, whatever proved who it is: a new session (a new id: no
+    fixation) and on to where the person was going; or a refusal if this machine serves
+    someone else."""
+    router = request.app[ROUTER]
+    client = client_address(request)
+    if why := await router.pool.backend.refuses(user):  # one person per machine
+        log.warning("login refused user=%s: %s", user, why)
         text = pages.problem("This machine serves someone else", why[:1].upper() + why[1:])
         return web.Response(text=text, status=403, content_type="text/html")
-    value, _ = await router.sessions.open(account.name, client)  # a new id: no fixation
-    response = web.HTTPFound(next_path)
+    value, _ = await router.sessions.open(user, client)
+    response = _redirect(next_path)
     set_cookie(
         router, response, router.cookies.session, value, router.settings.router.session_lifetime_s
     )
-    clear_cookie(router, response, router.cookies.login_csrf, path="/login")
-    log.info("login user=%s client=%s", account.name, client)
-    await router.record(EventKind.LOGIN, account.name, account.name, f"password from {client}")
-    raise response
+    log.info("login user=%s client=%s how=%s", user, client, how)
+    await router.record(EventKind.LOGIN, user, user, f"{how} from {client}")
+    return response
+
+
+async def _oidc_begin(request: web.Request, next_path: str) -> web.StreamResponse:
+    """Off to the identity provider, with the login's state sealed in a cookie."""
+    router = request.app[ROUTER]
+    assert router.oidc is not None
+    try:
+        url, sealed = await router.oidc.begin(next_path, router.pool.clock())
+    except OidcUnavailable as exc:
+        log.warning("oidc: the identity provider cannot be reached: %s", exc)
+        return _provider_down()
+    response = _redirect(url)
+    # Lax, not Strict: the provider's redirect back is a cross-site navigation.
+    set_cookie(router, response, router.cookies.oidc, sealed, oidc.PENDING_S, path="/login")
+    return response
+
+
+async def oidc_callback(request: web.Request) -> web.StreamResponse:
+    """The identity provider sends the browser back here with a code (or an error)."""
+    router = request.app[ROUTER]
+    if router.oidc is None:
+        raise web.HTTPNotFound(text="OpenID Connect login is off (router.auth is not oidc)")
+    sealed = cookie(request, router.cookies.oidc)
+    pending = oidc.Pending.unseal(sealed, router.oidc.key, router.pool.clock()) if sealed else None
+    state = request.query.get("state", "")
+    client = client_address(request)
+    response: web.StreamResponse
+    if pending is None or not tokens_match(state, pending.state):
+        if await session_of(request) is not None:  # another tab's login finished first
+            raise web.HTTPFound(pending.next if pending else "/")
+        log.info("oidc: callback with no matching login in progress client=%s", client)
+        response = _refused(
+            "This login did not start here",
+            "It may have expired, been finished already, or come from another browser.",
+            status=400,
+        )
+    elif "error" in request.query:
+        error = request.query.get("error", "")[:100]
+        log.info("oidc: the provider answered %r client=%s", error, client)
+        await router.record(EventKind.LOGIN, "", "", f"failed (oidc: {error}) from {client}")
+        response = _refused(
+            "Your organisation's login did not log you in",
+            f"The identity provider answered: {error}.",
+            status=401,
+        )
+    else:
+        response = await _oidc_finish(request, request.query.get("code", ""), pending)
+    clear_cookie(router, response, router.cookies.oidc, path="/login")
+    return response
+
+
+async def _oidc_finish(
+    request: web.Request, code: str, pending: oidc.Pending
+) -> web.StreamResponse:
+    router = request.app[ROUTER]
+    assert router.oidc is not None
+    client = client_address(request)
+    try:
+        claims = await router.oidc.finish(code, pending)
+    except oidc.OidcRefused as exc:
+        log.warning("oidc: login refused client=%s: %s", client, exc)
+        await router.record(EventKind.LOGIN, "", "", f"failed (oidc: {exc}) from {client}")
+        return _refused("You are not logged in", exc.message, status=401)
+    except OidcUnavailable as exc:
+        log.warning("oidc: the identity provider cannot be reached: %s", exc)
+        return _provider_down()
+    user = user_from_claims(claims, router.settings.oidc.user_claim)
+    if user is None:
+        claim = router.settings.oidc.user_claim
+        await router.record(
+            EventKind.LOGIN, "", "", f"failed (oidc: no usable {claim}) from {client}"
+        )
+        return _refused(
+            "Your account cannot be used here",
+            f"Your organisation's login does not give a usable name ({claim}): "
+            "ask an administrator.",
+            status=403,
+        )
+    return await _logged_in(request, user, pending.next, "oidc")
+
+
+def _redirect(url: str) -> web.Response:
+    return web.Response(status=302, headers={"Location": url})
+
+
+def _refused(title: str, message: str, *, status: int) -> web.Response:
+    text = pages.problem(title, message, action="/login", action_label="Log in again")
+    return web.Response(text=text, status=status, content_type="text/html")
+
+
+def _provider_down() -> web.Response:
+    text = pages.problem(
+        "Your organisation's login cannot be reached",
+        "The identity provider does not answer. Try again in a minute; if it lasts, tell "
+        "an administrator.",
+        action="/login",
+        action_label="Try again",
+    )
+    return web.Response(text=text, status=502, content_type="text/html")
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -101,7 +219,18 @@ async def logout(request: web.Request) -> web.StreamResponse:
     session = await require_session(request)
     check_form(request, await request.post(), session.csrf)
     await router.sessions.end(session)
-    response = web.HTTPFound("/login")
+    response: web.Response = _redirect("/login")
+    if router.oidc is not None:
+        # Not straight back to /login: that would go to the provider, which would log the
+        # person in again at once while its own session lasts.
+        text = pages.problem(
+            "You are logged out",
+            "You are logged out of codepool. Your organisation's login may still know you: "
+            "log out there too on a shared computer.",
+            action="/login",
+            action_label="Log in again",
+        )
+        response = web.Response(text=text, content_type="text/html")
     clear_cookie(router, response, router.cookies.session)
     if router.jwt is not None:
         clear_cookie(router, response, router.settings.jwt.cookie)
@@ -110,4 +239,4 @@ async def logout(request: web.Request) -> web.StreamResponse:
     response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
     log.info("logout user=%s", session.user)
     await router.record(EventKind.LOGOUT, session.user, session.user, "")
-    raise response
+    return response

@@ -215,6 +215,7 @@ def add_routes(app: web.Application) -> None:
         ("GET", "/api/me", home.api_me),
         ("GET", "/login", login.login_page),
         ("POST", "/login", login.login_submit),
+        ("GET", "/login/callback", login.oidc_callback),
         ("POST", "/logout", login.logout),
         ("GET", "/dispatch", dispatch),
         ("GET", "/dispatch/status", dispatch_status),

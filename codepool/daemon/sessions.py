@@ -52,18 +52,23 @@ class CookieNames:
     workspace: str  # a workspace origin's own login
     state: str  # binds an entry pass to the browser that asked for it
     login_csrf: str  # the login form's CSRF token (Path=/login, so no __Host-)
+    oidc: str  # a login in progress at the identity provider (Path=/login too)
 
     @classmethod
     def for_scheme(cls, secure: bool) -> CookieNames:
         p = "__Host-" if secure else ""
         return cls(
-            f"{p}codepool_session", f"{p}codepool_ws", f"{p}codepool_state", "codepool_login_csrf"
+            f"{p}codepool_session",
+            f"{p}codepool_ws",
+            f"{p}codepool_state",
+            "codepool_login_csrf",
+            "codepool_oidc",
         )
 
     def all(self) -> frozenset[str]:
         """Every name, with and without the prefix: none of them may reach a box."""
         bare = {n.removeprefix("__Host-") for n in (self.session, self.workspace, self.state)}
-        return frozenset(bare | {f"__Host-{n}" for n in bare} | {self.login_csrf})
+        return frozenset(bare | {f"__Host-{n}" for n in bare} | {self.login_csrf, self.oidc})
 
 
 @dataclass(frozen=True, slots=True)
