@@ -71,6 +71,11 @@ async def test_refusals_are_json_with_a_stable_kind(served: Served) -> None:
     writer = await token(served, "workspaces:write")
     status, body = await call(c, "POST", "/workspaces/..x/assign", writer)
     assert (status, body["error"]) == (400, "invalid-input")
+    reader2 = await token(served, "read")
+    for query in ("since=99999999999999999999d", "since=tomorrow", "since=1h&until=2h",
+                  "kind=nope", "user=..x"):  # fmt: skip
+        status, body = await call(c, "GET", "/events?" + query, reader2)
+        assert (status, body["error"]) == (400, "invalid-input"), query
     status, body = await call(c, "POST", "/workspaces/alice/hold", writer, json={"for_s": "1h"})
     assert (status, body["error"]) == (400, "invalid-input") and "for_s" in body["message"]
     status, body = await call(
@@ -211,6 +216,7 @@ async def test_codepool_tokens_create_list_revoke(state_dir: Path) -> None:
         (["create", "x", "--scope", "root"], "invalid scope root: allowed: read"),
         (["create", "x", "--scope", "self"], "exactly when it has 'self'"),
         (["create", "x", "--scope", "read", "--expires", "soon"], "invalid duration"),
+        (["create", "x", "--scope", "read", "--expires", "9" * 30], "at most 100 years"),
         (["revoke", "nope"], "no token 'nope'"),
     ]:
         result = cli(*bad)

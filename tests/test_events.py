@@ -168,6 +168,7 @@ async def test_codepool_events_reads_filters_follows_and_refuses_bad_input(
         (["--kind", "nope"], "invalid event kind 'nope': allowed: assign"),
         (["--since", "yesterday"], "invalid time 'yesterday'"),
         (["--since", "2026-13-45"], "invalid time '2026-13-45'"),
+        (["--since", "99999999999999999999d"], "invalid time '99999999999999999999d'"),
         (["--since", "1h", "--until", "1d"], "is before --since"),
         (["--user", "../x"], "invalid user"),
         (["--follow", "--until", "1h"], "cannot be combined"),

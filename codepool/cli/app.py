@@ -256,13 +256,7 @@ UntilOpt = Annotated[
 
 
 def _period(since: str, until: str) -> tuple[int, int]:
-    """--since and --until as epoch ms (until: now when empty), the one before the other."""
-    now = int(time.time() * 1000)
-    start = policy.parse_time(since, now)
-    end = policy.parse_time(until, now) if until else now
-    if end < start:
-        raise InvalidInput(f"--until ({until}) is before --since ({since})")
-    return start, end
+    return policy.parse_period(since, until, int(time.time() * 1000), flag="--")
 
 
 @app.command("events")

@@ -36,17 +36,24 @@ def check_user(user: str) -> str:
     return user
 
 
+MAX_DURATION_S = 100 * 365 * 86400  # longer is no one's meaning (and overflows a store)
+
+
 def parse_duration(text: str) -> int:
-    """'90' (seconds), '45s', '30m', '2h', '1d', '1h30m' -> seconds."""
+    """'90' (seconds), '45s', '30m', '2h', '1d', '1h30m' -> seconds (at most 100 years)."""
     cleaned = text.strip().lower()
-    if cleaned.isdigit():
-        return int(cleaned)
     match = _DURATION.fullmatch(cleaned)
-    if not cleaned or match is None:
+    if cleaned.isdigit():
+        seconds = int(cleaned)
+    elif cleaned and match is not None:
+        seconds = sum(int(n or 0) * unit for n, unit in zip(match.groups(), _UNIT_S, strict=True))
+    else:
         raise InvalidInput(
             f"invalid duration {text!r}: use seconds or units d h m s, e.g. 90, 30m, 2h, 1h30m"
         )
-    return sum(int(part or 0) * unit for part, unit in zip(match.groups(), _UNIT_S, strict=True))
+    if seconds > MAX_DURATION_S:
+        raise InvalidInput(f"invalid duration {text!r}: at most 100 years")
+    return seconds
 
 
 def parse_time(text: str, now_ms: int) -> int:
@@ -67,6 +74,16 @@ def parse_time(text: str, now_ms: int) -> int:
         ) from None
 
 
+def parse_period(since: str, until: str, now_ms: int, flag: str = "") -> tuple[int, int]:
+    """since and until (now when empty) as epoch ms, the one not after the other; flag is
+    how the caller names its options in messages ("--" on the command line)."""
+    start = parse_time(since, now_ms)
+    end = parse_time(until, now_ms) if until else now_ms
+    if end < start:
+        raise InvalidInput(f"{flag}until ({until}) is before {flag}since ({since})")
+    return start, end
+
+
 def format_duration(seconds: float) -> str:
     """Seconds as a person reads them: 45s, 6m12s, 2h05m, 3d04h."""
     s = max(0, int(seconds))
@@ -85,7 +102,8 @@ def stoppable_at_ms(ws: Workspace, idle_timeout_s: int, max_age_s: int = 0) -> i
     it started. (The reaper runs every router.reap_interval_s, so it stops at that time or
     up to one interval later.)"""
     idle = max(ws.last_seen_ms + idle_timeout_s * 1000, ws.hold_until_ms)
-    return min(idle, aged_at_ms(ws, max_age_s)) if aged_at_ms(ws, max_age_s) else idle
+    aged = aged_at_ms(ws, max_age_s)
+    return min(idle, aged) if aged else idle
 
 
 def aged_at_ms(ws: Workspace, max_age_s: int) -> int:

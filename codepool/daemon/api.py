@@ -92,12 +92,8 @@ def _actor(token: TokenRecord) -> str:
 
 
 def _period(request: web.Request, default: str) -> tuple[int, int]:
-    now = request.app[ROUTER].pool.clock()
-    since = policy.parse_time(request.query.get("since", default), now)
-    until = policy.parse_time(request.query["until"], now) if "until" in request.query else now
-    if until < since:
-        raise InvalidInput("until is before since")
-    return since, until
+    since, until = request.query.get("since", default), request.query.get("until", "")
+    return policy.parse_period(since, until, request.app[ROUTER].pool.clock())
 
 
 # -- handlers ----------------------------------------------------------------------------------
