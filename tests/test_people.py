@@ -7,7 +7,9 @@ with neither, and find it stopped, which the home page says and undoes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +42,27 @@ def running(env: dict[str, str]) -> bool:
     return row is not None and row["state"] == "running"
 
 
+@contextlib.asynccontextmanager
+async def telling_why(page: Any) -> AsyncIterator[None]:
+    """On a failure inside, print what the page logged and failed to load, and what it
+    shows (a screenshot in build/screenshots/people-failure.png)."""
+    log: list[str] = []
+    page.on("console", lambda m: log.append(f"console {m.type}: {m.text}"))
+    page.on("requestfailed", lambda r: log.append(f"failed {r.url} {r.failure}"))
+    page.on("response", lambda r: log.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    try:
+        yield
+    except Exception:
+        await page.screenshot(path=str(SHOTS / "people-failure.png"))
+        print("\n".join(log[-60:]), page.url, (await page.content())[:3000], sep="\n")
+        raise
+
+
 async def open_vs_code(page: Any, site: str) -> None:
-    await page.wait_for_url(site + "**", timeout=120_000)
-    await page.locator(".monaco-workbench").wait_for(timeout=60_000)
-    await page.locator(".explorer-folders-view").first.wait_for(timeout=60_000)
+    async with telling_why(page):
+        await page.wait_for_url(site + "**", timeout=120_000)
+        await page.locator(".monaco-workbench").wait_for(timeout=120_000)
+        await page.locator(".explorer-folders-view").first.wait_for(timeout=60_000)
 
 
 async def test_a_persons_day(
@@ -93,14 +112,16 @@ async def test_a_persons_day(
     await home.reload()
     assert await home.get_by_text("Running", exact=True).count() == 1
 
-    # Without the hold, a hidden tab warns her; one click on the warning keeps it running.
-    await home.get_by_role("button", name="Let it stop when idle").click()
-    await home.get_by_text("stops when idle again").wait_for()
+    # Back in VS Code, she ends the hold and leaves the tab in the background: it warns
+    # her, and one click on the warning keeps the workspace running.
     tab = await context.new_page()
     await tab.goto(site)
     await open_vs_code(tab, site)
+    await home.get_by_role("button", name="Let it stop when idle").click()
+    await home.get_by_text("stops when idle again").wait_for()
     await set_hidden(tab, True)
-    await tab.locator("#codepool-warning").wait_for(timeout=(IDLE_S + 5) * 1000)
+    async with telling_why(tab):
+        await tab.locator("#codepool-warning").wait_for(timeout=(IDLE_S + 5) * 1000)
     assert (await tab.title()).startswith("\u23f8 Stops soon")
     await tab.screenshot(path=str(SHOTS / "people-warning.png"))
     await tab.wait_for_function("window.__notes && window.__notes.length > 0", timeout=5_000)

@@ -258,6 +258,21 @@ async def test_reap_respects_a_hold(pool: CodePool, clock: Clock) -> None:
     assert d.action is ReapAction.STOP and d.done
 
 
+async def test_ending_a_hold_counts_idle_from_then(pool: CodePool, clock: Clock) -> None:
+    """A workspace held through an hour with no tab open is not stopped at the next reap
+    when its hold is ended ("let it stop when idle"): idle counts from the end of the hold."""
+    await pool.assign("alice")
+    await pool.extend("alice", 3600)
+    clock.advance(50 * MIN)  # no tab all along: last seen 50 minutes ago
+    ws = await pool.extend("alice", 0)
+    assert ws.last_seen_ms == pool.clock()
+    clock.advance(4 * MIN)
+    assert await pool.reap() == []  # not idle long enough: nothing to do
+    clock.advance(2 * MIN)  # five minutes (the idle timeout) after the hold ended
+    [d] = await pool.reap()
+    assert d.action is ReapAction.STOP and d.done
+
+
 async def test_a_hold_is_bounded_from_now_and_never_adds_up(pool: CodePool, clock: Clock) -> None:
     with pytest.raises(NoWorkspace):
         await pool.extend("alice", 60)

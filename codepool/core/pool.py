@@ -574,7 +574,9 @@ class CodePool:
     async def extend(self, user: str, duration_s: int, actor: str = "") -> Workspace:
         """Hold a running workspace open past idle until duration_s from now, at most
         pool.max_hold_s: each hold replaces the last, so holds never add up beyond that.
-        0 ends the hold."""
+        0 ends the hold, and the idle timeout counts from then: "let it stop when idle"
+        said of a workspace nobody has used for an hour means in pool.idle_timeout_s, not
+        at the next reap (that is what stopping it is for)."""
         policy.check_user(user)
         limit = self.settings.pool.max_hold_s
         if not 0 <= duration_s <= limit:
@@ -585,9 +587,13 @@ class CodePool:
         ws = await self.store.get_workspace(user)
         if ws is None or ws.state is not WorkspaceState.RUNNING:
             raise NoWorkspace(f"{user} has no running workspace to extend")
-        hold = self.clock() + duration_s * 1000 if duration_s else 0
+        now = self.clock()
+        hold = now + duration_s * 1000 if duration_s else 0
         if not await self.store.set_hold(user, ws.instance_id, hold):
             raise NoWorkspace(f"{user}'s workspace stopped or changed; nothing extended")
+        if not duration_s:
+            await self.store.record_ping(user, ws.instance_id, now)
+            ws = replace(ws, last_seen_ms=max(ws.last_seen_ms, now))
         await self._record(EventKind.HOLD, ws, actor or user, str(duration_s))
         return replace(ws, hold_until_ms=hold)
 
