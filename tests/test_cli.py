@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import codepool
 from codepool.cli.app import app
 from codepool.cli.render import EXIT_CODES
 from codepool.core.accounts import Accounts
@@ -151,7 +153,11 @@ def test_help_has_examples_and_version() -> None:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, command
     result = runner.invoke(app, ["version", "--json"])
-    assert json.loads(result.output) == {"version": "0.1.0"}
+    # One version: the package's metadata is made from codepool/__init__.py.
+    assert json.loads(result.output) == {"version": importlib.metadata.version("codepool")}
+    assert json.loads(result.output) == {"version": codepool.__version__}
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"codepool {codepool.__version__}\n"
 
 
 async def password_works(state_dir: Path, user: str, password: str) -> bool:

@@ -37,7 +37,7 @@ app = typer.Typer(
         "  codepool extend alice --for 2h # keep alice's workspace through a long build"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion for bash, zsh, fish; --show-completion
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -46,6 +46,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Say what would happen; change nothing.")
 ]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        render.out.print(f"codepool {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -62,7 +68,17 @@ def main_options(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print codepool's version and exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
 ) -> None:
+    del show_version  # handled by its callback, before any command
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
