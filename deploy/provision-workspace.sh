@@ -65,7 +65,6 @@ CODEPOOL_CODE_SERVER_DIR="$root/opt/code-server" "$REPO/scripts/install-code-ser
 say "nginx: $root/etc/nginx/conf.d/codepool-workspace.conf on 8443"
 install -d -m 755 "$root/etc/nginx/conf.d" "$root/etc/codepool"
 install -m 644 "$REPO/nginx/workspace.conf" "$root/etc/nginx/conf.d/codepool-workspace.conf"
-install -m 644 "$REPO/nginx/heartbeat.conf" "$root/etc/codepool/heartbeat.conf"
 # Debian's default site answers on port 80; a box has one door, 8443.
 rm -f "$root/etc/nginx/sites-enabled/default"
 
