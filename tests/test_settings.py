@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,37 @@ def test_workspace_origins_and_labels() -> None:
     assert label_of("a--b") != "a--b" and label_of("x" * 64) != "x" * 64
     path = Origins.from_settings(settings_from_mapping({"router": {"origin_mode": "path"}}))
     assert path.workspace_url("alice") == "/w/alice/" and path.label_in("alice.localhost") is None
+
+
+def test_config_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config, $CODEPOOL_CONFIG, ./codepool.toml, $XDG_CONFIG_HOME/codepool/config.toml,
+    then the system's; `codepool config path` says which is in use."""
+    from typer.testing import CliRunner
+
+    from codepool.cli.app import app
+    from codepool.core.settings import find_config
+
+    monkeypatch.chdir(tmp_path)
+    xdg = tmp_path / "xdg"
+    env = {"XDG_CONFIG_HOME": str(xdg)}
+    mine = xdg / "codepool" / "config.toml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("")
+    assert find_config(None, env) == mine
+    (tmp_path / "codepool.toml").write_text("")
+    assert find_config(None, env) == Path("codepool.toml")
+    named = tmp_path / "named.toml"
+    named.write_text("")
+    assert find_config(None, {**env, "CODEPOOL_CONFIG": str(named)}) == named
+    assert find_config(str(mine), {**env, "CODEPOOL_CONFIG": str(named)}) == mine
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    monkeypatch.delenv("CODEPOOL_CONFIG", raising=False)
+    result = CliRunner().invoke(app, ["config", "path"])
+    assert result.exit_code == 0 and result.output == f"{tmp_path / 'codepool.toml'}\n"
+    (tmp_path / "codepool.toml").unlink()
+    result = CliRunner().invoke(app, ["config", "path", "--json"])
+    assert json.loads(result.output) == {
+        "path": str(mine),
+        "searched": ["codepool.toml", str(mine), "/etc/codepool/config.toml"],
+    }

@@ -22,7 +22,7 @@ from codepool.core.events import cli_actor
 from codepool.core.models import Check, Event, EventKind
 from codepool.core.origins import Origins
 from codepool.core.pool import CodePool, build_pool
-from codepool.core.settings import Settings, load_settings
+from codepool.core.settings import EMBEDDED, Settings, find_config, load_settings, search_paths
 
 T = TypeVar("T")
 
@@ -64,7 +64,8 @@ def main_options(
             "-c",
             metavar="PATH",
             help="Config file. Default: $CODEPOOL_CONFIG, ./codepool.toml, "
-            "/etc/codepool/config.toml, else the embedded default (local backend, SQLite).",
+            "~/.config/codepool/config.toml, /etc/codepool/config.toml, else the embedded "
+            "default (local backend, SQLite). `codepool config path` says which.",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each step.")] = False,
@@ -432,6 +433,28 @@ def version(as_json: JsonOpt = False) -> None:
         render.print_json({"version": __version__})
     else:
         render.out.print(f"codepool {__version__}")
+
+
+config_app = typer.Typer(help="The configuration in use.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("path")
+def config_path(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Print the config file in use (or "embedded default"), as --config, $CODEPOOL_CONFIG
+    and the search order find it. Example: codepool config path
+    """
+    with render.exits_on_error(as_json):
+        found = find_config(ctx.obj, os.environ)
+        if as_json:
+            render.print_json(
+                {
+                    "path": str(found.resolve()) if found else None,
+                    "searched": [str(p) for p in search_paths(os.environ)],
+                }
+            )
+        else:
+            render.out.print(str(found.resolve()) if found else EMBEDDED)
 
 
 app.command()(serve.serve)

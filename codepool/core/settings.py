@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from codepool.core.errors import ConfigError
 
-SEARCH_PATHS = (Path("codepool.toml"), Path("/etc/codepool/config.toml"))
+SYSTEM_CONFIG = Path("/etc/codepool/config.toml")
 ENV_PREFIX = "CODEPOOL_"
 EMBEDDED = "embedded default"
 
@@ -446,15 +446,23 @@ def find_config(path: str | None, environ: Mapping[str, str]) -> Path | None:
             why = "not a regular file" if p.exists() else "no such file"
             raise ConfigError(f"config error: {p}: {why}")
         return p
-    for candidate in SEARCH_PATHS:
+    for candidate in search_paths(environ):
         if candidate.is_file():
             return candidate
     return None
 
 
+def search_paths(environ: Mapping[str, str]) -> tuple[Path, ...]:
+    """Where a config file is looked for when none is named, in order: the working
+    folder's, the user's own (XDG), the system's."""
+    user = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return (Path("codepool.toml"), Path(user) / "codepool" / "config.toml", SYSTEM_CONFIG)
+
+
 def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings: --config PATH, $CODEPOOL_CONFIG, ./codepool.toml,
-    /etc/codepool/config.toml, else the embedded default; then CODEPOOL_<SECTION>_<KEY>."""
+    $XDG_CONFIG_HOME/codepool/config.toml (~/.config/...), /etc/codepool/config.toml, else
+    the embedded default; then CODEPOOL_<SECTION>_<KEY>."""
     env = os.environ if environ is None else environ
     file = find_config(path, env)
     data: dict[str, Any] = {}
