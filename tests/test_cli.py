@@ -105,9 +105,9 @@ def test_bad_user_names_are_refused_and_nothing_is_written(
 
 
 def test_bad_user_with_json_gives_a_json_error(config: Path) -> None:
-    code, out = cli(config, "assign", "Bad Name", "--json")
-    assert code == 2
-    body = json.loads(out)
+    result = runner.invoke(app, ["--config", str(config), "assign", "Bad Name", "--json"])
+    assert result.exit_code == 2 and result.stdout == ""  # errors go to stderr only
+    body = json.loads(result.stderr)
     assert body["error"]["kind"] == "invalid-input"
     assert "invalid user name" in body["error"]["message"]
 

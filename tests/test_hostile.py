@@ -182,7 +182,8 @@ def test_fuzzed_cli_arguments_get_a_clean_answer(
     result = CliRunner().invoke(app, ["--config", str(config), *args])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert result.exit_code in (2, 3), (args, result.exit_code, result.output)
-    assert json.loads(result.output)["error"]["exit_code"] == result.exit_code
+    assert json.loads(result.stderr)["error"]["exit_code"] == result.exit_code
+    assert result.stdout == ""
 
 
 @local_only

@@ -51,13 +51,15 @@ EXIT_CODES: dict[type[errors.CodepoolError], tuple[int, str]] = {
 
 
 def error(exc: errors.CodepoolError, as_json: bool) -> int:
-    """Say what went wrong (a line on stderr, or JSON on stdout); return the exit code."""
+    """Say what went wrong on stderr (a line, or JSON), never on stdout: a script piping
+    stdout into the next tool gets nothing rather than an error it would read as data.
+    Returns the exit code."""
     code, kind = errors.classify(exc, EXIT_CODES, (1, "error"))
     if as_json:
         body: dict[str, Any] = {"error": {"kind": kind, "message": str(exc), "exit_code": code}}
         if isinstance(exc, errors.PoolFull):
             body["error"]["retry_after_s"] = exc.retry_after_s
-        print_json(body)
+        print(json.dumps(body, indent=2, sort_keys=True), file=sys.stderr)
     else:
         err.print(Text(f"error: {exc}", style="bold red"))
     return code
