@@ -60,8 +60,16 @@ def test_assign_status_reap_release_assign(config: Path, state_dir: Path) -> Non
     assert isinstance(rows, list) and [r["user"] for r in rows] == ["alice"]
     assert status["spares"] == 1
 
-    code, out = cli(config, "status")
-    assert code == 0 and "alice" in out and str(a["instance_id"]) in out
+    # Piped (as here), the table is a header and plain tab-separated rows, nothing wrapped
+    # or boxed, so `codepool status | grep alice` finds her whole line; the capacity line
+    # goes to stderr.
+    result = runner.invoke(app, ["--config", str(config), "status"])
+    assert result.exit_code == 0 and "desired" in result.stderr
+    header, *lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert header == ["user", "instance", "state", "address", "idle", "held", "assigned"]
+    [alice] = [line for line in lines if line[0] == "alice"]
+    assert alice[1:3] == [a["instance_id"], "running"]
+    assert alice[3] == f"unix:{state_dir}/slots/{a['instance_id']}/run/ws.sock"  # whole
 
     reap = cli_json(config, "reap", "--dry-run", "--idle-timeout", "1")
     assert reap["dry_run"] is True and reap["decisions"] == []

@@ -224,7 +224,7 @@ def status(
         render.print_json(render.status_json(snapshot))
         return
     if not watch:
-        render.out.print(render.status_view(snapshot))
+        render.status(snapshot)
         return
     try:
         with Live(render.status_view(snapshot), console=render.out, auto_refresh=False) as live:

@@ -91,12 +91,43 @@ def print_json(obj: Any) -> None:
     print(json.dumps(jsonable(obj), indent=2, sort_keys=True))
 
 
-def make_table(title: str | None, *columns: str) -> Table:
+class Rows(Table):
+    """A table that also keeps its rows as plain text, for show() to print when stdout is
+    not a terminal."""
+
+    def __init__(self, title: str | None) -> None:
+        super().__init__(title=title, title_justify="left")
+        self.plain: list[list[str]] = []
+
+    def add_row(self, *cells: RenderableType | None, **options: Any) -> None:
+        self.plain.append([_plain(c) for c in cells])
+        super().add_row(*cells, **options)
+
+
+def _plain(cell: RenderableType | None) -> str:
+    text = cell.plain if isinstance(cell, Text) else str(cell or "")
+    return " ".join(text.split())  # no tab or newline inside a field
+
+
+def make_table(title: str | None, *columns: str) -> Rows:
     """A table whose cells wrap instead of being cut (URLs and ids must stay whole)."""
-    table = Table(title=title, title_justify="left")
+    table = Rows(title)
     for col in columns:
         table.add_column(col, overflow="fold")
     return table
+
+
+def show(table: Rows) -> None:
+    """A boxed table on a terminal. Piped or redirected: a header row and one line per row,
+    tab-separated, never wrapped (for grep, cut and awk); the title goes to stderr."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    if table.title:
+        err.print(str(table.title), style="dim")
+    sys.stdout.write("\t".join(str(c.header) for c in table.columns) + "\n")
+    sys.stdout.writelines("\t".join(row) + "\n" for row in table.plain)
+    sys.stdout.flush()
 
 
 def address_of(ws: Workspace) -> str:
@@ -147,7 +178,7 @@ def reap(decisions: Sequence[ReapDecision], dry_run: bool, as_json: bool) -> Non
         style = "red" if d.error else ("yellow" if d.action is not ReapAction.KEEP else "")
         reason = d.reason + (f" ({d.error})" if d.error else "")
         table.add_row(d.user, d.instance_id, action, format_duration(d.idle_s), reason, style=style)
-    out.print(table)
+    show(table)
 
 
 def scale(r: ScaleResult, as_json: bool) -> None:
@@ -188,7 +219,7 @@ def reconcile(actions: Sequence[ReconcileAction], dry_run: bool, as_json: bool) 
     table = make_table(title, "action", "subject", "detail", "done")
     for a in actions:
         table.add_row(a.kind, a.subject, a.detail, "yes" if a.done else "no")
-    out.print(table)
+    show(table)
 
 
 def status_json(s: PoolStatus) -> dict[str, Any]:
@@ -198,9 +229,28 @@ def status_json(s: PoolStatus) -> dict[str, Any]:
     return body
 
 
-def status_view(s: PoolStatus) -> RenderableType:
+def status(s: PoolStatus) -> None:
+    """The pool on a terminal; piped, the workspaces as plain rows (the capacity line and
+    the warnings on stderr)."""
+    if out.is_terminal:
+        out.print(status_view(s))
+        return
+    err.print(_capacity_line(s))
+    show(_workspace_table(s))
+    for w in s.warnings:
+        err.print(f"warning: {w}")
+
+
+def status_view(s: PoolStatus) -> Group:
+    parts: list[RenderableType] = [_capacity_line(s)]
+    parts.append(_workspace_table(s) if s.workspaces else Text("no workspaces", style="dim"))
+    parts.extend(Text(f"warning: {w}", style="yellow") for w in s.warnings)
+    return Group(*parts)
+
+
+def _capacity_line(s: PoolStatus) -> Text:
     c = s.capacity
-    head = Text.assemble(
+    return Text.assemble(
         ("desired ", "dim"),
         (str(c.desired), "bold"),
         (f" (min {c.min_size}, max {c.max_size})", "dim"),
@@ -215,29 +265,26 @@ def status_view(s: PoolStatus) -> RenderableType:
         ("  spares ", "dim"),
         (str(s.spares), "bold"),
     )
-    parts: list[RenderableType] = [head]
-    if s.workspaces:
-        table = make_table(None, "user", "instance", "state", "address", "idle", "held", "assigned")
-        for w in s.workspaces:
-            held = (
-                format_duration((w.hold_until_ms - s.now_ms) / 1000)
-                if w.hold_until_ms > s.now_ms
-                else ""
-            )
-            table.add_row(
-                w.user,
-                w.instance_id,
-                w.state.value,
-                address_of(w),
-                format_duration((s.now_ms - w.last_seen_ms) / 1000),
-                held,
-                format_duration((s.now_ms - w.assigned_at_ms) / 1000) + " ago",
-            )
-        parts.append(table)
-    else:
-        parts.append(Text("no workspaces", style="dim"))
-    parts.extend(Text(f"warning: {w}", style="yellow") for w in s.warnings)
-    return Group(*parts)
+
+
+def _workspace_table(s: PoolStatus) -> Rows:
+    table = make_table(None, "user", "instance", "state", "address", "idle", "held", "assigned")
+    for w in s.workspaces:
+        held = (
+            format_duration((w.hold_until_ms - s.now_ms) / 1000)
+            if w.hold_until_ms > s.now_ms
+            else ""
+        )
+        table.add_row(
+            w.user,
+            w.instance_id,
+            w.state.value,
+            address_of(w),
+            format_duration((s.now_ms - w.last_seen_ms) / 1000),
+            held,
+            format_duration((s.now_ms - w.assigned_at_ms) / 1000) + " ago",
+        )
+    return table
 
 
 def checks(found: Sequence[Check], as_json: bool) -> None:
@@ -311,7 +358,7 @@ def events_table(found: Sequence[Event]) -> None:
     for e in found:
         when = datetime.fromtimestamp(e.at_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(when, e.kind.value, e.user, e.actor, _detail(e), e.instance_id)
-    out.print(table)
+    show(table)
 
 
 def report_json(r: Report) -> dict[str, Any]:
@@ -371,6 +418,6 @@ def report(r: Report, as_json: bool, as_csv: bool) -> None:
             _counts(row["starts"]), _counts(row["stops"]), *money,
             end_section=row is rows[-2],
         )  # fmt: skip
-    out.print(table)
+    show(table)
     if not p.running_hour:
         err.print("no prices set: costs are 0 (see [cost] in the configuration)", style="dim")

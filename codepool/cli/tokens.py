@@ -107,7 +107,7 @@ def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     table = render.make_table(None, "id", "name", "scopes", "user", "expires", "made by")
     for t in found:
         table.add_row(t.id, t.name, " ".join(t.scopes), t.user, _date(t.expires_ms), t.created_by)
-    render.out.print(table)
+    render.show(table)
 
 
 @tokens_app.command("revoke")
