@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import codepool
+from codepool.cli import render
 from codepool.cli.app import app
 from codepool.cli.render import EXIT_CODES
 from codepool.core.accounts import Accounts
@@ -168,6 +169,26 @@ def test_help_has_examples_and_version() -> None:
     assert result.exit_code == 0 and result.output == f"codepool {codepool.__version__}\n"
 
 
+def test_destroying_asks_first(
+    config: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """release --terminate asks on a terminal; "no" changes nothing (exit 1), "yes" goes
+    on; without a terminal it needs --yes (exit 2, nothing changed)."""
+    a = cli_json(config, "assign", "alice")
+    code, out = cli(config, "release", "alice", "--terminate", "--json")
+    assert code == 2 and "Add --yes" in out
+    monkeypatch.setattr(render, "interactive", lambda: True)
+    result = runner.invoke(app, ["--config", str(config), "release", "alice", "--terminate"],
+                           input="n\n")  # fmt: skip
+    assert result.exit_code == 1 and "Delete alice's workspace" in result.output
+    assert "nothing done" in result.output
+    assert cli_json(config, "status")["workspaces"][0]["instance_id"] == a["instance_id"]
+    result = runner.invoke(app, ["--config", str(config), "release", "alice", "--terminate"],
+                           input="y\n")  # fmt: skip
+    assert result.exit_code == 0 and "terminated" in result.stdout
+    assert cli_json(config, "status")["workspaces"] == []
+
+
 async def password_works(state_dir: Path, user: str, password: str) -> bool:
     store = create_store(f"sqlite:///{state_dir / 'codepool.db'}")
     try:
@@ -205,14 +226,16 @@ def test_users_commands(config: Path, state_dir: Path) -> None:
     assert backup.stat().st_mode & 0o777 == 0o600
     code, out = users("export", str(backup))
     assert code == 2 and "exists" in out
-    assert users("remove", "alice")[0] == 0
+    code, out = users("remove", "alice")  # not on a terminal, and no --yes: refused
+    assert code == 2 and "Add --yes to confirm" in out
+    assert users("remove", "alice", "--yes")[0] == 0
     code, out = users("import", str(backup), "--json")
     assert code == 0 and json.loads(out)["imported"] == ["alice"]  # root is still there
     assert asyncio.run(password_works(state_dir, "alice", "new-password"))
-    assert users("remove", "alice")[0] == 0
+    assert users("remove", "alice", "-y")[0] == 0
     code, out = users("import", str(state_dir / "nope.json"))
     assert code == 2 and "no such file" in out
-    code, out = users("remove", "alice")
+    code, out = users("remove", "alice", "--yes")
     assert code == 2 and "no user 'alice'" in out
     code, out = users("logout", "Not A Name")
     assert code == 2 and "invalid user name" in out

@@ -100,7 +100,7 @@ async def working(a: Served, b: Served) -> tuple[Client, Client]:
     [
         ("users", "passwd", "alice", "--password-stdin"),
         ("users", "logout", "alice"),
-        ("users", "remove", "alice"),
+        ("users", "remove", "alice", "--yes"),
     ],
 )
 async def test_an_operator_command_ends_every_session_on_every_router(

@@ -42,7 +42,8 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JsonOpt = render.JsonOpt
+YesOpt = render.YesOpt
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Say what would happen; change nothing.")
 ]
@@ -160,13 +161,16 @@ def release(
     terminate: Annotated[
         bool, typer.Option("--terminate", help="Delete the box and its disk instead of stopping.")
     ] = False,
+    yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop USER's workspace now; the disk is kept for their return.
 
-    Example: codepool release alice   (or --terminate to delete it)
+    Example: codepool release alice   (or --terminate --yes to delete it)
     """
     _check_user(user, as_json)
+    if terminate:
+        render.confirm(f"Delete {user}'s workspace and its disk (their files)?", yes, as_json)
     ws, settings = _run(ctx, as_json, lambda pool: pool.release(user, terminate, cli_actor()))
     render.released(ws, terminate or settings.pool.on_idle == "terminate", as_json)
 

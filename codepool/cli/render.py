@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -33,6 +33,12 @@ from codepool.core.models import (
 )
 from codepool.core.policy import format_duration
 from codepool.core.report import Report, Usage
+
+# The options every command that prints, or destroys, shares.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+YesOpt = Annotated[
+    bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")
+]
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -63,6 +69,23 @@ def error(exc: errors.CodepoolError, as_json: bool) -> int:
     else:
         err.print(Text(f"error: {exc}", style="bold red"))
     return code
+
+
+def confirm(question: str, yes: bool, as_json: bool) -> None:
+    """Ask before something that destroys data or access; --yes answers for scripts. With
+    no terminal to ask on, refuse (exit 2) rather than guess; a "no" exits 1."""
+    if yes:
+        return
+    if not interactive():
+        why = f"{question} Add --yes to confirm: there is no terminal to ask on."
+        raise typer.Exit(error(errors.InvalidInput(why), as_json))
+    if not typer.confirm(question, default=False, err=True):
+        err.print("nothing done")
+        raise typer.Exit(1)
+
+
+def interactive() -> bool:
+    return sys.stdin.isatty()
 
 
 @contextlib.contextmanager

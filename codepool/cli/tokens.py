@@ -30,7 +30,7 @@ tokens_app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JsonOpt = render.JsonOpt
 
 
 def _run(ctx: typer.Context, as_json: bool, step: Callable[[Tokens], Awaitable[T]]) -> T:

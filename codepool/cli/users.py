@@ -28,7 +28,8 @@ users_app = typer.Typer(
     no_args_is_help=True,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JsonOpt = render.JsonOpt
+YesOpt = render.YesOpt
 StdinOpt = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from standard input.")
 ]
@@ -135,12 +136,14 @@ def admin(
 def remove(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Account to remove (the workspace stays).")],
+    yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove an account and end its sessions; its workspace is left alone.
 
-    Example: codepool users remove bob"""
+    Example: codepool users remove bob --yes"""
     _checked(name, as_json)
+    render.confirm(f"Remove the account {name} and end its sessions?", yes, as_json)
     _run(ctx, as_json, lambda accounts: accounts.remove(name))
     if as_json:
         render.print_json({"name": name, "removed": True})
