@@ -15,7 +15,6 @@ import ctypes
 import dataclasses
 import gc
 import io
-import json
 import logging
 import os
 import signal
@@ -29,42 +28,13 @@ from aiohttp import web
 
 from codepool.cli import render
 from codepool.cli.users import with_accounts
+from codepool.core import logs
 from codepool.core.accounts import Accounts, ImportResult
 from codepool.core.errors import InvalidInput
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import RouterSettings, Settings, load_settings
+from codepool.daemon.access import AccessLog
 from codepool.daemon.app import create_app
-
-
-class JsonLogs(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (for log shippers)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        body = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "pid": record.process,
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            body["exception"] = self.formatException(record.exc_info)
-        return json.dumps(body)
-
-
-def configure_logging(fmt: str, with_pid: bool = False) -> None:
-    pid = " [%(process)d]" if with_pid else ""  # which worker said it
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonLogs()
-        if fmt == "json"
-        else logging.Formatter(f"%(asctime)s{pid} %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def first_admin(settings: Settings) -> None:
@@ -131,6 +101,17 @@ def serve(
     log_format: Annotated[
         str, typer.Option("--log-format", help="Log lines as text or json.")
     ] = "text",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="Least level logged: debug, info, warning, error.")
+    ] = "info",
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log",
+            help="Log every request: method, route, status, duration, user, client "
+            "(router.access_log).",
+        ),
+    ] = False,
 ) -> None:
     """Run the router: login, dispatch, heartbeat, the workspace proxy and the idle reaper.
 
@@ -141,12 +122,15 @@ def serve(
     with render.exits_on_error(False):
         if log_format not in ("text", "json"):
             raise InvalidInput(f"--log-format {log_format!r}: use text or json")
+        if log_level.lower() not in logs.LEVELS:
+            raise InvalidInput(f"--log-level {log_level!r}: use {', '.join(logs.LEVELS)}")
         settings = load_settings(ctx.obj)
         router = dataclasses.replace(
             settings.router,
             host=host or settings.router.host,
             port=port or settings.router.port,
             workers=workers or settings.router.workers,
+            access_log=access_log or settings.router.access_log,
         )
         settings = dataclasses.replace(settings, router=router)
         if router.workers > 1 and settings.store_url.startswith("memory:"):
@@ -154,7 +138,7 @@ def serve(
                 f"--workers {router.workers}: the workers must share a store, and memory:// "
                 "is one process's own; use sqlite:///PATH or redis://"
             )
-        configure_logging(log_format, with_pid=router.workers > 1)
+        logs.configure(log_format, log_level, with_pid=router.workers > 1)
         first_admin(settings)
         pool = build_pool(settings)
         app = create_app(pool, settings)  # also checks the settings before anything forks
@@ -163,11 +147,16 @@ def serve(
         problem = port_taken(router.host, router.port)
         if problem:
             raise typer.Exit(cannot_listen(router, problem))
-    render.err.print(
-        f"codepool: serving on [bold]{settings.public_url}/[/]"
-        + (f" with {router.workers} workers" if router.workers > 1 else "")
-        + "  (Ctrl-C stops)"
-    )
+    if log_format == "json":  # every line a JSON object, for the log shipper
+        logging.getLogger("codepool.router").info(
+            "serving", **logs.fields(url=settings.public_url + "/", workers=router.workers)
+        )
+    else:
+        render.err.print(
+            f"codepool: serving on [bold]{settings.public_url}/[/]"
+            + (f" with {router.workers} workers" if router.workers > 1 else "")
+            + "  (Ctrl-C stops)"
+        )
     if router.workers == 1:
         raise typer.Exit(run_router(settings, pool, app, reuse_port=False))
     raise typer.Exit(supervise(settings, router.workers))
@@ -231,7 +220,8 @@ def run_router(settings: Settings, pool: CodePool, app: web.Application, reuse_p
             host=r.host,
             port=r.port,
             print=None,
-            access_log=None,
+            access_log=logging.getLogger("codepool.access") if r.access_log else None,
+            access_log_class=AccessLog,
             reuse_port=reuse_port or None,
             loop=new_event_loop(),
         )

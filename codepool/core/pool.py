@@ -31,6 +31,7 @@ from codepool.core.errors import (
     StartsFull,
     StoreUnavailable,
 )
+from codepool.core.logs import fields
 from codepool.core.models import (
     WHY_GONE,
     WHY_IDLE,
@@ -248,7 +249,7 @@ class CodePool:
             elif owned is not None:
                 await starts.enter_async_context(self.start_slot(say, queue))
                 say("Waking up your workspace")
-                log.info("resume user=%s instance=%s", user, owned.instance_id)
+                log.info("resume", **fields(user=user, instance=owned.instance_id))
                 inst, how = await self._resume(user, owned, instances), "resumed"
             else:
                 inst, how = await self._claim_box(user, instances, say, starts, queue)
@@ -272,7 +273,7 @@ class CodePool:
             )
             ready = replace(starting, state=WorkspaceState.RUNNING, last_seen_ms=self.clock())
             await self.store.put_workspace(ready)
-        log.info("assign user=%s instance=%s how=%s", user, inst.instance_id, how)
+        log.info("assign", **fields(user=user, instance=inst.instance_id, how=how))
         if ws is None or ws.state is not WorkspaceState.RUNNING or not same:
             await self._record(EventKind.ASSIGN, ready, actor or user, how)
         await self._scale_after(f"assign of {user}")
@@ -349,7 +350,7 @@ class CodePool:
                         pass  # a box another start left booting will do: claimed when up
                     elif cap.desired < cap.max_size:
                         say("Preparing a new workspace")
-                        log.info("launch for user=%s: no spare free", user)
+                        log.info("launch: no spare free", **fields(user=user))
                         await self.backend.set_desired(cap.desired + 1)
                         launched = True
                     elif not booting:
@@ -394,7 +395,7 @@ class CodePool:
             failed = await self._stop([ws], terminate=kill)
         if ws.instance_id in failed:
             raise BackendError(f"could not stop {ws.instance_id}: {failed[ws.instance_id]}")
-        log.info("release user=%s instance=%s terminate=%s", user, ws.instance_id, kill)
+        log.info("release", **fields(user=user, instance=ws.instance_id, terminate=kill))
         kind = EventKind.TERMINATE if kill else EventKind.STOP
         await self._record(kind, ws, actor or user, why)
         await self._scale_after(f"release of {user}")

@@ -258,6 +258,9 @@ class RouterSettings:
         "empty: <state_dir>/session.key",
     )
     session_lifetime_s: int = setting(43200, "seconds a login lasts", minimum=60)
+    access_log: bool = setting(
+        False, "log every request (method, route, status, duration, user, client)"
+    )
     login_attempts_per_minute: int = setting(
         10, "login attempts allowed per account name in a sliding minute", minimum=1
     )

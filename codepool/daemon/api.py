@@ -24,7 +24,7 @@ from codepool.core.errors import InvalidInput
 from codepool.core.models import WHY_RELEASED, TokenRecord
 from codepool.core.tokens import Tokens, allows
 from codepool.daemon.context import ROUTER, Router
-from codepool.daemon.http import json_error
+from codepool.daemon.http import USER, json_error
 
 PREFIX = "/api/v1"
 MAX_BODY = 4096
@@ -59,6 +59,7 @@ async def _token(request: web.Request, router: Router, route: Route) -> TokenRec
     record = await Tokens(router.pool.store, router.pool.clock).verify(header[7:].strip())
     if record is None:
         raise ApiError(401, "unauthenticated", "the token is unknown, expired or revoked")
+    request[USER] = _actor(record)
     user = request.match_info.get("user")
     if not allows(record, route.scope, user):
         raise ApiError(403, "forbidden", f"this token may not do this (it needs {route.scope})")

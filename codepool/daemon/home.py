@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from codepool.core import policy
+from codepool.core.logs import fields
 from codepool.core.models import WHY_RELEASED, Workspace, WorkspaceState
 from codepool.daemon import pages
 from codepool.daemon.context import ROUTER, Router
@@ -141,7 +142,7 @@ async def hold_json(
     if not isinstance(seconds, int) or isinstance(seconds, bool):
         return json_error(400, "bad-fields", 'expected {"for_s": <whole seconds>}')
     ws = await router.pool.extend(owner, seconds, actor)
-    log.info("hold user=%s for=%ss by=%s", owner, seconds, actor)
+    log.info("hold", **fields(user=owner, for_s=seconds, actor=actor))
     return web.json_response(status_body(router, ws), headers={"Cache-Control": "no-store"})
 
 
@@ -158,7 +159,7 @@ async def hold(request: web.Request) -> web.StreamResponse:
     check_form(request, form, session.csrf)
     seconds = policy.parse_duration(str(form.get("for", "")))
     await router.pool.extend(session.user, seconds, session.user)
-    log.info("hold user=%s for=%ss", session.user, seconds)
+    log.info("hold", **fields(user=session.user, for_s=seconds, actor=session.user))
     raise web.HTTPSeeOther("/?done=" + ("held" if seconds else "unheld"))
 
 

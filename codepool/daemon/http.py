@@ -190,13 +190,20 @@ def cookie(request: web.Request, name: str) -> str | None:
     return values[-1] if values else None
 
 
+USER = "codepool.user"  # the request's key for who asked (the access log's user field)
+
+
 async def session_of(request: web.Request) -> Session | None:
     """Who is asking on the main origin: the session cookie, or a verified JWT."""
     router = request.app[ROUTER]
     if router.jwt is not None:
         token = router.jwt.token_of(request.headers, cookie(request, router.settings.jwt.cookie))
-        return await router.jwt.session(token) if token else None
-    return await router.sessions.find(cookie_values(request, router.cookies.session))
+        session = await router.jwt.session(token) if token else None
+    else:
+        session = await router.sessions.find(cookie_values(request, router.cookies.session))
+    if session is not None:
+        request[USER] = session.user
+    return session
 
 
 def login_redirect(request: web.Request) -> web.HTTPFound:

@@ -7,6 +7,7 @@ import secrets
 
 from aiohttp import web
 
+from codepool.core.logs import fields
 from codepool.core.models import EventKind
 from codepool.daemon import oidc, pages
 from codepool.daemon.auth import user_from_claims
@@ -81,7 +82,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         )
     account = await router.accounts.verify(user, password)
     if account is None:
-        log.info("login failed user=%r client=%s", user[:64], client)
+        log.info("login failed", **fields(user=user[:64], client=client, how="password"))
         await router.record(EventKind.LOGIN, user[:64], user[:64], f"failed from {client}")
         text = pages.login(csrf, next_path, "Wrong user name or password.", user)
         return web.Response(text=text, status=401, content_type="text/html")
@@ -100,7 +101,7 @@ async def _logged_in(
     router = request.app[ROUTER]
     client = client_address(request)
     if why := await router.pool.backend.refuses(user):  # one person per machine
-        log.warning("login refused user=%s: %s", user, why)
+        log.warning("login refused", **fields(user=user, reason=why))
         text = pages.problem("This machine serves someone else", why[:1].upper() + why[1:])
         return web.Response(text=text, status=403, content_type="text/html")
     value, _ = await router.sessions.open(user, client)
@@ -108,7 +109,7 @@ async def _logged_in(
     set_cookie(
         router, response, router.cookies.session, value, router.settings.router.session_lifetime_s
     )
-    log.info("login user=%s client=%s how=%s", user, client, how)
+    log.info("login", **fields(user=user, client=client, how=how))
     await router.record(EventKind.LOGIN, user, user, f"{how} from {client}")
     return response
 
@@ -141,7 +142,7 @@ async def oidc_callback(request: web.Request) -> web.StreamResponse:
     if pending is None or not tokens_match(state, pending.state):
         if await session_of(request) is not None:  # another tab's login finished first
             raise web.HTTPFound(pending.next if pending else "/")
-        log.info("oidc: callback with no matching login in progress client=%s", client)
+        log.info("oidc: callback with no matching login in progress", **fields(client=client))
         response = _refused(
             "This login did not start here",
             "It may have expired, been finished already, or come from another browser.",
@@ -149,7 +150,7 @@ async def oidc_callback(request: web.Request) -> web.StreamResponse:
         )
     elif "error" in request.query:
         error = request.query.get("error", "")[:100]
-        log.info("oidc: the provider answered %r client=%s", error, client)
+        log.info("oidc: the provider refused", **fields(client=client, reason=error))
         await router.record(EventKind.LOGIN, "", "", f"failed (oidc: {error}) from {client}")
         response = _refused(
             "Your organisation's login did not log you in",
@@ -171,7 +172,7 @@ async def _oidc_finish(
     try:
         claims = await router.oidc.finish(code, pending)
     except oidc.OidcRefused as exc:
-        log.warning("oidc: login refused client=%s: %s", client, exc)
+        log.warning("oidc: login refused", **fields(client=client, reason=str(exc)))
         await router.record(EventKind.LOGIN, "", "", f"failed (oidc: {exc}) from {client}")
         return _refused("You are not logged in", exc.message, status=401)
     except OidcUnavailable as exc:
@@ -237,6 +238,6 @@ async def logout(request: web.Request) -> web.StreamResponse:
     # Cookies of the whole site (workspace origins included), and this origin's storage,
     # caches and service workers.
     response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'
-    log.info("logout user=%s", session.user)
+    log.info("logout", **fields(user=session.user))
     await router.record(EventKind.LOGOUT, session.user, session.user, "")
     return response

@@ -38,12 +38,14 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from codepool.core import sockets
+from codepool.core.logs import fields
 from codepool.core.origins import is_label, label_of, user_of_label
 from codepool.core.store import PingResult
 from codepool.daemon import home, pages
 from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.http import (
     PROXIED,
+    USER,
     clear_cookie,
     client_address,
     cookie,
@@ -263,6 +265,7 @@ async def workspace_session(request: web.Request, router: Router, label: str) ->
     session = await router.sessions.find(values, host=label) if values else None
     if session is None or not may_enter(router, session, session.owner):
         return None
+    request[USER] = session.user
     return session
 
 
@@ -413,7 +416,7 @@ async def _enter(request: web.Request, router: Router, label: str) -> web.Stream
     max_age = max(1, (session.expires_ms - int(time.time() * 1000)) // 1000)
     set_cookie(router, response, router.cookies.workspace, value, max_age, samesite="Strict")
     clear_cookie(router, response, router.cookies.state)
-    log.info("workspace entered user=%s owner=%s", grant.user, grant.owner)
+    log.info("workspace entered", **fields(user=grant.user, owner=grant.owner))
     return response
 
 
