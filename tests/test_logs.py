@@ -1,15 +1,17 @@
-"""The router's log: --log-level, --log-format json with who, where and why as fields of
-their own, and the access log (method, route template, status, duration, user, client),
-from a real `codepool serve`."""
+"""The router's log and metrics, from a real `codepool serve`: --log-level, --log-format
+json with who, where and why as fields of their own, the access log (method, route
+template, status, duration, user, client), and /metrics against its documented table."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import codepool
 from codepool.core.logs import JsonLogs, TextLogs, fields
 from tests.router_fixtures import free_port
 from tests.serving import Server, add_accounts, client, log_in, serve_env
@@ -87,3 +89,56 @@ def test_a_bad_log_level_is_refused(state_dir: Path) -> None:
     )
     assert result.returncode == 2
     assert "--log-level 'loud': use debug, info, warning, error" in result.stderr
+
+
+def documented_metrics() -> set[str]:
+    """The names in docs/operations.md's metrics table (a `prefix_*` row stands for the
+    names it lists)."""
+    text = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    section = text.split("### Metrics", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for row in section.splitlines():
+        if not row.startswith("| `"):
+            continue
+        first, *rest = row.split("|")[1:]
+        name = first.strip().strip("`")
+        if name.endswith("*"):
+            names |= {
+                n for n in re.findall(r"`([a-z_]+)`", "|".join(rest)) if n.startswith(name[:-1])
+            }
+        else:
+            names.add(name)
+    return names
+
+
+async def test_metrics_are_the_documented_ones(state_dir: Path) -> None:
+    """What /metrics exports (after logins and requests, so every labelled family has a
+    sample) is exactly docs/operations.md's table; login outcomes and request counts by
+    route template count what happened."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await add_accounts(state_dir, ["alice"])
+    server = Server(serve_env(state_dir), free_port())
+    try:
+        server.wait_up()
+        async with client() as http:
+            await log_in(http, server.url, "alice")
+            async with http.get(server.url + "/metrics") as r:
+                exported = await r.text()
+    finally:
+        server.stop()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(exported):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    families = set()
+    for family in text_string_to_metric_families(exported):
+        families.add(family.name + ("_total" if family.type == "counter" else ""))
+    documented = documented_metrics()
+    assert families == documented, (families - documented, documented - families)
+    assert ({"how": "password", "outcome": "ok"}, 1.0) in samples["codepool_logins_total"]
+    health = [v for labels, v in samples["codepool_http_requests_total"]
+              if labels == {"route": "/health", "method": "GET", "status": "2xx"}]  # fmt: skip
+    assert health and health[0] >= 1  # the readiness wait asked it
+    assert samples["codepool_build_info"][0][0]["version"] == codepool.__version__
+    assert samples["process_resident_memory_bytes"][0][1] > 0

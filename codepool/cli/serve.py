@@ -220,7 +220,7 @@ def run_router(settings: Settings, pool: CodePool, app: web.Application, reuse_p
             host=r.host,
             port=r.port,
             print=None,
-            access_log=logging.getLogger("codepool.access") if r.access_log else None,
+            access_log=logging.getLogger("codepool.access"),  # metrics, and the log if on
             access_log_class=AccessLog,
             reuse_port=reuse_port or None,
             loop=new_event_loop(),

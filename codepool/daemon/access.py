@@ -1,6 +1,8 @@
-"""The access log (`router.access_log`, `serve --access-log`): one line per request with
-its method, route template (never the path: it may hold a person's file names or a
-one-time token), status, duration, user and client, as fields of the log line."""
+"""What the router notes about every request it answered: the request metrics (count and
+time by route template), and, when asked for (`router.access_log`, `serve
+--access-log`), an access log line with method, route template (never the path: it may
+hold a person's file names or a one-time pass), status, duration, user and client, as
+fields of the log line."""
 
 from __future__ import annotations
 
@@ -8,23 +10,37 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from codepool.core.logs import fields
+from codepool.daemon.context import ROUTER
 from codepool.daemon.http import USER, client_address
+
+# Methods counted by name; anything else a client invents is "other" (a label per
+# invented method would let anyone grow the metrics without bound).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class AccessLog(AbstractAccessLogger):
+    @property
+    def enabled(self) -> bool:
+        return True  # the metrics always; the log line only when it is on
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        route = ""
-        if isinstance(request, web.Request):
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else ""
-        self.logger.info(
-            "request",
-            **fields(
-                method=request.method,
-                route=route or "(none)",
-                status=response.status,
-                duration_ms=round(time * 1000, 2),
-                user=request.get(USER, ""),
-                client=client_address(request) if isinstance(request, web.Request) else "",
-            ),
-        )
+        if not isinstance(request, web.Request) or ROUTER not in request.app:
+            return
+        router = request.app[ROUTER]
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "(none)"
+        method = request.method if request.method in METHODS else "other"
+        router.metrics.requests.labels(route, method, f"{response.status // 100}xx").inc()
+        router.metrics.request_seconds.labels(route).observe(time)
+        if router.settings.router.access_log:
+            self.logger.info(
+                "request",
+                **fields(
+                    method=method,
+                    route=route,
+                    status=response.status,
+                    duration_ms=round(time * 1000, 2),
+                    user=request.get(USER, ""),
+                    client=client_address(request),
+                ),
+            )

@@ -190,7 +190,7 @@ def cookie(request: web.Request, name: str) -> str | None:
     return values[-1] if values else None
 
 
-USER = "codepool.user"  # the request's key for who asked (the access log's user field)
+USER = web.RequestKey("codepool_user", str)  # who asked (the access log's user field)
 
 
 async def session_of(request: web.Request) -> Session | None:

@@ -11,7 +11,7 @@ from codepool.core.logs import fields
 from codepool.core.models import EventKind
 from codepool.daemon import oidc, pages
 from codepool.daemon.auth import user_from_claims
-from codepool.daemon.context import ROUTER
+from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.http import (
     check_form,
     clear_cookie,
@@ -76,12 +76,14 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     csrf = str(form.get("csrf"))
     attempt, wait = await router.limiter.reserve(keys)  # counted before the password check
     if wait:
+        _count(router, "password", "limited")
         text = pages.login(csrf, next_path, f"Too many failed logins. Try again in {wait} s.", user)
         return web.Response(
             text=text, status=429, content_type="text/html", headers={"Retry-After": str(wait)}
         )
     account = await router.accounts.verify(user, password)
     if account is None:
+        _count(router, "password", "failed")
         log.info("login failed", **fields(user=user[:64], client=client, how="password"))
         await router.record(EventKind.LOGIN, user[:64], user[:64], f"failed from {client}")
         text = pages.login(csrf, next_path, "Wrong user name or password.", user)
@@ -102,6 +104,7 @@ async def _logged_in(
     client = client_address(request)
     if why := await router.pool.backend.refuses(user):  # one person per machine
         log.warning("login refused", **fields(user=user, reason=why))
+        _count(router, how, "refused")
         text = pages.problem("This machine serves someone else", why[:1].upper() + why[1:])
         return web.Response(text=text, status=403, content_type="text/html")
     value, _ = await router.sessions.open(user, client)
@@ -110,6 +113,7 @@ async def _logged_in(
         router, response, router.cookies.session, value, router.settings.router.session_lifetime_s
     )
     log.info("login", **fields(user=user, client=client, how=how))
+    _count(router, how, "ok")
     await router.record(EventKind.LOGIN, user, user, f"{how} from {client}")
     return response
 
@@ -122,6 +126,7 @@ async def _oidc_begin(request: web.Request, next_path: str) -> web.StreamRespons
         url, sealed = await router.oidc.begin(next_path, router.pool.clock())
     except OidcUnavailable as exc:
         log.warning("oidc: the identity provider cannot be reached: %s", exc)
+        _count(router, "oidc", "error")
         return _provider_down()
     response = _redirect(url)
     # Lax, not Strict: the provider's redirect back is a cross-site navigation.
@@ -143,6 +148,7 @@ async def oidc_callback(request: web.Request) -> web.StreamResponse:
         if await session_of(request) is not None:  # another tab's login finished first
             raise web.HTTPFound(pending.next if pending else "/")
         log.info("oidc: callback with no matching login in progress", **fields(client=client))
+        _count(router, "oidc", "failed")
         response = _refused(
             "This login did not start here",
             "It may have expired, been finished already, or come from another browser.",
@@ -151,6 +157,7 @@ async def oidc_callback(request: web.Request) -> web.StreamResponse:
     elif "error" in request.query:
         error = request.query.get("error", "")[:100]
         log.info("oidc: the provider refused", **fields(client=client, reason=error))
+        _count(router, "oidc", "failed")
         await router.record(EventKind.LOGIN, "", "", f"failed (oidc: {error}) from {client}")
         response = _refused(
             "Your organisation's login did not log you in",
@@ -173,13 +180,16 @@ async def _oidc_finish(
         claims = await router.oidc.finish(code, pending)
     except oidc.OidcRefused as exc:
         log.warning("oidc: login refused", **fields(client=client, reason=str(exc)))
+        _count(router, "oidc", "failed")
         await router.record(EventKind.LOGIN, "", "", f"failed (oidc: {exc}) from {client}")
         return _refused("You are not logged in", exc.message, status=401)
     except OidcUnavailable as exc:
         log.warning("oidc: the identity provider cannot be reached: %s", exc)
+        _count(router, "oidc", "error")
         return _provider_down()
     user = user_from_claims(claims, router.settings.oidc.user_claim)
     if user is None:
+        _count(router, "oidc", "refused")
         claim = router.settings.oidc.user_claim
         await router.record(
             EventKind.LOGIN, "", "", f"failed (oidc: no usable {claim}) from {client}"
@@ -191,6 +201,13 @@ async def _oidc_finish(
             status=403,
         )
     return await _logged_in(request, user, pending.next, "oidc")
+
+
+def _count(router: Router, how: str, outcome: str) -> None:
+    """codepool_logins_total: ok, failed (wrong password, refused by the provider or its
+    answer), limited (rate limit), refused (no usable name, or this machine serves
+    someone else), error (the provider cannot be reached)."""
+    router.metrics.logins.labels(how, outcome).inc()
 
 
 def _redirect(url: str) -> web.Response:

@@ -4,9 +4,13 @@ several apps in one process do not share counters."""
 from __future__ import annotations
 
 import collections
+import platform
 from collections.abc import Mapping
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -14,6 +18,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from codepool import __version__
 from codepool.core.models import PoolStatus, WorkspaceState
 from codepool.core.store import PingResult
 
@@ -23,6 +28,36 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series a
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # The process's own (resident memory, CPU, open files), Python's and its GC's:
+        # the standard collectors, registered here as well as in the default registry.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        build = Gauge(
+            "codepool_build_info",
+            "Always 1; the labels say which codepool and Python",
+            ["version", "python"],
+            registry=r,
+        )
+        build.labels(__version__, platform.python_version()).set(1)
+        self.requests = Counter(
+            "codepool_http_requests",
+            "HTTP requests answered, by route template, method and status class",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "codepool_http_request_seconds",
+            "Time to answer an HTTP request, by route template (WebSockets: how long open)",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+            registry=r,
+        )
+        self.logins = Counter(
+            "codepool_logins",
+            "Login attempts by how (password, oidc) and outcome",
+            ["how", "outcome"],
+            registry=r,
+        )
         self.workspaces = Gauge("codepool_workspaces", "Workspaces by state", ["state"], registry=r)
         self.spares = Gauge("codepool_spares", "Running unowned boxes", registry=r)
         self.desired = Gauge("codepool_desired_capacity", "Desired capacity", registry=r)
