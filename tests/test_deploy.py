@@ -93,7 +93,8 @@ def test_shell_scripts_pass_shellcheck() -> None:
 
 def test_systemd_units_verify(tmp_path: Path) -> None:
     """systemd's own checker, on a root holding systemd's units, ours, and a stand-in
-    program at each ExecStart path (the real ones live on the provisioned machines)."""
+    program at each ExecStart and ExecReload path (the real ones live on the provisioned
+    machines). The router's unit is Type=notify with a watchdog and a reload."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         need("systemd-analyze", "it is not installed (apt-get install systemd)")
@@ -104,12 +105,13 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     (tmp_path / "etc/systemd/system").mkdir(parents=True)
     for unit in units:
         shutil.copy(unit, tmp_path / "etc/systemd/system" / unit.name)
-        start = re.search(r"^ExecStart=(\S+)", unit.read_text(), re.MULTILINE)
-        assert start is not None, unit
-        program = tmp_path / start.group(1).lstrip("/")
-        program.parent.mkdir(parents=True, exist_ok=True)
-        program.write_text("#!/bin/sh\n")
-        program.chmod(0o755)
+        programs = re.findall(r"^Exec(?:Start|Reload)=(\S+)", unit.read_text(), re.MULTILINE)
+        assert programs, unit
+        for path in programs:
+            program = tmp_path / path.lstrip("/")
+            program.parent.mkdir(parents=True, exist_ok=True)
+            program.write_text("#!/bin/sh\n")
+            program.chmod(0o755)
     result = subprocess.run(
         [analyze, "verify", f"--root={tmp_path}", *(u.name for u in units)],
         capture_output=True,
@@ -117,3 +119,6 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     )
     ours = [line for line in result.stderr.splitlines() if "codepool" in line]
     assert result.returncode == 0 and not ours, result.stderr
+    router = (ROOT / "deploy" / "systemd" / "codepool.service").read_text()
+    for line in ("Type=notify", "NotifyAccess=all", "WatchdogSec=30", "ExecReload=/bin/kill -HUP"):
+        assert f"\n{line}" in router, line

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -30,9 +31,10 @@ from codepool.cli import render
 from codepool.cli.users import with_accounts
 from codepool.core import logs
 from codepool.core.accounts import Accounts, ImportResult
-from codepool.core.errors import InvalidInput
+from codepool.core.errors import CodepoolError, InvalidInput
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import RouterSettings, Settings, load_settings
+from codepool.daemon import systemd
 from codepool.daemon.access import AccessLog
 from codepool.daemon.app import create_app
 
@@ -124,15 +126,21 @@ def serve(
             raise InvalidInput(f"--log-format {log_format!r}: use text or json")
         if log_level.lower() not in logs.LEVELS:
             raise InvalidInput(f"--log-level {log_level!r}: use {', '.join(logs.LEVELS)}")
-        settings = load_settings(ctx.obj)
-        router = dataclasses.replace(
-            settings.router,
-            host=host or settings.router.host,
-            port=port or settings.router.port,
-            workers=workers or settings.router.workers,
-            access_log=access_log or settings.router.access_log,
-        )
-        settings = dataclasses.replace(settings, router=router)
+
+        def configured() -> Settings:
+            """The config file (read again at each reload), under the command's options."""
+            settings = load_settings(ctx.obj)
+            router = dataclasses.replace(
+                settings.router,
+                host=host or settings.router.host,
+                port=port or settings.router.port,
+                workers=workers or settings.router.workers,
+                access_log=access_log or settings.router.access_log,
+            )
+            return dataclasses.replace(settings, router=router)
+
+        settings = configured()
+        router = settings.router
         if router.workers > 1 and settings.store_url.startswith("memory:"):
             raise InvalidInput(
                 f"--workers {router.workers}: the workers must share a store, and memory:// "
@@ -142,11 +150,10 @@ def serve(
         first_admin(settings)
         pool = build_pool(settings)
         app = create_app(pool, settings)  # also checks the settings before anything forks
-    if router.workers > 1:
-        asyncio.run(pool.close())  # each worker opens its own connections after the fork
-        problem = port_taken(router.host, router.port)
-        if problem:
-            raise typer.Exit(cannot_listen(router, problem))
+    problem = port_taken(router.host, router.port)
+    if problem:
+        asyncio.run(pool.close())
+        raise typer.Exit(cannot_listen(router, problem))
     if log_format == "json":  # every line a JSON object, for the log shipper
         logging.getLogger("codepool.router").info(
             "serving", **logs.fields(url=settings.public_url + "/", workers=router.workers)
@@ -158,8 +165,9 @@ def serve(
             + "  (Ctrl-C stops)"
         )
     if router.workers == 1:
-        raise typer.Exit(run_router(settings, pool, app, reuse_port=False))
-    raise typer.Exit(supervise(settings, router.workers))
+        raise typer.Exit(run_router(settings, pool, app, configured))
+    asyncio.run(pool.close())  # each worker opens its own connections after the fork
+    raise typer.Exit(supervise(settings, router.workers, configured))
 
 
 def cannot_listen(router: RouterSettings, reason: str) -> int:
@@ -192,49 +200,149 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_router(settings: Settings, pool: CodePool, app: web.Application, reuse_port: bool) -> int:
-    """Serve until a signal; the exit code."""
+DRAIN_S = 15.0  # how long a stopping router lets requests in flight finish
 
-    async def close_pool(_: web.Application) -> None:
-        await pool.close()
 
-    async def dump_tasks_on_sigusr1(_: web.Application) -> None:
+def run_router(
+    settings: Settings, pool: CodePool, app: web.Application, configured: Callable[[], Settings]
+) -> int:
+    """Serve until SIGTERM or SIGINT (then drain); SIGHUP reloads. The exit code."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(Serving(settings, configured).run(pool, app))
+    finally:
+        _cancel_remaining(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+class Serving:
+    """One router process: its app on the port, swapped for a new one on SIGHUP.
+
+    A reload reads the config again and builds a new pool and app from it; a bad config,
+    or one that cannot be served, is refused with a log line and the old app serves on.
+    The new app listens on the same port beside the old one (SO_REUSEPORT) before the old
+    one stops listening and finishes its requests in flight: no moment without a
+    listener, and no accepted request cut off. Open WebSockets are closed with 1001
+    (going away); VS Code reconnects by itself."""
+
+    def __init__(self, settings: Settings, configured: Callable[[], Settings]) -> None:
+        self.settings = settings
+        self.configured = configured
+        self.log = logging.getLogger("codepool.router")
+        self.lock = asyncio.Lock()  # one reload at a time
+
+    async def run(self, pool: CodePool, app: web.Application) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            self.runner = await self.start(pool, app, self.settings)
+        except OSError as exc:
+            return cannot_listen(self.settings.router, exc.strerror or str(exc))
+        systemd.notify("READY=1", f"STATUS=serving on {self.settings.public_url}")
+        stop = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+
+        def reload() -> None:
+            task = loop.create_task(self.reload())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
         # `kill -USR1 <pid>` logs where every task of the router is waiting: for an
         # operator (or a test) looking at a router that seems stuck.
-        loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+        watchdog = loop.create_task(systemd.keep_watchdog_fed())
+        await stop.wait()
+        systemd.notify("STOPPING=1")
+        self.log.info("stopping: requests in flight may finish", **logs.fields(within_s=DRAIN_S))
+        async with self.lock:  # a reload under way ends first
+            await self.runner.cleanup()
+        watchdog.cancel()
+        return 0
 
-    async def freeze_startup_objects(_: web.Application) -> None:
-        # Everything imported and built so far lives as long as the process: move it out
-        # of the collector's sight, so that the collections that request garbage triggers
-        # do not walk the whole heap again and again (measured: docs/performance.md).
-        gc.freeze()
+    async def start(
+        self, pool: CodePool, app: web.Application, settings: Settings
+    ) -> web.AppRunner:
+        async def close_pool(_: web.Application) -> None:
+            await pool.close()
 
-    app.on_startup.append(dump_tasks_on_sigusr1)
-    app.on_startup.append(freeze_startup_objects)
-    app.on_cleanup.append(close_pool)
-    r = settings.router
-    try:
-        web.run_app(
+        async def freeze_startup_objects(_: web.Application) -> None:
+            # Everything imported and built so far lives as long as the process: move it
+            # out of the collector's sight, so that the collections that request garbage
+            # triggers do not walk the whole heap again and again (docs/performance.md).
+            gc.freeze()
+
+        app.on_startup.append(freeze_startup_objects)
+        app.on_cleanup.append(close_pool)
+        runner = web.AppRunner(
             app,
-            host=r.host,
-            port=r.port,
-            print=None,
+            handle_signals=False,
+            shutdown_timeout=DRAIN_S,
             access_log=logging.getLogger("codepool.access"),  # metrics, and the log if on
             access_log_class=AccessLog,
-            reuse_port=reuse_port or None,
-            loop=new_event_loop(),
         )
-    except OSError as exc:
-        return cannot_listen(r, exc.strerror or str(exc))
-    return 0
+        await runner.setup()
+        r = settings.router
+        try:  # the port is checked before: SO_REUSEPORT is for ourselves only
+            await web.TCPSite(runner, r.host, r.port, reuse_port=True).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        return runner
+
+    async def reload(self) -> None:
+        async with self.lock:
+            systemd.reloading()
+            self.log.info("reloading the configuration")
+            try:
+                runner, settings = await self.next_runner()
+            except (CodepoolError, OSError) as exc:
+                self.log.error(
+                    "reload refused: still serving with the configuration from before",
+                    **logs.fields(reason=str(exc)),
+                )
+                systemd.notify("READY=1", f"STATUS=reload refused: {str(exc)[:200]}")
+                return
+            old, self.runner, self.settings = self.runner, runner, settings
+            await old.cleanup()  # stops listening, then lets requests in flight finish
+            self.log.info("reloaded", **logs.fields(config=settings.source))
+            systemd.notify("READY=1", f"STATUS=serving on {settings.public_url}")
+
+    async def next_runner(self) -> tuple[web.AppRunner, Settings]:
+        settings = self.configured()
+        if settings.store_url.startswith("memory:"):
+            raise InvalidInput("store memory:// lives in this process: restart to change it")
+        old, new = self.settings.router, settings.router
+        moved = (new.host, new.port) != (old.host, old.port)
+        if moved and (problem := port_taken(new.host, new.port)):
+            raise InvalidInput(f"cannot listen on {new.host}:{new.port}: {problem}")
+        pool = build_pool(settings)
+        try:
+            return await self.start(pool, create_app(pool, settings), settings), settings
+        except BaseException:
+            await pool.close()
+            raise
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
 RESTART_AFTER_S = 5.0  # a worker that dies sooner after starting is not restarted
 
 
-def supervise(settings: Settings, count: int) -> int:
-    """Fork `count` workers and keep them running until a signal; the exit code."""
+def supervise(settings: Settings, count: int, configured: Callable[[], Settings]) -> int:
+    """Fork `count` workers and keep them running until a signal; the exit code. SIGHUP:
+    the config is read again; a bad one is refused here, a good one is passed on to each
+    worker, which reloads itself without dropping a request (Serving.reload), and workers
+    started later get it."""
     log = logging.getLogger("codepool.router")
     parent = os.getpid()
     children: dict[int, float] = {}  # pid -> when it started
@@ -243,13 +351,13 @@ def supervise(settings: Settings, count: int) -> int:
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:  # the worker: its own pool, connections and event loop
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             _die_with(parent)
             code = 1
             try:
                 pool = build_pool(settings)
-                code = run_router(settings, pool, create_app(pool, settings), reuse_port=True)
+                code = run_router(settings, pool, create_app(pool, settings), configured)
             except BaseException:
                 log.exception("worker failed")
             finally:
@@ -267,8 +375,21 @@ def supervise(settings: Settings, count: int) -> int:
         stopping = True
         signal_all(signal.SIGTERM)
 
+    def on_reload(sig: int, _: object) -> None:
+        nonlocal settings
+        try:
+            settings = configured()
+        except CodepoolError as exc:
+            log.error(
+                "reload refused: the workers keep the configuration from before",
+                **logs.fields(reason=str(exc)),
+            )
+            return
+        signal_all(signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
     signal.signal(signal.SIGUSR1, lambda sig, _: signal_all(sig))
     for _ in range(count):
         spawn()

@@ -153,5 +153,9 @@ def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) ->
         if router.oidc is not None:
             await router.oidc.close()
 
+    async def close_websockets(_: web.Application) -> None:
+        await router.proxy.close_websockets()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_websockets)  # before requests in flight are waited for
     return app

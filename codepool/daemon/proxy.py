@@ -29,7 +29,7 @@ from html import escape
 from typing import Any, TypeVar
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.tracing import Trace
@@ -200,9 +200,19 @@ class WorkspaceProxy:
         self._client: aiohttp.ClientSession | None = None
         self._unix: dict[str, aiohttp.ClientSession] = {}  # one per socket address
         self._closing: set[asyncio.Task[None]] = set()
+        self._websockets: set[web.WebSocketResponse] = set()  # browsers' open sockets
 
     async def start(self) -> None:
         self._client = _client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
+
+    async def close_websockets(self) -> None:
+        """Close every browser's WebSocket with 1001 (going away): the router is stopping
+        or reloading, and VS Code reconnects (to the next app or another router)."""
+        await asyncio.gather(
+            *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"router restarting")
+              for ws in list(self._websockets)),
+            return_exceptions=True,
+        )  # fmt: skip
 
     async def close(self) -> None:
         if self._client is not None:
@@ -418,6 +428,7 @@ class WorkspaceProxy:
             autoping=True,
         )
         await browser.prepare(request)
+        self._websockets.add(browser)
 
         async def pump(src: Any, dst: Any) -> None:
             async for msg in src:
@@ -440,6 +451,7 @@ class WorkspaceProxy:
             for t in tasks:
                 with contextlib.suppress(BaseException):
                     await t
+            self._websockets.discard(browser)
             await upstream.close()
             await browser.close()
         return browser
