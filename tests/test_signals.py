@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.router_fixtures import free_port
-from tests.serving import Server, add_accounts, client, log_in_and_dispatch, serve_env
+from tests.serving import Server, add_accounts, client, enter, log_in_and_dispatch, serve_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,14 +119,25 @@ async def test_notify_reload_refusal_and_drain(
         refused = await wait_for_message(seen, lambda m: "STATUS=reload refused" in m)
         assert refused.startswith("READY=1") and "idle_timeout_s" in refused, seen
         async with client() as http:
-            await log_in_and_dispatch(http, server.url, "alice")
+            location = await log_in_and_dispatch(http, server.url, "alice")
             async with http.get(server.url + "/api/me") as r:
                 assert r.status == 200 and (await r.json())["left_s"] <= 200
+            await enter(http, location)
+            origin = location.rstrip("/")
+            ws = await http.ws_connect(
+                origin + "/ws", headers={"Origin": origin}, protocols=("echo",)
+            )
+            await ws.send_str("before")
+            assert await ws.receive_str() == "before"
 
-            # SIGTERM: a request in flight finishes, then the router exits 0.
+            # SIGTERM: a request in flight finishes, the WebSocket is closed with 1001
+            # (going away), then the router exits 0.
             slow = asyncio.create_task(http.get(server.url + "/api/me?wait=3"))
             await asyncio.sleep(0.5)
             server.proc.send_signal(signal.SIGTERM)
+            closing = await asyncio.wait_for(ws.receive(), 10)
+            assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1001, closing
+            await ws.close()
             resp = await slow
             assert resp.status == 200 and (await resp.json())["state"] == "running"
         out, _ = server.proc.communicate(timeout=30)
