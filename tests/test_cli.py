@@ -6,6 +6,7 @@ import asyncio
 import importlib.metadata
 import json
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,11 @@ def test_assign_status_reap_release_assign(config: Path, state_dir: Path) -> Non
     status = cli_json(config, "status")
     rows = status["workspaces"]
     assert isinstance(rows, list) and [r["user"] for r in rows] == ["alice"]
+    # Each time twice: epoch ms for arithmetic, RFC 3339 (UTC) beside it; 0 is null.
+    seen = datetime.fromisoformat(rows[0]["last_seen"])
+    assert rows[0]["last_seen"].endswith("Z") and seen.utcoffset() == timedelta(0)
+    assert int(seen.timestamp() * 1000) == rows[0]["last_seen_ms"]
+    assert rows[0]["hold_until_ms"] == 0 and rows[0]["hold_until"] is None
     assert status["spares"] == 1
 
     # Piped (as here), the table is a header and plain tab-separated rows, nothing wrapped

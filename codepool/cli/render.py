@@ -10,7 +10,7 @@ import enum
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -111,7 +111,28 @@ def jsonable(obj: Any) -> Any:
 
 
 def print_json(obj: Any) -> None:
-    print(json.dumps(jsonable(obj), indent=2, sort_keys=True))
+    print(json.dumps(with_times(jsonable(obj)), indent=2, sort_keys=True))
+
+
+def with_times(obj: Any) -> Any:
+    """Beside every `<name>_ms` time (epoch milliseconds, for arithmetic), `<name>`: the
+    same time in RFC 3339, UTC, for people and for tools that parse dates (null for 0,
+    "never")."""
+    if isinstance(obj, list):
+        return [with_times(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: with_times(v) for k, v in obj.items()}
+    for key, value in obj.items():
+        name = key.removesuffix("_ms")
+        if name != key and name not in obj and isinstance(value, int) and value >= 0:
+            out[name] = rfc3339(value) if value else None
+    return out
+
+
+def rfc3339(at_ms: int) -> str:
+    moment = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Rows(Table):
