@@ -1,9 +1,10 @@
-"""The alert rules in deploy/monitoring are valid Prometheus (promtool check rules), fire
-on the series they are meant for and stay quiet on a healthy pool (promtool test rules),
-and name only metrics the router exports."""
+"""deploy/monitoring: the alert rules are valid Prometheus (promtool check rules), fire on
+the series they are meant for and stay quiet on a healthy pool (promtool test rules); the
+rules and the Grafana dashboard's queries name only metrics the router exports."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -55,3 +56,37 @@ def test_the_rules_name_only_what_the_router_exports() -> None:
     rules = (MONITORING / "codepool-alerts.yml").read_text()
     named = set(re.findall(r"\b(codepool_[a-z_]+)\b", rules))
     assert named and named <= exported, named - exported
+
+
+def dashboard_queries() -> list[str]:
+    board = json.loads((MONITORING / "codepool-dashboard.json").read_text())
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    assert all(p["targets"] and p["datasource"]["uid"] == "${datasource}" for p in panels)
+    return [t["expr"] for p in panels for t in p["targets"]]
+
+
+def test_the_dashboard_queries_are_valid_and_name_only_exported_metrics(tmp_path: Path) -> None:
+    """Every query of the Grafana dashboard parses as PromQL (promtool, fed them as
+    recording rules) and names only metrics the router exports, as docs/operations.md's
+    table lists them (tests/test_logs.py checks that table against a real router), or
+    Prometheus's own `up`."""
+    from tests.test_logs import documented_metrics
+
+    queries = dashboard_queries()
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)
+    ]}]}  # fmt: skip
+    (tmp_path / "queries.yml").write_text(json.dumps(rules))  # JSON is YAML
+    check = subprocess.run(
+        [promtool(), "check", "rules", "queries.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    named = set()
+    for query in queries:
+        for name in re.findall(r"\b((?:codepool|process|python)_[a-z_]+|up)\b", query):
+            named.add(re.sub(r"_(bucket|sum|count)$", "", name))
+    exported = documented_metrics() | {"up"}
+    assert named <= exported, named - exported
+    assert {"codepool_workspaces", "codepool_assign_seconds", "codepool_logins_total"} <= named
