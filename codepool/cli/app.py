@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -437,6 +439,39 @@ def version(as_json: JsonOpt = False) -> None:
         render.print_json({"version": __version__})
     else:
         render.out.print(f"codepool {__version__}")
+
+
+@app.command("install-code-server")
+def install_code_server(
+    directory: Annotated[
+        str | None,
+        typer.Option(
+            "--dir",
+            metavar="PATH",
+            help="Where to install (default: ~/.cache/codepool/code-server-<version>; as "
+            "root /opt/codepool/code-server-<version>).",
+        ),
+    ] = None,
+) -> None:
+    """Install code-server from Debian's and npm's registries (Node.js 20, a few minutes,
+    once; a finished install is reused). Needs apt-get (with sudo unless root).
+
+    Example: codepool install-code-server   (then local.command may name it)
+    """
+    script = installer()
+    env = dict(os.environ)
+    if directory:
+        env["CODEPOOL_CODE_SERVER_DIR"] = str(Path(directory).expanduser().resolve())
+    raise typer.Exit(subprocess.run(["bash", str(script)], env=env, check=False).returncode)
+
+
+def installer() -> Path:
+    """The code-server installer: inside the installed package (a wheel carries it), or in
+    the checkout's scripts/ (an editable install)."""
+    packaged = Path(__file__).resolve().parents[1] / "install-code-server"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "scripts" / "install-code-server"
 
 
 config_app = typer.Typer(help="The configuration in use.", no_args_is_help=True)
