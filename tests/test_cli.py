@@ -73,10 +73,17 @@ def test_assign_status_reap_release_assign(config: Path, state_dir: Path) -> Non
     result = runner.invoke(app, ["--config", str(config), "status"])
     assert result.exit_code == 0 and "desired" in result.stderr
     header, *lines = [line.split("\t") for line in result.stdout.splitlines()]
-    assert header == ["user", "instance", "state", "address", "idle", "held", "assigned"]
+    assert header == ["user", "instance", "state", "idle", "held", "assigned"]
     [alice] = [line for line in lines if line[0] == "alice"]
     assert alice[1:3] == [a["instance_id"], "running"]
-    assert alice[3] == f"unix:{state_dir}/slots/{a['instance_id']}/run/ws.sock"  # whole
+    # -o wide adds where each runs (whole, never wrapped) and for how long.
+    result = runner.invoke(app, ["--config", str(config), "status", "-o", "wide"])
+    header, *lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert header[6:] == ["address", "running"]
+    [alice] = [line for line in lines if line[0] == "alice"]
+    assert alice[6] == f"unix:{state_dir}/slots/{a['instance_id']}/run/ws.sock"
+    code, out = cli(config, "status", "-o", "yaml")
+    assert code == 2 and "the one format is wide" in out
 
     reap = cli_json(config, "reap", "--dry-run", "--idle-timeout", "1")
     assert reap["dry_run"] is True and reap["decisions"] == []

@@ -218,11 +218,22 @@ def status(
     interval: Annotated[
         float, typer.Option("--interval", min=0.5, metavar="SECONDS", help="Refresh period.")
     ] = 2.0,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", metavar="FORMAT", help="wide: also where each runs and for how long."
+        ),
+    ] = "",
 ) -> None:
     """Show the pool: capacity, every workspace with its idle time, and warnings.
 
-    Example: codepool status --watch
+    Example: codepool status --watch   (or -o wide; piped: tab-separated rows)
     """
+    if output not in ("", "wide"):
+        raise typer.Exit(
+            render.error(InvalidInput(f"-o {output!r}: the one format is wide"), as_json)
+        )
+    wide = output == "wide"
     if watch and as_json:
         raise typer.Exit(render.error(InvalidInput("--watch and --json cannot be combined"), True))
     snapshot, _ = _run(ctx, as_json, lambda pool: pool.status())
@@ -230,14 +241,15 @@ def status(
         render.print_json(render.status_json(snapshot))
         return
     if not watch:
-        render.status(snapshot)
+        render.status(snapshot, wide)
         return
     try:
-        with Live(render.status_view(snapshot), console=render.out, auto_refresh=False) as live:
+        view = render.status_view(snapshot, wide)
+        with Live(view, console=render.out, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
                 snapshot, _ = _run(ctx, False, lambda pool: pool.status())
-                live.update(render.status_view(snapshot), refresh=True)
+                live.update(render.status_view(snapshot, wide), refresh=True)
     except KeyboardInterrupt:
         pass
 

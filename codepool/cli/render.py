@@ -30,6 +30,7 @@ from codepool.core.models import (
     ReconcileAction,
     ScaleResult,
     Workspace,
+    WorkspaceState,
 )
 from codepool.core.policy import format_duration
 from codepool.core.report import Report, Usage
@@ -273,21 +274,21 @@ def status_json(s: PoolStatus) -> dict[str, Any]:
     return body
 
 
-def status(s: PoolStatus) -> None:
+def status(s: PoolStatus, wide: bool = False) -> None:
     """The pool on a terminal; piped, the workspaces as plain rows (the capacity line and
     the warnings on stderr)."""
     if out.is_terminal:
-        out.print(status_view(s))
+        out.print(status_view(s, wide))
         return
     err.print(_capacity_line(s))
-    show(_workspace_table(s))
+    show(_workspace_table(s, wide))
     for w in s.warnings:
         err.print(f"warning: {w}")
 
 
-def status_view(s: PoolStatus) -> Group:
+def status_view(s: PoolStatus, wide: bool = False) -> Group:
     parts: list[RenderableType] = [_capacity_line(s)]
-    parts.append(_workspace_table(s) if s.workspaces else Text("no workspaces", style="dim"))
+    parts.append(_workspace_table(s, wide) if s.workspaces else Text("no workspaces", style="dim"))
     parts.extend(Text(f"warning: {w}", style="yellow") for w in s.warnings)
     return Group(*parts)
 
@@ -311,23 +312,27 @@ def _capacity_line(s: PoolStatus) -> Text:
     )
 
 
-def _workspace_table(s: PoolStatus) -> Rows:
-    table = make_table(None, "user", "instance", "state", "address", "idle", "held", "assigned")
+def _workspace_table(s: PoolStatus, wide: bool) -> Rows:
+    """user, instance, state, idle, held, assigned; wide adds where the router reaches it
+    and how long it has run since it last started."""
+    columns = ["user", "instance", "state", "idle", "held", "assigned"]
+    table = make_table(None, *columns, *(["address", "running"] if wide else []))
+
+    def ago(at_ms: int) -> str:
+        return format_duration((s.now_ms - at_ms) / 1000) if at_ms else ""
+
     for w in s.workspaces:
         held = (
             format_duration((w.hold_until_ms - s.now_ms) / 1000)
             if w.hold_until_ms > s.now_ms
             else ""
         )
-        table.add_row(
-            w.user,
-            w.instance_id,
-            w.state.value,
-            address_of(w),
-            format_duration((s.now_ms - w.last_seen_ms) / 1000),
-            held,
-            format_duration((s.now_ms - w.assigned_at_ms) / 1000) + " ago",
-        )
+        row = [w.user, w.instance_id, w.state.value, ago(w.last_seen_ms), held]
+        row.append(ago(w.assigned_at_ms) + " ago")
+        if wide:
+            running = ago(w.started_at_ms) if w.state is WorkspaceState.RUNNING else ""
+            row += [address_of(w), running]
+        table.add_row(*row)
     return table
 
 
