@@ -95,7 +95,7 @@ def test_retention_decision() -> None:
     ("assigned", "spares", "lo", "hi", "want"),
     [
         (0, 1, 0, 20, 1),  # an empty pool keeps one warm spare
-        (3, 1, 0, 20, 4),  # active users + 1 (seed §3.4)
+        (3, 1, 0, 20, 4),  # active users + 1 warm spare
         (20, 1, 0, 20, 20),  # clamped to max
         (0, 0, 0, 20, 0),  # no spares wanted: may reach zero
         (0, 0, 2, 20, 2),  # but never below min

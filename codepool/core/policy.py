@@ -183,8 +183,8 @@ def schedule_entry(entries: Sequence[ScheduleEntry], now_ms: int) -> ScheduleEnt
 
 
 def desired_capacity(running_assigned: int, warm_spares: int, min_size: int, max_size: int) -> int:
-    """Seed §3.4: running assigned boxes plus warm spares, clamped to the group's limits,
-    and never below 1 while spares are wanted."""
+    """Running assigned boxes plus warm spares, clamped to the group's limits, and never
+    below 1 while spares are wanted (a spare is what makes a new person's start quick)."""
     desired = min(max(running_assigned + warm_spares, min_size), max_size)
     if warm_spares > 0:
         desired = max(desired, min(1, max_size))
