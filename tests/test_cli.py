@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import shlex
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -89,6 +92,13 @@ def test_assign_status_reap_release_assign(config: Path, state_dir: Path) -> Non
     assert reap["dry_run"] is True and reap["decisions"] == []
     code, out = cli(config, "reap", "--dry-run")
     assert code == 0 and "nothing idle" in out
+    # Through a real pipe, as an operator types it.
+    piped = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m codepool --config {shlex.quote(str(config))} "
+        "status | grep alice | cut -f2",
+        shell=True, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert piped.stdout == f"{a['instance_id']}\n"
 
     released = cli_json(config, "release", "alice")
     assert released == {"user": "alice", "instance_id": a["instance_id"], "terminated": False}

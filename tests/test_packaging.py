@@ -1,13 +1,18 @@
 """codepool without a checkout: the wheel built from this tree carries one version (the
 package's), the LICENSE, Linux-only classifiers and the code-server installer; installed
-into a fresh virtualenv (pipx's way), its `codepool` runs from anywhere, and
-`codepool install-code-server` finds the installer inside the package."""
+into a fresh virtualenv (pipx's way), its `codepool` runs from anywhere, `codepool
+install-code-server` finds the installer inside the package, and `codepool serve`
+answers /livez."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import sysconfig
+import time
+import urllib.request
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -15,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import codepool
+from tests.router_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +77,27 @@ def test_the_wheel_installs_and_runs_without_the_checkout(tmp_path: Path) -> Non
     installed = run("install-code-server")  # the machine has it: the quick path
     assert installed.returncode == 0, installed.stderr
     assert "already installed" in installed.stdout
+
+    # And it serves: /livez answers.
+    port = free_port()
+    env = {**os.environ, "CODEPOOL_LOCAL_STATE_DIR": str(tmp_path / "state"),
+           "CODEPOOL_POOL_WARM_SPARES": "0"}  # fmt: skip
+    env.pop("CODEPOOL_CONFIG", None)
+    server = subprocess.Popen(
+        [str(venv / "bin" / "codepool"), "serve", "--port", str(port)],
+        cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=1) as r:
+                    assert r.status == 200 and json.load(r) == {"status": "ok"}
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the installed router never answered /livez")
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, out[-2000:]
