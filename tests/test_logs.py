@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
+
 import codepool
 from codepool.core.logs import JsonLogs, TextLogs, fields
 from tests.router_fixtures import free_port
@@ -142,3 +144,54 @@ async def test_metrics_are_the_documented_ones(state_dir: Path) -> None:
     assert health and health[0] >= 1  # the readiness wait asked it
     assert samples["codepool_build_info"][0][0]["version"] == codepool.__version__
     assert samples["process_resident_memory_bytes"][0][1] > 0
+
+
+def counters(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of every counter and histogram, keyed by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.type in ("counter", "histogram"):
+            for s in family.samples:
+                found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+async def test_metrics_of_workers_add_up_and_never_go_backwards(state_dir: Path) -> None:
+    """With --workers 2, 20 scrapes (each on a new connection, so either worker answers)
+    while people log in: no counter ever goes down from one scrape to the next, the
+    logins add up over both workers, and the leader and the process are told once."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await add_accounts(state_dir, ["alice"])
+    server = Server(serve_env(state_dir), free_port(), "--workers", "2")
+    scrapes = []
+    logins = 0
+    try:
+        server.wait_up()
+        for i in range(20):
+            if i % 4 == 0:
+                async with client() as http:
+                    await log_in(http, server.url, "alice")
+                logins += 1
+            async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as r:
+                assert r.status == 200
+                scrapes.append(await r.text())
+    finally:
+        out = server.stop()
+    assert server.proc.returncode == 0, out[-2000:]
+    before = counters(scrapes[0])
+    for text in scrapes[1:]:
+        now = counters(text)
+        went_back = {k: (before[k], v) for k, v in now.items() if k in before and v < before[k]}
+        assert not went_back, went_back
+        assert set(before) <= set(now), set(before) - set(now)  # nothing disappears
+        before = now
+    last = {f.name: f for f in text_string_to_metric_families(scrapes[-1])}
+    wanted = {"how": "password", "outcome": "ok"}
+    ok = [s.value for s in last["codepool_logins"].samples
+          if s.labels == wanted and s.name.endswith("_total")]  # fmt: skip
+    assert ok == [logins]  # each worker counted its own; every scrape adds both
+    assert [s.value for s in last["codepool_leader"].samples] == [1.0]
+    assert last["process_resident_memory_bytes"].samples[0].value > 0

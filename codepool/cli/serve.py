@@ -17,8 +17,10 @@ import gc
 import io
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,9 +36,10 @@ from codepool.core.accounts import Accounts, ImportResult
 from codepool.core.errors import CodepoolError, InvalidInput
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import RouterSettings, Settings, load_settings
-from codepool.daemon import systemd
+from codepool.daemon import metrics, systemd
 from codepool.daemon.access import AccessLog
 from codepool.daemon.app import create_app
+from codepool.daemon.context import ROUTER
 
 
 def first_admin(settings: Settings) -> None:
@@ -321,7 +324,8 @@ class Serving:
             raise InvalidInput(f"cannot listen on {new.host}:{new.port}: {problem}")
         pool = build_pool(settings)
         try:
-            return await self.start(pool, create_app(pool, settings), settings), settings
+            app = create_app(pool, settings, metrics=self.runner.app[ROUTER].metrics)
+            return await self.start(pool, app, settings), settings
         except BaseException:
             await pool.close()
             raise
@@ -345,6 +349,9 @@ def supervise(settings: Settings, count: int, configured: Callable[[], Settings]
     started later get it."""
     log = logging.getLogger("codepool.router")
     parent = os.getpid()
+    # The workers' metrics live in files here, so that any worker's /metrics tells all.
+    shared = tempfile.mkdtemp(prefix="codepool-metrics-")
+    os.environ[metrics.SHARED] = shared
     children: dict[int, float] = {}  # pid -> when it started
     stopping = False
 
@@ -354,6 +361,7 @@ def supervise(settings: Settings, count: int, configured: Callable[[], Settings]
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             _die_with(parent)
+            metrics.share_values(shared)
             code = 1
             try:
                 pool = build_pool(settings)
@@ -400,6 +408,7 @@ def supervise(settings: Settings, count: int, configured: Callable[[], Settings]
         except ChildProcessError:
             break
         started = children.pop(pid, None)
+        metrics.worker_died(pid)
         if started is None or stopping:
             continue
         exit_code = os.waitstatus_to_exitcode(status)
@@ -410,6 +419,7 @@ def supervise(settings: Settings, count: int, configured: Callable[[], Settings]
         else:
             log.error("worker %d exited (%d): starting another", pid, exit_code)
             spawn()
+    shutil.rmtree(shared, ignore_errors=True)
     return code
 
 

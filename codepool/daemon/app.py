@@ -58,9 +58,13 @@ def trusted_networks(entries: tuple[str, ...]) -> tuple[IPv4Network | IPv6Networ
     return tuple(nets)
 
 
-def create_app(pool: CodePool, settings: Settings, *, run_loops: bool = True) -> web.Application:
+def create_app(
+    pool: CodePool, settings: Settings, *, run_loops: bool = True, metrics: Metrics | None = None
+) -> web.Application:
+    """The router's app; metrics: the ones an app before it counted in (a reload carries
+    them on, so no counter starts again from 0)."""
     r = settings.router
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     origins = Origins.from_settings(settings)
     secure = settings.public_url.startswith("https://")
     cookies = CookieNames.for_scheme(secure)

@@ -71,9 +71,10 @@ class Loops:
                 grace_s = self.pool.settings.pool.idle_timeout_s
                 self.no_idle_stops_until = time.monotonic() + grace_s
                 log.warning("store is back: no idle workspace is stopped for %ss", grace_s)
-        self.metrics.leader.set(1 if self.is_leader else 0)
         if not self.is_leader:
+            self.metrics.not_leading()
             return False
+        self.metrics.leader.set(1)
         # The gauges are counted on reconcile's walk, the cycle's one read of every record
         # (so they show the workspaces as the cycle began: a reap's stops appear next time).
         walked: Counter[WorkspaceState] = Counter()
@@ -123,4 +124,4 @@ class Loops:
             with contextlib.suppress(CodepoolError):
                 await self.pool.store.release_lease(LEADER, self.holder)
             self.is_leader = False
-            self.metrics.leader.set(0)
+            self.metrics.not_leading()

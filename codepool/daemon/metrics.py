@@ -1,11 +1,21 @@
-"""Prometheus metrics (docs/router.md lists them), one registry per app so tests and
-several apps in one process do not share counters."""
+"""Prometheus metrics (docs/operations.md lists them), one registry per app so tests and
+several apps in one process do not share counters.
+
+With `serve --workers N` the workers keep their values in files of one folder
+(prometheus-client's multiprocess mode) and every scrape, whichever worker answers it,
+adds them up: counters never go backwards from one scrape to the next. The leader's
+gauges are the largest value of the live workers (the others hold 0), and the process's
+figures are the sum over the live workers."""
 
 from __future__ import annotations
 
 import collections
+import os
 import platform
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Literal
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -15,8 +25,13 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
+    generate_latest,
+    multiprocess,
+    values,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from codepool import __version__
 from codepool.core.models import PoolStatus, WorkspaceState
@@ -25,18 +40,38 @@ from codepool.core.store import PingResult
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series add nothing
 
 
+SHARED = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's name for the folder
+
+
+def share_values(directory: str) -> None:
+    """In a worker, before any metric is made: keep values in files of `directory`."""
+    os.environ[SHARED] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def worker_died(pid: int) -> None:
+    """The supervisor's word that a worker is gone: its live gauges no longer count."""
+    if directory := os.environ.get(SHARED):
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        # The process's own (resident memory, CPU, open files), Python's and its GC's:
-        # the standard collectors, registered here as well as in the default registry.
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            r.register(collector)
+        self.shared = os.environ.get(SHARED, "")
+        if not self.shared:
+            # The process's own (resident memory, CPU, open files), Python's and its GC's:
+            # the standard collectors, registered here as well as in the default registry.
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                r.register(collector)
+        # What the leader says (the others hold 0): with workers, the live workers' largest.
+        leaders: dict[str, Literal["livemax"]] = {"multiprocess_mode": "livemax"}
         build = Gauge(
             "codepool_build_info",
             "Always 1; the labels say which codepool and Python",
             ["version", "python"],
             registry=r,
+            **leaders,
         )
         build.labels(__version__, platform.python_version()).set(1)
         self.requests = Counter(
@@ -58,13 +93,17 @@ class Metrics:
             ["how", "outcome"],
             registry=r,
         )
-        self.workspaces = Gauge("codepool_workspaces", "Workspaces by state", ["state"], registry=r)
-        self.spares = Gauge("codepool_spares", "Running unowned boxes", registry=r)
-        self.desired = Gauge("codepool_desired_capacity", "Desired capacity", registry=r)
-        self.max_size = Gauge("codepool_max_size", "The group's maximum size", registry=r)
-        self.in_service = Gauge("codepool_in_service", "Boxes in service", registry=r)
+        self.workspaces = Gauge(
+            "codepool_workspaces", "Workspaces by state", ["state"], registry=r, **leaders
+        )
+        self.spares = Gauge("codepool_spares", "Running unowned boxes", registry=r, **leaders)
+        self.desired = Gauge("codepool_desired_capacity", "Desired capacity", registry=r, **leaders)
+        self.max_size = Gauge(
+            "codepool_max_size", "The group's maximum size", registry=r, **leaders
+        )
+        self.in_service = Gauge("codepool_in_service", "Boxes in service", registry=r, **leaders)
         self.leader = Gauge(
-            "codepool_leader", "1 if this router runs the background loops", registry=r
+            "codepool_leader", "1 if this router runs the background loops", registry=r, **leaders
         )
         self.assign_seconds = Histogram(
             "codepool_assign_seconds",
@@ -88,6 +127,24 @@ class Metrics:
         for state in WorkspaceState:
             self.workspaces.labels(state.value)
 
+    def exposition(self) -> bytes:
+        """What /metrics answers: this app's registry; with workers, everyone's files."""
+        if not self.shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.shared)  # type: ignore[no-untyped-call]
+        registry.register(WorkersProcess(self.shared))
+        registry.register(PLATFORM_COLLECTOR)
+        return generate_latest(registry)
+
+    def not_leading(self) -> None:
+        """This router stopped leading: the leader's gauges are another's to tell now."""
+        self.leader.set(0)
+        for gauge in (self.spares, self.desired, self.max_size, self.in_service):
+            gauge.set(0)
+        for state in WorkspaceState:
+            self.workspaces.labels(state.value).set(0)
+
     def observe_status(
         self, status: PoolStatus, counts: Mapping[WorkspaceState, int] | None = None
     ) -> None:
@@ -101,3 +158,39 @@ class Metrics:
         self.desired.set(status.capacity.desired)
         self.max_size.set(status.capacity.max_size)
         self.in_service.set(status.in_service)
+
+
+class WorkersProcess:
+    """process_* for a router of several workers: resident and virtual memory, CPU
+    seconds and open files summed over the live workers (those with files in the
+    folder), the earliest start time, the smallest file limit."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def pids(self) -> set[int]:
+        found = {int(m.group(1)) for p in self.directory.glob("*.db")
+                 if (m := re.search(r"_(\d+)\.db$", p.name))}  # fmt: skip
+        return {pid for pid in found if Path(f"/proc/{pid}").exists()}
+
+    def collect(self) -> Iterator[Metric]:
+        sums: dict[str, float] = collections.defaultdict(float)
+        kinds: dict[str, tuple[str, str]] = {}
+        for pid in self.pids():
+            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
+            for family in collector.collect():
+                kinds[family.name] = (family.type, family.documentation)
+                for sample in family.samples:
+                    if (
+                        family.name == "process_start_time_seconds"
+                        or family.name == "process_max_fds"
+                    ):
+                        sums[family.name] = min(sums.get(family.name) or sample.value, sample.value)
+                    else:
+                        sums[family.name] += sample.value
+        for name, value in sums.items():
+            kind, doc = kinds[name]
+            if kind == "counter":
+                yield CounterMetricFamily(name, doc, value=value)
+            else:
+                yield GaugeMetricFamily(name, doc, value=value)

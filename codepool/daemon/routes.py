@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from codepool.core import errors
 from codepool.daemon import admin, api, home, login, pages, workspace
@@ -154,7 +154,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    data = generate_latest(request.app[ROUTER].metrics.registry)
+    data = request.app[ROUTER].metrics.exposition()
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
