@@ -4,6 +4,7 @@ template, status, duration, user, client), and /metrics against its documented t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ import aiohttp
 import codepool
 from codepool.core.logs import JsonLogs, TextLogs, fields
 from tests.router_fixtures import free_port
-from tests.serving import Server, add_accounts, client, log_in, serve_env
+from tests.serving import Server, add_accounts, client, log_in, log_in_and_dispatch, serve_env
 
 
 def record(message: str, **values: object) -> logging.LogRecord:
@@ -195,3 +196,42 @@ async def test_metrics_of_workers_add_up_and_never_go_backwards(state_dir: Path)
     assert ok == [logins]  # each worker counted its own; every scrape adds both
     assert [s.value for s in last["codepool_leader"].samples] == [1.0]
     assert last["process_resident_memory_bytes"].samples[0].value > 0
+
+
+async def test_every_router_shows_the_pools_gauges(state_dir: Path) -> None:
+    """Two routers on one store: the leader counts the workspaces, and the other shows
+    the same figures (read from the store), not zeros."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await add_accounts(state_dir, ["alice"])
+    env = serve_env(state_dir)
+    routers = [Server(env, free_port()), Server(env, free_port())]
+
+    async def gauges(server: Server) -> dict[str, float]:
+        async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as r:
+            text = await r.text()
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "codepool_workspaces" and s.labels["state"] == "running":
+                    found["running"] = s.value
+                elif s.name == "codepool_leader":
+                    found["leader"] = s.value
+        return found
+
+    try:
+        for r in routers:
+            r.wait_up()
+        async with client() as http:
+            await log_in_and_dispatch(http, routers[0].url, "alice")
+        seen: list[dict[str, float]] = []
+        for _ in range(100):
+            seen = [await gauges(r) for r in routers]
+            if all(g["running"] == 1 for g in seen):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        for r in routers:
+            r.stop()
+    assert [g["running"] for g in seen] == [1, 1], seen
+    assert sorted(g["leader"] for g in seen) == [0, 1], seen

@@ -461,3 +461,13 @@ async def test_tokens_are_kept_listed_and_revoked(store: Store) -> None:
     assert await store.delete_token("0000aaaa")
     assert not await store.delete_token("0000aaaa")
     assert await store.list_tokens() == [b]
+
+
+async def test_notes_are_replaced_and_expire(store: Store) -> None:
+    assert await store.get_note("gauges") is None
+    await store.put_note("gauges", '{"a": 1}', 60_000)
+    await store.put_note("gauges", '{"a": 2}', 60_000)  # replaces
+    await store.put_note("other", "x", 1)
+    assert await store.get_note("gauges") == '{"a": 2}'
+    await asyncio.sleep(0.01)
+    assert await store.get_note("other") is None  # expired

@@ -101,6 +101,13 @@ class Store(Protocol):
     async def release_leases(self, names: Sequence[str], holder: str) -> None:
         """release_lease for many names, in one round trip."""
 
+    async def put_note(self, name: str, body: str, ttl_ms: int) -> None:
+        """Keep a small text under name for ttl_ms, replacing any: what one router tells
+        the others (the leader's gauges)."""
+
+    async def get_note(self, name: str) -> str | None:
+        """The note under name, unless it is gone or expired."""
+
     # -- accounts, sessions and entry passes (every router sees the same ones) ---------
 
     async def get_account(self, name: str) -> Account | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import random
 import secrets
@@ -27,6 +28,7 @@ from codepool.daemon.metrics import Metrics
 
 log = logging.getLogger("codepool.loops")
 
+FIGURES = "pool-figures"  # the leader's gauges, for every router's /metrics
 LEADER = "leader"
 
 
@@ -71,10 +73,10 @@ class Loops:
                 grace_s = self.pool.settings.pool.idle_timeout_s
                 self.no_idle_stops_until = time.monotonic() + grace_s
                 log.warning("store is back: no idle workspace is stopped for %ss", grace_s)
+        self.metrics.leader.set(1 if self.is_leader else 0)
         if not self.is_leader:
-            self.metrics.not_leading()
+            await self._step("follow", self._follow)
             return False
-        self.metrics.leader.set(1)
         # The gauges are counted on reconcile's walk, the cycle's one read of every record
         # (so they show the workspaces as the cycle began: a reap's stops appear next time).
         walked: Counter[WorkspaceState] = Counter()
@@ -112,7 +114,19 @@ class Loops:
 
     async def _observe(self, walked: Counter[WorkspaceState] | None) -> None:
         status = await self.pool.status(walk=walked is None)
-        self.metrics.observe_status(status, walked)
+        figures = self.metrics.observe_status(status, walked)
+        # For the other routers' gauges; kept for three cycles, so a leader gone quiet
+        # leaves them showing 0 rather than old news.
+        await self.pool.store.put_note(FIGURES, json.dumps(figures), self.lease_ms)
+
+    async def _follow(self) -> None:
+        """Not the leader: show the leader's figures (0 when there are none)."""
+        note = await self.pool.store.get_note(FIGURES)
+        try:
+            figures = json.loads(note) if note else {}
+        except ValueError:
+            figures = {}
+        self.metrics.observe_figures(figures if isinstance(figures, dict) else {})
 
     async def stop(self) -> None:
         """Finish the cycle under way, then give the lease back so another router leads."""
@@ -124,4 +138,4 @@ class Loops:
             with contextlib.suppress(CodepoolError):
                 await self.pool.store.release_lease(LEADER, self.holder)
             self.is_leader = False
-            self.metrics.not_leading()
+            self.metrics.leader.set(0)

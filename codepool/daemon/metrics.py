@@ -64,7 +64,8 @@ class Metrics:
             # the standard collectors, registered here as well as in the default registry.
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 r.register(collector)
-        # What the leader says (the others hold 0): with workers, the live workers' largest.
+        # The pool's gauges are the leader's figures (every router shows them, read from
+        # the store); with workers, the live workers' largest.
         leaders: dict[str, Literal["livemax"]] = {"multiprocess_mode": "livemax"}
         build = Gauge(
             "codepool_build_info",
@@ -137,27 +138,37 @@ class Metrics:
         registry.register(PLATFORM_COLLECTOR)
         return generate_latest(registry)
 
-    def not_leading(self) -> None:
-        """This router stopped leading: the leader's gauges are another's to tell now."""
-        self.leader.set(0)
-        for gauge in (self.spares, self.desired, self.max_size, self.in_service):
-            gauge.set(0)
-        for state in WorkspaceState:
-            self.workspaces.labels(state.value).set(0)
-
     def observe_status(
         self, status: PoolStatus, counts: Mapping[WorkspaceState, int] | None = None
-    ) -> None:
-        """The gauges: workspaces by state (counted from status's rows unless given), and
-        the group's numbers."""
+    ) -> dict[str, int]:
+        """The leader's gauges: workspaces by state (counted from status's rows unless
+        given), and the group's numbers. Returns them as figures, for the other routers."""
         if counts is None:
             counts = collections.Counter(w.state for w in status.workspaces)
+        figures = {f"workspaces_{state.value}": counts.get(state, 0) for state in WorkspaceState}
+        figures |= {
+            "spares": status.spares,
+            "desired": status.capacity.desired,
+            "max_size": status.capacity.max_size,
+            "in_service": status.in_service,
+        }
+        self.observe_figures(figures)
+        return figures
+
+    def observe_figures(self, figures: Mapping[str, object]) -> None:
+        """Set the pool's gauges from figures (the leader's, read from the store by the
+        other routers; a figure missing or not a count shows 0)."""
+
+        def count(name: str) -> int:
+            value = figures.get(name)
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
         for state in WorkspaceState:
-            self.workspaces.labels(state.value).set(counts.get(state, 0))
-        self.spares.set(status.spares)
-        self.desired.set(status.capacity.desired)
-        self.max_size.set(status.capacity.max_size)
-        self.in_service.set(status.in_service)
+            self.workspaces.labels(state.value).set(count(f"workspaces_{state.value}"))
+        self.spares.set(count("spares"))
+        self.desired.set(count("desired"))
+        self.max_size.set(count("max_size"))
+        self.in_service.set(count("in_service"))
 
 
 class WorkersProcess:

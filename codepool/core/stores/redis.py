@@ -9,6 +9,7 @@ Keys (with the optional prefix P):
   P workspacesByStartedAt   sorted set user -> startedAt, running workspaces only (max age)
   P claim:<instanceId>      user who popped this spare; expires (keeps reconcile from re-adding)
   P lease:<name>            holder of a lease (per-user lock, leader); expires
+  P note:<name>             a small text one router leaves the others (the leader's gauges); expires
   P accounts                set of account names
   P account:<name>          hash: admin hash created
   P session:<sid>           hash: user csrf created lastSeen expires client owner host
@@ -600,6 +601,13 @@ class RedisStore:
         if names:
             keys = [f"{self.prefix}lease:{n}" for n in names]
             await self._do(self._release_leases(keys=keys, args=[holder]))
+
+    async def put_note(self, name: str, body: str, ttl_ms: int) -> None:
+        await self._do(self.r.set(f"{self.prefix}note:{name}", body, px=ttl_ms))
+
+    async def get_note(self, name: str) -> str | None:
+        body = await self._do(self.r.get(f"{self.prefix}note:{name}"))
+        return None if body is None else str(body)
 
     # -- accounts -------------------------------------------------------------------------
 

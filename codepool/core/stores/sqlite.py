@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS workspaces (
 CREATE INDEX IF NOT EXISTS workspaces_by_state_last_seen ON workspaces (state, last_seen_ms);
 CREATE INDEX IF NOT EXISTS workspaces_by_state_stopped_at ON workspaces (state, stopped_at_ms);
 CREATE TABLE IF NOT EXISTS spares (instance_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS notes (
+    name TEXT PRIMARY KEY, body TEXT NOT NULL, expires_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS claims (
     instance_id TEXT PRIMARY KEY, user TEXT NOT NULL, expires_ms INTEGER NOT NULL
 );
@@ -439,6 +442,25 @@ class SQLiteStore:
 
         if rows:
             await self._run(q, write=True)
+
+    async def put_note(self, name: str, body: str, ttl_ms: int) -> None:
+        row = (name, body, _now_ms() + ttl_ms)
+
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO notes (name, body, expires_ms) VALUES (?, ?, ?)", row
+            )
+
+        await self._run(q, write=True)
+
+    async def get_note(self, name: str) -> str | None:
+        def q(db: sqlite3.Connection) -> str | None:
+            r = db.execute(
+                "SELECT body FROM notes WHERE name = ? AND expires_ms > ?", (name, _now_ms())
+            ).fetchone()
+            return None if r is None else str(r[0])
+
+        return await self._run(q)
 
     # -- accounts -------------------------------------------------------------------------
 
