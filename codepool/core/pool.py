@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -71,6 +71,30 @@ LOCK_TTL_MS = 10_000  # a user lock lives this long unless renewed; renewed ever
 CLAIM_TTL_MS = 600_000  # a popped spare is not re-added to the pool for this long
 POLL_S = 0.25  # how often to look again while waiting for a box
 POOL_FULL_RETRY_S = 60
+
+
+@contextlib.asynccontextmanager
+async def _renewing(renew: Callable[[], Awaitable[None]], every_s: float) -> AsyncIterator[None]:
+    """Call renew every every_s seconds while the body runs. Stopped by an event, not by
+    cancelling it: a cancel that lands inside a store call can be swallowed there (Python
+    3.11's timeout and redis-py's retry), and the renewer then kept a lock forever while
+    its owner waited for it to end."""
+    done = asyncio.Event()
+
+    async def loop() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), every_s)
+                return
+            await renew()
+
+    renewer = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        done.set()
+        with contextlib.suppress(Exception):  # a renewal's own failure was logged
+            await renewer
 
 
 def _running(ws: Workspace | None) -> bool:
@@ -152,23 +176,14 @@ class CodePool:
                     say(f"{IN_LINE}: you are number {place} in line")
                     shown = place
                 await asyncio.sleep(START_POLL_S)
-            done = asyncio.Event()
 
             async def renew() -> None:
-                while not done.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(done.wait(), START_TTL_MS / 3000)
-                        return
-                    with contextlib.suppress(StoreUnavailable):
-                        if await self.store.take_start(ticket, limit, START_TTL_MS):
-                            log.warning("a start in flight expired: another took its place")
+                with contextlib.suppress(StoreUnavailable):
+                    if await self.store.take_start(ticket, limit, START_TTL_MS):
+                        log.warning("a start in flight expired: another took its place")
 
-            renewer = asyncio.create_task(renew())
-            try:
+            async with _renewing(renew, START_TTL_MS / 3000):
                 yield
-            finally:
-                done.set()
-                await renewer
         finally:
             with contextlib.suppress(StoreUnavailable):
                 await asyncio.shield(self.store.give_back_start(ticket))
@@ -188,35 +203,24 @@ class CodePool:
     @contextlib.asynccontextmanager
     async def _held(self, names: list[str], holder: str) -> AsyncIterator[None]:
         """Keep leases taken by holder renewed while the body runs, then give them back."""
-        done = asyncio.Event()
 
         async def renew() -> None:
-            # Stopped by an event, not by cancelling it: a cancel that lands inside a store
-            # call can be swallowed there (Python 3.11's timeout and redis-py's retry), and
-            # the renewer then kept the lock forever while its owner waited for it to end.
-            while not done.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), LOCK_TTL_MS / 3000)
-                    return
-                try:
-                    renewed = await self.store.acquire_leases(names, holder, LOCK_TTL_MS)
-                except StoreUnavailable as exc:  # the step itself will meet the outage
-                    log.warning("could not renew %s: %s", ", ".join(names), exc)
-                    continue
-                for name, ok in zip(names, renewed, strict=True):
-                    if not ok:
-                        log.warning("lost %s: it expired and another holder took it", name)
+            try:
+                renewed = await self.store.acquire_leases(names, holder, LOCK_TTL_MS)
+            except StoreUnavailable as exc:  # the step itself will meet the outage
+                log.warning("could not renew %s: %s", ", ".join(names), exc)
+                return
+            for name, ok in zip(names, renewed, strict=True):
+                if not ok:
+                    log.warning("lost %s: it expired and another holder took it", name)
 
         if not names:
             yield
             return
-        renewer = asyncio.create_task(renew())
         try:
-            yield
+            async with _renewing(renew, LOCK_TTL_MS / 3000):
+                yield
         finally:
-            done.set()
-            with contextlib.suppress(Exception):  # a renewal's own failure was logged
-                await renewer
             await self.store.release_leases(names, holder)
 
     # -- assign ---------------------------------------------------------------------------
@@ -446,10 +450,11 @@ class CodePool:
             idle_stops = {d.user for d in decisions if d.action is not ReapAction.KEEP}
             old = await self.store.long_running(now - p.max_age_s * 1000, limit)
             old = [w for w in old if w.user not in idle_stops]
-            aged = [policy.age_decision(w, now, p.max_age_s, p.on_idle) for w in old]
-            decisions = [d for d in decisions if d.user not in {w.user for w in old}] + aged
-            idle = [w for w in idle if w.user not in {w.user for w in old}] + old
-            why.update({w.user: WHY_MAX_AGE for w in old})
+            aged = {w.user for w in old}
+            decisions = [d for d in decisions if d.user not in aged]
+            decisions += [policy.age_decision(w, now, p.max_age_s, p.on_idle) for w in old]
+            idle = [w for w in idle if w.user not in aged] + old
+            why.update(dict.fromkeys(aged, WHY_MAX_AGE))
         expired: list[Workspace] = []
         if p.stopped_retention_days:
             cutoff = now - p.stopped_retention_days * 86_400_000
