@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from html import escape
 
 from codepool.core.models import PoolStatus, Workspace, WorkspaceState
-from codepool.core.policy import format_duration
+from codepool.core.policy import aged_at_ms, format_duration
 from codepool.core.report import Report, Usage
 
 
@@ -143,7 +143,7 @@ def _when(view: HomeView) -> str:
     if ws.state is not WorkspaceState.RUNNING:
         return "<p>This takes a moment.</p>"
     lines = [f"<dt>Last active</dt><dd>{_ago(now, ws.last_seen_ms)}</dd>"]
-    if view.max_age_s and view.stoppable_at_ms == ws.started_at_ms + view.max_age_s * 1000:
+    if view.max_age_s and view.stoppable_at_ms == aged_at_ms(ws, view.max_age_s):
         left = (view.stoppable_at_ms - now) / 1000
         when = f"in about {plain(left)}" if left >= 60 else "within a minute"
         lines.append(
