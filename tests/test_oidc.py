@@ -462,3 +462,12 @@ async def test_any_bytes_at_the_callback_never_make_a_5xx_or_a_session(
     assert status in (400, 401), (target, cookie, status)
     assert not [r for r in caplog.records if r.exc_info]
     assert [e for e in await logins(served) if not e.startswith(":failed")] == []
+
+
+def test_only_asymmetric_algorithms_the_provider_announces() -> None:
+    from codepool.daemon.oidc import signing_algorithms
+
+    assert signing_algorithms({}) == ["RS256"]  # OIDC's default
+    announced = {"id_token_signing_alg_values_supported": ["none", "HS256", "ES256", 7]}
+    assert signing_algorithms(announced) == ["ES256"]
+    assert signing_algorithms({"id_token_signing_alg_values_supported": "RS256"}) == []

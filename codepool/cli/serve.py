@@ -302,10 +302,11 @@ class Serving:
             self.log.info("reloading the configuration")
             try:
                 runner, settings = await self.next_runner()
-            except (CodepoolError, OSError) as exc:
+            except Exception as exc:  # whatever it is, the old app serves on
                 self.log.error(
                     "reload refused: still serving with the configuration from before",
-                    **logs.fields(reason=str(exc)),
+                    **logs.fields(reason=str(exc) or exc.__class__.__name__),
+                    exc_info=not isinstance(exc, CodepoolError | OSError),
                 )
                 systemd.notify("READY=1", f"STATUS=reload refused: {str(exc)[:200]}")
                 return

@@ -183,12 +183,7 @@ class OidcClient:
         id_token = token.get("id_token")
         if not isinstance(id_token, str) or len(id_token) > 16384:
             raise OidcRefused(_NOT_VERIFIED, "the token answer holds no ID token")
-        allowed = [
-            a
-            for a in meta.get("id_token_signing_alg_values_supported", ["RS256"])
-            if a in ALGORITHMS
-        ] or ["RS256"]
-        registry = JWSRegistry(algorithms=allowed)
+        registry = JWSRegistry(algorithms=signing_algorithms(meta) or ["RS256"])
         try:
             try:
                 decoded = jwt.decode(id_token, await self.signing_keys(), registry=registry)
@@ -266,6 +261,15 @@ class OidcClient:
             raise OidcUnavailable(f"{url}: {exc.__class__.__name__}: {exc}") from None
 
 
+def signing_algorithms(meta: Mapping[str, Any]) -> list[str]:
+    """The algorithms the provider announces for ID tokens that codepool accepts (RS256,
+    OIDC's default, when it announces none)."""
+    announced = meta.get("id_token_signing_alg_values_supported", ["RS256"])
+    if not isinstance(announced, list):
+        return []
+    return [a for a in announced if isinstance(a, str) and a in ALGORITHMS]
+
+
 async def check_provider(settings: Settings) -> Check:
     """`codepool doctor`'s check: the discovery document and the keys can be read."""
     client = OidcClient(settings.oidc, "", b"")
@@ -276,10 +280,7 @@ async def check_provider(settings: Settings) -> Check:
         return Check("oidc", False, f"issuer {settings.oidc.issuer}: {exc}")
     finally:
         await client.close()
-    algs = [
-        a for a in meta.get("id_token_signing_alg_values_supported", ["RS256"]) if a in ALGORITHMS
-    ]
-    if not algs:
+    if not signing_algorithms(meta):
         return Check(
             "oidc",
             False,
