@@ -82,9 +82,15 @@ async def test_lifecycle_on_moto(
     ops = [op for op, _ in calls.calls]
     assert ops.index("EnterStandby") < ops.index("StopInstances")
 
-    # Resume: start, wait running and healthy, then ExitStandby.
+    # Resume: start, wait running and healthy, then ExitStandby. The wait looks at this
+    # box alone (one DescribeInstanceStatus a look), never at the whole group again.
+    calls = record(backend, moto_aws)
     again = await pool.assign("alice")
     assert again.how == "resumed" and again.workspace.instance_id == iid
+    ops = [op for op, _ in calls.calls]
+    waiting = ops[ops.index("StartInstances") + 1 : ops.index("ExitStandby")]
+    assert waiting and set(waiting) == {"DescribeInstanceStatus"}, ops
+    assert calls.count() <= 12, ops  # 15 before the wait looked at one box
     box = next(i for i in await backend.list_instances() if i.instance_id == iid)
     assert box.lifecycle is Lifecycle.IN_SERVICE and box.state is InstanceState.RUNNING
 

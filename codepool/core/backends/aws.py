@@ -21,6 +21,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -331,33 +332,42 @@ class AwsBackend:
                 raise BackendError(f"{instance_id}: not in the group")
             if box.state is not InstanceState.RUNNING:
                 self.ec2.start_instances(InstanceIds=[instance_id])
-                self._wait(
-                    [instance_id],
-                    lambda bs: bool(bs) and bs[0].state is InstanceState.RUNNING,
-                    "start",
-                )
-                self._wait_status_ok(instance_id)
+                self._wait_running_ok(instance_id)
+            lifecycle = box.lifecycle
             if box.lifecycle is Lifecycle.STANDBY:
                 # Only now, running and healthy, may it count again: ExitStandby (desired + 1).
                 self.asg.exit_standby(AutoScalingGroupName=self.group, InstanceIds=[instance_id])
-            found = next(i for i in self._instances() if i.instance_id == instance_id)
-            return found
+                lifecycle = Lifecycle.IN_SERVICE
+            # Its address may have changed with the start (a public one does): this box
+            # alone, not the whole group again.
+            [ec2_box] = self._describe([instance_id])
+            return replace(
+                box,
+                state=InstanceState.RUNNING,
+                lifecycle=lifecycle,
+                address=self._address(ec2_box),
+            )
 
         return await self._call(run)
 
-    def _wait_status_ok(self, instance_id: str) -> None:
+    def _wait_running_ok(self, instance_id: str) -> None:
+        """Until the box runs and passes its status checks: one call per look, on this box
+        alone (not the whole group)."""
         deadline = time.monotonic() + self.settings.wait_timeout_s
         while True:
-            statuses = self.ec2.describe_instance_status(InstanceIds=[instance_id])
+            statuses = self.ec2.describe_instance_status(
+                InstanceIds=[instance_id], IncludeAllInstances=True
+            )
             ok = [
                 s
                 for s in statuses["InstanceStatuses"]
-                if s["InstanceStatus"]["Status"] in ("ok", "not-applicable")
+                if s["InstanceState"]["Name"] == "running"
+                and s["InstanceStatus"]["Status"] in ("ok", "not-applicable")
             ]
             if ok:
                 return
             if time.monotonic() > deadline:
-                raise BackendError(f"aws: {instance_id} status checks did not pass in time")
+                raise BackendError(f"aws: {instance_id} did not start and pass its checks in time")
             time.sleep(POLL_S)
 
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
