@@ -30,8 +30,7 @@ class AccessLog(AbstractAccessLogger):
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "(none)"
         method = request.method if request.method in METHODS else "other"
-        router.metrics.requests.labels(route, method, f"{response.status // 100}xx").inc()
-        router.metrics.request_seconds.labels(route).observe(time)
+        router.metrics.answered(route, method, response.status, time)
         if router.settings.router.access_log:
             self.logger.info(
                 "request",

@@ -15,7 +15,7 @@ import platform
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -88,6 +88,9 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
             registry=r,
         )
+        # (route, method, status class) -> its counter and histogram: labels() takes a lock
+        # and builds a key; a request should not pay for that on every call.
+        self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.logins = Counter(
             "codepool_logins",
             "Login attempts by how (password, oidc) and outcome",
@@ -127,6 +130,18 @@ class Metrics:
         )
         for state in WorkspaceState:
             self.workspaces.labels(state.value)
+
+    def answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count a request the router answered, and its time."""
+        key = (route, method, status // 100)
+        found = self._requests.get(key)
+        if found is None:
+            found = self._requests[key] = (
+                self.requests.labels(route, method, f"{key[2]}xx"),
+                self.request_seconds.labels(route),
+            )
+        found[0].inc()
+        found[1].observe(seconds)
 
     def exposition(self) -> bytes:
         """What /metrics answers: this app's registry; with workers, everyone's files."""
