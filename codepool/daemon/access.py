@@ -12,7 +12,9 @@ from aiohttp.abc import AbstractAccessLogger
 from codepool.core.logs import fields
 from codepool.daemon.context import ROUTER
 from codepool.daemon.http import USER, client_address
+from codepool.daemon.workspace import PING
 
+PINGS = frozenset({"/ping", PING})  # a tab's heartbeat, on the main or its own origin
 # Methods counted by name; anything else a client invents is "other" (a label per
 # invented method would let anyone grow the metrics without bound).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -30,7 +32,8 @@ class AccessLog(AbstractAccessLogger):
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "(none)"
         method = request.method if request.method in METHODS else "other"
-        router.metrics.answered(route, method, response.status, time)
+        if request.path not in PINGS:  # the hot path: codepool_pings_total counts pings
+            router.metrics.answered(route, method, response.status, time)
         if router.settings.router.access_log:
             self.logger.info(
                 "request",
