@@ -126,10 +126,20 @@ async def test_metrics_are_the_documented_ones(state_dir: Path) -> None:
         server.wait_up()
         async with client() as http:
             await log_in(http, server.url, "alice")
+            # What a script can send: invented methods and paths grow no label, and the
+            # heartbeat's pings are left to codepool_pings_total.
+            for n in range(5):
+                async with http.request(f"BREW{n}", f"{server.url}/secret-{n}") as r:
+                    assert r.status < 500
+            async with http.post(server.url + "/ping", json={"instanceId": "i-x"}) as r:
+                assert r.status < 500
             async with http.get(server.url + "/metrics") as r:
                 exported = await r.text()
     finally:
-        server.stop()
+        out = server.stop()
+    assert "Traceback" not in out, out[-3000:]  # a malformed request has no app to ask
+    assert "secret-" not in exported and "BREW" not in exported
+    assert 'method="other"' in exported and 'route="/ping"' not in exported
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(exported):
         for sample in family.samples:

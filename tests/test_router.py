@@ -759,6 +759,7 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(
     [
         ("a=1; codepool_session=x.y; b=2", "a=1; b=2"),
         ("codepool_session=x; codepool_login_csrf=t", ""),
+        ("codepool_oidc=sealed.mac; a=1", "a=1"),  # a login in progress at the provider
         ("theirs=1", "theirs=1"),
         ("xcodepool_session=1;  a=b=c", "xcodepool_session=1; a=b=c"),  # kept
         ("a=1;codepool_session=x;;b", "a=1; b"),

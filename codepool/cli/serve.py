@@ -37,7 +37,7 @@ from codepool.core.errors import CodepoolError, InvalidInput
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import RouterSettings, Settings, load_settings
 from codepool.daemon import metrics, systemd
-from codepool.daemon.access import AccessLog
+from codepool.daemon.access import access_log
 from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER
 
@@ -285,7 +285,7 @@ class Serving:
             handle_signals=False,
             shutdown_timeout=DRAIN_S,
             access_log=logging.getLogger("codepool.access"),  # metrics, and the log if on
-            access_log_class=AccessLog,
+            access_log_class=access_log(app[ROUTER]),
         )
         await runner.setup()
         r = settings.router

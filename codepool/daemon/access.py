@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from codepool.core.logs import fields
-from codepool.daemon.context import ROUTER
+from codepool.daemon.context import Router
 from codepool.daemon.http import USER, client_address
 from codepool.daemon.workspace import PING
 
@@ -20,29 +20,37 @@ PINGS = frozenset({"/ping", PING})  # a tab's heartbeat, on the main or its own 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class AccessLog(AbstractAccessLogger):
-    @property
-    def enabled(self) -> bool:
-        return True  # the metrics always; the log line only when it is on
+def access_log(router: Router) -> type[AbstractAccessLogger]:
+    """aiohttp's access logger for this router's app (bound to it: a request refused before
+    routing, a malformed one, has no app to ask)."""
 
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if not isinstance(request, web.Request) or ROUTER not in request.app:
-            return
-        router = request.app[ROUTER]
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "(none)"
-        method = request.method if request.method in METHODS else "other"
-        if request.path not in PINGS:  # the hot path: codepool_pings_total counts pings
-            router.metrics.answered(route, method, response.status, time)
-        if router.settings.router.access_log:
-            self.logger.info(
-                "request",
-                **fields(
-                    method=method,
-                    route=route,
-                    status=response.status,
-                    duration_ms=round(time * 1000, 2),
-                    user=request.get(USER, ""),
-                    client=client_address(request),
-                ),
-            )
+    class AccessLog(AbstractAccessLogger):
+        @property
+        def enabled(self) -> bool:
+            return True  # the metrics always; the log line only when it is on
+
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            counted = request.path not in PINGS  # the hot path: codepool_pings_total has them
+            if not (counted or router.settings.router.access_log):
+                return
+            # None when aiohttp refused the request before routing it (a malformed one).
+            match_info = getattr(request, "_match_info", None)
+            resource = match_info.route.resource if match_info is not None else None
+            route = resource.canonical if resource is not None else "(none)"
+            method = request.method if request.method in METHODS else "other"
+            if counted:
+                router.metrics.answered(route, method, response.status, time)
+            if router.settings.router.access_log:
+                self.logger.info(
+                    "request",
+                    **fields(
+                        method=method,
+                        route=route,
+                        status=response.status,
+                        duration_ms=round(time * 1000, 2),
+                        user=request.get(USER, ""),
+                        client=client_address(request, router),
+                    ),
+                )
+
+    return AccessLog

@@ -297,11 +297,15 @@ def safe_next(value: str | None, fallback: str = "/") -> str:
     return value
 
 
-def client_address(request: web.Request) -> str:
+def client_address(request: web.BaseRequest, router: Router | None = None) -> str:
     """The browser's address: the peer, or, when the peer is a trusted load balancer, the
     nearest address in X-Forwarded-For that is not one of ours (an untrusted client can
-    put anything at the start of that header)."""
-    trusted = request.app[ROUTER].trusted_proxies
+    put anything at the start of that header). router: when the request has no app to ask
+    (refused before routing)."""
+    if router is None:
+        assert isinstance(request, web.Request)
+        router = request.app[ROUTER]
+    trusted = router.trusted_proxies
     peer = request.remote or ""
     if not trusted or not is_trusted(peer, trusted):
         return peer

@@ -207,11 +207,9 @@ class WorkersProcess:
             for family in collector.collect():
                 kinds[family.name] = (family.type, family.documentation)
                 for sample in family.samples:
-                    if (
-                        family.name == "process_start_time_seconds"
-                        or family.name == "process_max_fds"
-                    ):
-                        sums[family.name] = min(sums.get(family.name) or sample.value, sample.value)
+                    if family.name in ("process_start_time_seconds", "process_max_fds"):
+                        first = sums.get(family.name) or sample.value
+                        sums[family.name] = min(first, sample.value)
                     else:
                         sums[family.name] += sample.value
         for name, value in sums.items():
