@@ -27,7 +27,12 @@ from codepool.core.stores.sqlite import SQLiteStore
 from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
 
-pytest_plugins = ["tests.router_fixtures", "tests.aws_fixtures", "tests.browsing"]
+pytest_plugins = [
+    "tests.router_fixtures",
+    "tests.aws_fixtures",
+    "tests.browsing",
+    "tests.nginx_fixtures",
+]
 
 # moto loads a catalogue of real AMIs into every fresh EC2 backend (about 2 s each); the
 # tests launch from a made-up AMI and need none of them.

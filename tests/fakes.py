@@ -17,6 +17,7 @@ from codepool.core.models import (
     BoxShape,
     Capacity,
     Check,
+    Fleet,
     Instance,
     InstanceState,
     Lifecycle,
@@ -39,19 +40,24 @@ class MemoryBackend:
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         self._ids = itertools.count(1)
         self.now_ms = 0
+        self.writes = 0
 
     def _in_service(self) -> int:
         return sum(1 for b in self.boxes.values() if b.lifecycle is Lifecycle.IN_SERVICE)
 
-    async def list_instances(self) -> list[Instance]:
+    async def fleet(self) -> Fleet:
         self.calls.append(("list", ()))
-        return list(self.boxes.values())
+        return Fleet(list(self.boxes.values()), await self.capacity())
+
+    async def list_instances(self) -> list[Instance]:
+        return (await self.fleet()).instances
 
     async def capacity(self) -> Capacity:
         return Capacity(self.min_size, self.max_size, self.desired)
 
     async def set_desired(self, desired: int) -> None:
         self.calls.append(("set_desired", (str(desired),)))
+        self.writes += 1
         if not self.min_size <= desired <= self.max_size:
             raise BackendError(f"desired {desired} outside [{self.min_size}, {self.max_size}]")
         self.desired = desired
@@ -61,8 +67,9 @@ class MemoryBackend:
                 iid, InstanceState.RUNNING, Lifecycle.IN_SERVICE, None, self.address, self.now_ms
             )
 
-    async def claim(self, instance_id: str, owner: str) -> Instance:
+    async def claim(self, instance_id: str, owner: str, seen: Instance | None = None) -> Instance:
         self.calls.append(("claim", (instance_id, owner)))
+        self.writes += 1
         box = self.boxes.get(instance_id)
         if box is None or not box.is_spare:
             raise NotASpare(f"{instance_id}: not an unowned running spare")
@@ -71,6 +78,7 @@ class MemoryBackend:
 
     async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
         self.calls.append(("stop", tuple(instance_ids)))
+        self.writes += 1
         done = []
         for iid in instance_ids:
             box = self.boxes[iid]
@@ -85,8 +93,9 @@ class MemoryBackend:
             done.append(iid)
         return BatchResult(tuple(done))
 
-    async def start(self, instance_id: str) -> Instance:
+    async def start(self, instance_id: str, seen: Instance | None = None) -> Instance:
         self.calls.append(("start", (instance_id,)))
+        self.writes += 1
         box = self.boxes[instance_id]
         if box.lifecycle is Lifecycle.STANDBY:
             if self.desired + 1 > self.max_size:
@@ -99,6 +108,7 @@ class MemoryBackend:
 
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
         self.calls.append(("terminate", tuple(instance_ids)))
+        self.writes += 1
         done = []
         for iid in instance_ids:
             box = self.boxes.pop(iid, None)
@@ -132,13 +142,13 @@ class SlowBackend(MemoryBackend):
         super().__init__(address, **kw)
         self.delay_s = delay_s
 
-    async def list_instances(self) -> list[Instance]:
+    async def fleet(self) -> Fleet:
         await asyncio.sleep(self.delay_s)
-        return await super().list_instances()
+        return await super().fleet()
 
-    async def claim(self, instance_id: str, owner: str) -> Instance:
+    async def claim(self, instance_id: str, owner: str, seen: Instance | None = None) -> Instance:
         await asyncio.sleep(self.delay_s)
-        return await super().claim(instance_id, owner)
+        return await super().claim(instance_id, owner, seen)
 
 
 class BootingBackend(MemoryBackend):
@@ -195,9 +205,9 @@ class OutageBackend(MemoryBackend):
         if self.down:
             raise BackendError("aws: ThrottlingException: Rate exceeded (injected)")
 
-    async def list_instances(self) -> list[Instance]:
+    async def fleet(self) -> Fleet:
         self._check()
-        return await super().list_instances()
+        return await super().fleet()
 
     async def capacity(self) -> Capacity:
         self._check()

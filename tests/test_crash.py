@@ -83,12 +83,15 @@ async def check_invariants(pool: CodePool, people: set[str]) -> None:
 
 
 # Each scenario: what is there before, then the step that the kill interrupts.
+# An assignment's scale runs after it returns: the router may die in either.
 async def assign_new(pool: CodePool) -> None:
     await pool.assign("carol")
+    await pool.scaled()
 
 
 async def resume(pool: CodePool) -> None:
     await pool.assign("alice")  # alice's box was stopped in the set-up
+    await pool.scaled()
 
 
 async def reap(pool: CodePool) -> None:
@@ -117,6 +120,7 @@ async def set_up(pool: CodePool) -> None:
     await pool.assign("alice")
     await pool.release("alice")
     await pool.assign("bob")
+    await pool.scaled()
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))

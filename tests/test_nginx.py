@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,28 +32,9 @@ from codepool.daemon.context import ROUTER
 from tests.conftest import make_settings, need
 from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
+from tests.nginx_fixtures import ROOT, adapt, front_site, wait_listening
 from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
-from tests.standin_workspace import GZIP_JS, gzip_bomb, make_app
-
-ROOT = Path(__file__).resolve().parents[1]
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-MAIN = """
-{user}worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/site.conf;
-}}
-"""
+from tests.standin_workspace import GZIP_JS, gzip_bomb
 
 
 @pytest.fixture
@@ -81,61 +61,6 @@ def tls(tmp_path: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
-
-
-@pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[Callable[[str], None]]:
-    """Start nginx with a site config (already adapted to loopback ports and temp paths)."""
-    if not Path(NGINX).exists():
-        need("nginx", "it is not installed (apt-get install nginx)")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(site: str) -> None:
-        (tmp_path / "site.conf").write_text(site)
-        main = tmp_path / "nginx.conf"
-        # Under root, workers would run as nobody, who cannot write into the test's folder.
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        main.write_text(MAIN.format(tmp=tmp_path, user=user))
-        test = subprocess.run(
-            [NGINX, "-t", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True
-        )
-        assert test.returncode == 0, test.stderr
-        procs.append(
-            subprocess.Popen([NGINX, "-c", str(main), "-p", str(tmp_path), "-g", "daemon off;"])
-        )
-
-    yield start
-    for p in procs:
-        p.terminate()
-        p.wait(timeout=10)
-
-
-@pytest.fixture
-async def workspace(tmp_path: Path) -> AsyncIterator[str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "notes.txt").write_text("x")
-    async with serve_app(make_app(home)) as url:
-        yield url
-
-
-def adapt(conf: str, replacements: dict[str, str]) -> str:
-    for old, new in replacements.items():
-        assert old in conf, old
-        conf = conf.replace(old, new)
-    return conf
-
-
-async def wait_listening(port: int) -> None:
-    for _ in range(100):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"nginx did not listen on {port}")
 
 
 def client() -> aiohttp.ClientSession:
@@ -354,18 +279,7 @@ async def test_front_conf_carries_workspace_traffic_the_router_allows(
 
     proxy.http, proxy.websocket = counted_http, counted_ws  # type: ignore[method-assign]
     async with serve_app(app) as router_url:
-        nginx(
-            adapt(
-                (ROOT / "nginx" / "front.conf").read_text(),
-                {
-                    "listen 80;": f"listen 127.0.0.1:{front_port};",
-                    "server 127.0.0.1:8000;": f"server {router_url.removeprefix('http://')};",
-                    "/var/cache/nginx/codepool-auth": str(tmp_path / "auth-cache"),
-                    "server_name router.example.com;": "server_name 127.0.0.1;",
-                    r"\.ws\.example\.com$;": r"\.localhost$;",
-                },
-            )
-        )
+        nginx(front_site(router_url, front_port, tmp_path))
         await wait_listening(front_port)
         await pool.assign("alice")
         await pool.assign("bob")

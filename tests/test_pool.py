@@ -21,7 +21,14 @@ from codepool.core.errors import (
     NoWorkspace,
     PoolFull,
 )
-from codepool.core.models import Instance, InstanceState, Lifecycle, ReapAction, WorkspaceState
+from codepool.core.models import (
+    Fleet,
+    Instance,
+    InstanceState,
+    Lifecycle,
+    ReapAction,
+    WorkspaceState,
+)
 from codepool.core.pool import CodePool
 from codepool.core.store import PingResult, Store
 from codepool.core.stores.sqlite import SQLiteStore
@@ -125,6 +132,7 @@ async def test_assign_launches_then_keeps_a_warm_spare(pool: CodePool, backend: 
     assert a.how == "launched"
     assert a.workspace.state is WorkspaceState.RUNNING
     assert backend.boxes[a.workspace.instance_id].owner == "alice"
+    await pool.scaled()  # the spare is replaced after the assignment returns
     spares = [b for b in backend.boxes.values() if b.is_spare]
     assert len(spares) == 1 and backend.desired == 2  # running assigned + 1 warm spare
     b = await pool.assign("bob")
@@ -197,6 +205,7 @@ async def test_resume_at_max_gives_up_a_spare(
     await pool.assign("alice")
     await pool.release("alice")
     await pool.assign("bob")  # bob takes the spare; scale launches another: desired 2 = max
+    await pool.scaled()
     assert backend.desired == 2
     a = await pool.assign("alice")  # resume needs room: the spare is terminated for it
     assert a.how == "resumed"
@@ -435,6 +444,7 @@ async def test_reconcile_clears_vanished_and_resolves_two_boxes_without_losing_e
     memory_pool: CodePool, memory_backend: MemoryBackend, clock: Clock
 ) -> None:
     first = (await memory_pool.assign("alice")).workspace.instance_id
+    await memory_pool.scaled()
     # A crash mid-assign left alice a second box (tagged, never recorded).
     spare = next(b.instance_id for b in memory_backend.boxes.values() if b.is_spare)
     await memory_backend.claim(spare, "alice")
@@ -461,6 +471,7 @@ async def test_crash_between_tag_and_store_write_is_finished_by_the_next_assign(
     pool: CodePool, backend: Group, sqlite: SQLiteStore
 ) -> None:
     await pool.assign("bob")
+    await pool.scaled()
     spare = next(b.instance_id for b in backend.boxes.values() if b.is_spare)
     await sqlite.claim_spare("alice", 60_000)
     await backend.claim(spare, "alice")  # ...and the process died here
@@ -477,11 +488,13 @@ async def test_status_counts_and_warnings(
     await pool.assign("alice")
     await pool.assign("bob")
     await pool.release("bob")
+    await pool.scaled()
     s = await pool.status()
     assert (s.capacity.desired, s.in_service, s.standby, s.spares) == (2, 2, 1, 1)
     assert [w.user for w in s.workspaces] == ["alice", "bob"]
     assert s.warnings == ()
     await pool.assign("carol")
+    await pool.scaled()
     s = await pool.status()
     assert any("90% of max" in w for w in s.warnings)
     backend.desired += 1  # a launch that does not come up
@@ -500,6 +513,58 @@ async def test_concurrent_assigns_give_each_user_exactly_one_box(
     assert sorted(boxes) == sorted(users)
     owners = [b.owner for b in backend.boxes.values() if b.owner]
     assert sorted(owners) == sorted(users)  # nobody holds two, no box has two owners
+
+
+async def test_an_assignment_returns_before_its_scale_and_a_crowd_shares_one(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    """The spare a person takes is replaced after they have their workspace, and people
+    who arrive together share the scale (one look at the group, not one each)."""
+    backend = SlowBackend(ready_address, delay_s=0.02, max_size=40)
+    pool = make_pool(sqlite, backend, pool={"warm_spares": 10})
+    await pool.scale()
+    await sqlite.add_spares(backend.boxes)
+    backend.calls.clear()
+    assert (await pool.assign("alice")).how == "spare"
+    assert [op for op, _ in backend.calls] == ["list", "claim"]  # not scaled yet
+    await pool.scaled()
+    assert backend.desired == 11  # alice's box and ten warm spares
+    backend.calls.clear()
+    results = await asyncio.gather(*(pool.assign(f"user{n}") for n in range(10)))
+    assert {r.how for r in results} == {"spare"}
+    await pool.scaled()
+    assert backend.desired == 21  # eleven people and ten warm spares again
+    looks = [op for op, _ in backend.calls].count("list") - 10  # less the assignments'
+    assert looks <= 3, backend.calls  # ten scales asked for, at most three made
+    await pool.scaled()  # nothing under way: returns at once
+
+
+async def test_a_cycle_looks_at_the_group_once_unless_it_changed_something(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str, clock: Clock
+) -> None:
+    from codepool.daemon.loops import Loops
+    from codepool.daemon.metrics import Metrics
+
+    backend = MemoryBackend(ready_address, max_size=5)
+    pool = make_pool(sqlite, backend, clock, pool={"warm_spares": 1})
+    await pool.assign("alice")
+    await pool.scaled()
+    loops = Loops(pool, Metrics(), 30)
+    backend.calls.clear()
+    assert await loops.cycle()
+    assert backend.calls == [("list", ())]  # reconcile's look served scale and status
+    # A cycle that stops someone has changed the group: its scale looks again.
+    clock.advance(3_600_000)
+    backend.calls.clear()
+    assert await loops.cycle()
+    ops = [op for op, _ in backend.calls]
+    assert ops[0] == "list" and "stop" in ops
+    assert "list" in ops[ops.index("stop") :], ops
+    # Outside a cycle, status and scale always look for themselves.
+    backend.calls.clear()
+    await pool.status()
+    await pool.scale()
+    assert [op for op, _ in backend.calls] == ["list", "list"]
 
 
 async def test_store_record_matches_the_backend_after_assign(
@@ -547,7 +612,7 @@ async def test_new_users_arriving_together_boot_in_parallel(
 class FailingClaimBackend(MemoryBackend):
     """Tagging fails (the backend is down), though the box is a fine spare."""
 
-    async def claim(self, instance_id: str, owner: str) -> Any:
+    async def claim(self, instance_id: str, owner: str, seen: Instance | None = None) -> Any:
         raise BackendError("aws: RequestLimitExceeded (after retries)")
 
 
@@ -569,8 +634,8 @@ class AssignDuringList(MemoryBackend):
 
     during: Callable[[], Awaitable[object]] | None = None
 
-    async def list_instances(self) -> list[Instance]:
-        snapshot = await super().list_instances()
+    async def fleet(self) -> Fleet:
+        snapshot = await super().fleet()
         hook, self.during = self.during, None
         if hook is not None:
             await hook()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from codepool.core.errors import ConfigError
-from codepool.core.models import BatchResult, BoxShape, Capacity, Check, Instance
+from codepool.core.models import BatchResult, BoxShape, Capacity, Check, Fleet, Instance
 from codepool.core.settings import Settings
 from codepool.core.tls import WorkspaceTls
 
@@ -20,9 +20,16 @@ class Backend(Protocol):
 
     ready_path: str  # HTTP path on a box's address that answers 200 once it serves
     tls: WorkspaceTls | None  # how https boxes are verified (None: the system's CAs)
+    # How many changes this backend has asked for so far: a look taken when the count was
+    # what it is now has seen every change this process made (the pool shares it then).
+    writes: int
+
+    async def fleet(self) -> Fleet:
+        """One look at every box of the pool that is not terminated (spares, running and
+        stopped ones) and at the group's capacity."""
 
     async def list_instances(self) -> list[Instance]:
-        """Every box of the pool that is not terminated: spares, running and stopped ones."""
+        """The boxes of fleet() alone."""
 
     async def capacity(self) -> Capacity:
         """The group's min, max and desired capacity."""
@@ -31,15 +38,17 @@ class Backend(Protocol):
         """Ask for this many in-service boxes; missing ones launch as unowned spares.
         Lowering it terminates nothing (every box is protected from scale-in)."""
 
-    async def claim(self, instance_id: str, owner: str) -> Instance:
+    async def claim(self, instance_id: str, owner: str, seen: Instance | None = None) -> Instance:
         """Tag an unowned running box with its owner and protect it.
-        Raise BackendError if it is not (or no longer) an unowned running box."""
+        Raise NotASpare if it is not (or no longer) an unowned running box. seen: the box
+        as this operation has just read it, a running spare (trusted instead of a look)."""
 
     async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
         """Idle stop: leave service (desired drops by one each), then stop; owner and disk kept."""
 
-    async def start(self, instance_id: str) -> Instance:
-        """Resume a stopped box on its own disk and return it to service (desired rises by one)."""
+    async def start(self, instance_id: str, seen: Instance | None = None) -> Instance:
+        """Resume a stopped box on its own disk and return it to service (desired rises by
+        one). seen: the box as this operation has just read it (trusted instead of a look)."""
 
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
         """Delete boxes and their disks; desired drops by one for each box in service."""

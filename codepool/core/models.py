@@ -106,6 +106,15 @@ class Capacity:
 
 
 @dataclass(frozen=True, slots=True)
+class Fleet:
+    """One look at the pool: its boxes and the group's capacity, read together (on AWS,
+    one DescribeAutoScalingGroups and one DescribeInstances)."""
+
+    instances: list[Instance]
+    capacity: Capacity
+
+
+@dataclass(frozen=True, slots=True)
 class BoxShape:
     """What one workspace box is, for the cost report."""
 

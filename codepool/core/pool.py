@@ -42,6 +42,7 @@ from codepool.core.models import (
     Check,
     Event,
     EventKind,
+    Fleet,
     Instance,
     InstanceState,
     Lifecycle,
@@ -71,6 +72,7 @@ LOCK_TTL_MS = 10_000  # a user lock lives this long unless renewed; renewed ever
 CLAIM_TTL_MS = 600_000  # a popped spare is not re-added to the pool for this long
 POLL_S = 0.25  # how often to look again while waiting for a box
 POOL_FULL_RETRY_S = 60
+SHARE_S = 5.0  # a look at the group this young, with no change since, serves again
 
 
 @contextlib.asynccontextmanager
@@ -125,10 +127,27 @@ class CodePool:
         self.backend = backend
         self.clock = clock  # epoch ms; tests drive it to control time
         self._launching = asyncio.Lock()  # one capacity read-and-raise at a time here
+        self._last_look: tuple[int, float, Fleet] | None = None  # (writes, until, look)
+        self._scale_wanted = ""  # why a scale was asked for since the last one began
+        self._scaling: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        await self.scaled()  # a scale asked for by an assignment finishes first
         await self.store.close()
         await self.backend.close()
+
+    async def _look(self, share: bool = False) -> Fleet:
+        """The group and its boxes, read. share: a look taken in the last SHARE_S with no
+        change asked of the backend since serves again, so the steps of one cycle
+        (reconcile, reap, scale, status) read the group once between them. Reads that
+        precede a change or poll for one never share."""
+        last = self._last_look
+        writes = self.backend.writes  # before the read: a change made during it voids it
+        if share and last is not None and last[0] == writes and time.monotonic() < last[1]:
+            return last[2]
+        fleet = await self.backend.fleet()
+        self._last_look = (writes, time.monotonic() + SHARE_S, fleet)
+        return fleet
 
     # -- the per-user lock ----------------------------------------------------------------
 
@@ -246,17 +265,17 @@ class CodePool:
                 await self.store.record_ping(user, ws.instance_id, self.clock())
                 return Assignment(ws, "running")
 
-            instances = await self.backend.list_instances()
-            owned = _own_instance(user, ws, instances)
+            fleet = await self._look()
+            owned = _own_instance(user, ws, fleet.instances)
             if owned is not None and owned.state is InstanceState.RUNNING and owned.in_service:
                 inst, how = owned, "running"
             elif owned is not None:
                 await starts.enter_async_context(self.start_slot(say, queue))
                 say("Waking up your workspace")
                 log.info("resume", **fields(user=user, instance=owned.instance_id))
-                inst, how = await self._resume(user, owned, instances), "resumed"
+                inst, how = await self._resume(user, owned, fleet), "resumed"
             else:
-                inst, how = await self._claim_box(user, instances, say, starts, queue)
+                inst, how = await self._claim_box(user, fleet.instances, say, starts, queue)
             now = self.clock()
             same = ws is not None and ws.instance_id == inst.instance_id
             assigned_at = ws.assigned_at_ms if ws is not None and same else now
@@ -280,20 +299,20 @@ class CodePool:
         log.info("assign", **fields(user=user, instance=inst.instance_id, how=how))
         if ws is None or ws.state is not WorkspaceState.RUNNING or not same:
             await self._record(EventKind.ASSIGN, ready, actor or user, how)
-        await self._scale_after(f"assign of {user}")
+        self._scale_soon(f"assign of {user}")
         return Assignment(ready, how)
 
-    async def _resume(self, user: str, inst: Instance, instances: list[Instance]) -> Instance:
+    async def _resume(self, user: str, inst: Instance, fleet: Fleet) -> Instance:
         if inst.lifecycle is Lifecycle.STANDBY:  # returning to service raises desired
-            await self._make_room(user, instances)
-        return await self.backend.start(inst.instance_id)
+            await self._make_room(user, fleet)
+        return await self.backend.start(inst.instance_id, seen=inst)
 
-    async def _make_room(self, user: str, instances: list[Instance]) -> None:
+    async def _make_room(self, user: str, fleet: Fleet) -> None:
         """Before a box returns to service at the group's maximum, give up a spare for it."""
-        cap = await self.backend.capacity()
+        cap = fleet.capacity
         if cap.desired < cap.max_size:
             return
-        await self.store.add_spares(i.instance_id for i in instances if i.is_spare)
+        await self.store.add_spares(i.instance_id for i in fleet.instances if i.is_spare)
         spare = await self.store.claim_spare(user, CLAIM_TTL_MS)
         if spare is None:
             raise PoolFull(
@@ -319,8 +338,9 @@ class CodePool:
         while True:
             iid = await self.store.claim_spare(user, CLAIM_TTL_MS)
             if iid is not None:
+                seen = next((i for i in instances if i.instance_id == iid), None)
                 try:
-                    inst = await self.backend.claim(iid, user)
+                    inst = await self.backend.claim(iid, user, seen)
                 except NotASpare as exc:  # a stale pool entry: try the next one
                     log.info("spare %s skipped: %s", iid, exc)
                     continue
@@ -528,11 +548,13 @@ class CodePool:
 
     # -- scale ----------------------------------------------------------------------------
 
-    async def scale(self, dry_run: bool = False) -> ScaleResult:
+    async def scale(self, dry_run: bool = False, share: bool = False) -> ScaleResult:
         """Desired = running assigned boxes + warm spares, clamped; excess spares are
         terminated explicitly (every box is protected, so lowering desired alone would
-        terminate nothing). No backend call is made when nothing changes."""
-        instances = await self.backend.list_instances()
+        terminate nothing). No backend call is made when nothing changes. share: a cycle's
+        step, which may use the look its earlier steps took (see _look)."""
+        fleet = await self._look(share)
+        instances = fleet.instances
         free = [i for i in instances if i.is_spare]
         await self.store.add_spares(i.instance_id for i in free)
         pool = await self.store.spares()
@@ -541,7 +563,7 @@ class CodePool:
         in_service = sum(i.in_service for i in instances)
         # Running unowned boxes not in the pool are being claimed right now: assigned.
         assigned = in_service - len(spares) - booting
-        cap = await self.backend.capacity()
+        cap = fleet.capacity
         p = self.settings.pool
         now = self.clock()
         entry = policy.schedule_entry(p.schedule, now)
@@ -574,6 +596,27 @@ class CodePool:
             await self.scale()
         except (BackendError, PoolFull) as exc:
             log.warning("scale after %s failed: %s", why, exc)
+
+    def _scale_soon(self, why: str) -> None:
+        """Scale after an assignment without making its person wait for it: the spare it
+        took is replaced in the background, and assignments that land together share one
+        scale (one look at the group for all of them, not one each). close() waits."""
+        self._scale_wanted = why
+        if self._scaling is None or self._scaling.done():
+            self._scaling = asyncio.create_task(self._scale_while_wanted())
+
+    async def scaled(self) -> None:
+        """Wait for the scale that assignments asked for, if one is under way."""
+        while self._scaling is not None and not self._scaling.done():
+            await asyncio.shield(self._scaling)
+
+    async def _scale_while_wanted(self) -> None:
+        while self._scale_wanted:
+            why, self._scale_wanted = self._scale_wanted, ""
+            try:
+                await self._scale_after(why)
+            except Exception:  # a task nobody awaits would hide it
+                log.exception("scale after %s failed", why)
 
     # -- extend ---------------------------------------------------------------------------
 
@@ -619,7 +662,7 @@ class CodePool:
         shown every record of the walk (the leader counts its gauges on it: the one full
         walk of a cycle)."""
         now = self.clock()  # before the list: records written since are newer than it
-        instances = await self.backend.list_instances()
+        instances = (await self._look()).instances
         by_id = {i.instance_id: i for i in instances}
         owned: dict[str, list[Instance]] = defaultdict(list)
         for inst in instances:
@@ -841,11 +884,11 @@ class CodePool:
 
     # -- status ---------------------------------------------------------------------------
 
-    async def status(self, walk: bool = True) -> PoolStatus:
+    async def status(self, walk: bool = True, share: bool = False) -> PoolStatus:
         """Pool numbers, one row per workspace, and the two capacity warnings. walk=False
-        leaves out the rows (the store is not read)."""
-        instances = await self.backend.list_instances()
-        cap = await self.backend.capacity()
+        leaves out the rows (the store is not read); share: as for scale."""
+        fleet = await self._look(share)
+        instances, cap = fleet.instances, fleet.capacity
         workspaces: list[Workspace] = []
         if walk:
             async for batch in self.store.iter_workspaces():

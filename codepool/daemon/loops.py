@@ -86,7 +86,7 @@ class Loops:
         )
         # Reaping on a store that failed to reconcile could act on stale data: skip it.
         ok = walk_ok and await self._step("reap", self._reap)
-        ok = await self._step("scale", self.pool.scale) and ok
+        ok = await self._step("scale", functools.partial(self.pool.scale, share=True)) and ok
         ok = await self._step("events", self.pool.trim_events) and ok
         observe = functools.partial(self._observe, walked if walk_ok else None)
         ok = await self._step("status", observe) and ok
@@ -113,7 +113,7 @@ class Loops:
                 self.metrics.reaps.labels(d.action.value).inc()
 
     async def _observe(self, walked: Counter[WorkspaceState] | None) -> None:
-        status = await self.pool.status(walk=walked is None)
+        status = await self.pool.status(walk=walked is None, share=True)
         figures = self.metrics.observe_status(status, walked)
         # For the other routers' gauges; kept for three cycles, so a leader gone quiet
         # leaves them showing 0 rather than old news.

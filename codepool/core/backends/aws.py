@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -35,6 +36,7 @@ from codepool.core.models import (
     BoxShape,
     Capacity,
     Check,
+    Fleet,
     Instance,
     InstanceState,
     Lifecycle,
@@ -90,6 +92,12 @@ def _stopped_at_ms(reason: str) -> int:
     return int(time.mktime(time.strptime(m.group(1) + " UTC", "%Y-%m-%d %H:%M:%S %Z")) * 1000)
 
 
+def _fresh_spare(seen: Instance | None, instance_id: str) -> bool:
+    """Whether a look this operation has just taken shows the box as a running spare:
+    then claiming it needs no second look (the store's claim keeps others off it)."""
+    return seen is not None and seen.instance_id == instance_id and seen.is_spare
+
+
 def _why(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
@@ -133,6 +141,17 @@ class AwsBackend:
             self.budgets = session.client("budgets", **{"region_name": "us-east-1", **kwargs})
         except BotoCoreError as exc:
             raise BackendError(f"aws: cannot make a client: {exc}") from None
+        self.writes = 0
+        self._counting = threading.Lock()  # calls run in worker threads
+        for client in (self.asg, self.ec2):
+            client.meta.events.register("before-call.*.*", self._count_write)
+
+    def _count_write(self, model: Any, **_: Any) -> None:
+        """Every call that is not a read is a change (whoever made it: a retried batch,
+        a terminate, a tag): a look older than it is no longer shared."""
+        if not model.name.startswith(("Describe", "Get", "List")):
+            with self._counting:
+                self.writes += 1
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -167,7 +186,7 @@ class AwsBackend:
             pages = paginator.paginate(InstanceIds=list(ids))
         return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
-    def _instances(self) -> list[Instance]:
+    def _fleet(self) -> Fleet:
         group = self._group()
         lifecycle = {i["InstanceId"]: i["LifecycleState"] for i in group["Instances"]}
         found = []
@@ -192,7 +211,14 @@ class AwsBackend:
                     tagged=OWNER_TAG in tags,
                 )
             )
-        return found
+        capacity = Capacity(group["MinSize"], group["MaxSize"], group["DesiredCapacity"])
+        return Fleet(found, capacity)
+
+    def _instances(self) -> list[Instance]:
+        return self._fleet().instances
+
+    def _box(self, instance_id: str) -> Instance | None:
+        return next((i for i in self._instances() if i.instance_id == instance_id), None)
 
     def _wait(self, ids: Sequence[str], done: Callable[[list[Instance]], bool], what: str) -> None:
         deadline = time.monotonic() + self.settings.wait_timeout_s
@@ -206,6 +232,9 @@ class AwsBackend:
 
     # -- the protocol ---------------------------------------------------------------------
 
+    async def fleet(self) -> Fleet:
+        return await self._call(self._fleet)
+
     async def list_instances(self) -> list[Instance]:
         return await self._call(self._instances)
 
@@ -217,22 +246,18 @@ class AwsBackend:
         return await self._call(run)
 
     async def set_desired(self, desired: int) -> None:
+        # No look at the group first: AWS refuses a value outside [min, max] itself
+        # (ValidationError, which says so), and the callers have just read the limits.
         def run() -> None:
-            g = self._group()
-            if not g["MinSize"] <= desired <= g["MaxSize"]:
-                raise BackendError(
-                    f"desired capacity {desired} outside the group's limits "
-                    f"[{g['MinSize']}, {g['MaxSize']}]"
-                )
             self.asg.set_desired_capacity(
                 AutoScalingGroupName=self.group, DesiredCapacity=desired, HonorCooldown=False
             )
 
         await self._call(run)
 
-    async def claim(self, instance_id: str, owner: str) -> Instance:
+    async def claim(self, instance_id: str, owner: str, seen: Instance | None = None) -> Instance:
         def run() -> Instance:
-            box = next((i for i in self._instances() if i.instance_id == instance_id), None)
+            box = seen if _fresh_spare(seen, instance_id) else self._box(instance_id)
             if box is None or not box.is_spare or box.state is not InstanceState.RUNNING:
                 raise NotASpare(f"{instance_id}: not an unowned running spare")
             # Protected first: from here on no scale-in can pick this box.
@@ -325,9 +350,10 @@ class AwsBackend:
 
         return await self._call(run)
 
-    async def start(self, instance_id: str) -> Instance:
+    async def start(self, instance_id: str, seen: Instance | None = None) -> Instance:
         def run() -> Instance:
-            box = next((i for i in self._instances() if i.instance_id == instance_id), None)
+            box = seen if seen is not None and seen.instance_id == instance_id else None
+            box = box or self._box(instance_id)
             if box is None:
                 raise BackendError(f"{instance_id}: not in the group")
             if box.state is not InstanceState.RUNNING:

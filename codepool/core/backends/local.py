@@ -45,6 +45,7 @@ from codepool.core.models import (
     BoxShape,
     Capacity,
     Check,
+    Fleet,
     Instance,
     InstanceState,
     Lifecycle,
@@ -156,6 +157,7 @@ class LocalBackend:
         )
         # A Unix socket unless the command asks for a port ({port}: the operator's choice).
         self.on_socket = not any("{port}" in part for part in settings.command)
+        self.writes = 0  # counted before each change (see Backend.writes)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -387,8 +389,17 @@ class LocalBackend:
 
     # -- the protocol ---------------------------------------------------------------------
 
+    async def fleet(self) -> Fleet:
+        s = self.settings
+
+        def run() -> Fleet:
+            instances = [self._instance(m) for m in self._all()]
+            return Fleet(instances, Capacity(s.min_size, s.max_size, self._desired()))
+
+        return await self._thread(run)
+
     async def list_instances(self) -> list[Instance]:
-        return await self._thread(lambda: [self._instance(m) for m in self._all()])
+        return (await self.fleet()).instances
 
     async def capacity(self) -> Capacity:
         s = self.settings
@@ -399,6 +410,7 @@ class LocalBackend:
 
     async def set_desired(self, desired: int) -> None:
         s = self.settings
+        self.writes += 1
         if not s.min_size <= desired <= s.max_size:
             raise BackendError(
                 f"desired capacity {desired} outside the group's limits "
@@ -432,7 +444,10 @@ class LocalBackend:
             shutil.rmtree(self.slots / iid, ignore_errors=True)
             raise
 
-    async def claim(self, instance_id: str, owner: str) -> Instance:
+    async def claim(self, instance_id: str, owner: str, seen: Instance | None = None) -> Instance:
+        # seen saves nothing here: the slot's file is read under the lock either way.
+        self.writes += 1
+
         def run() -> Instance:
             with self._locked():
                 meta = self._read(instance_id)
@@ -483,6 +498,8 @@ class LocalBackend:
         return BatchResult(tuple(done), failed)
 
     async def stop(self, instance_ids: Sequence[str]) -> BatchResult:
+        self.writes += 1
+
         def standby_and_stop(meta: SlotMeta) -> None:
             stopped_at = meta.stopped_at_ms if meta.want == "stopped" else _now_ms()
             standby = Lifecycle.STANDBY.value
@@ -491,8 +508,9 @@ class LocalBackend:
 
         return await self._thread(self._leave_service, instance_ids, standby_and_stop)
 
-    async def start(self, instance_id: str) -> Instance:
+    async def start(self, instance_id: str, seen: Instance | None = None) -> Instance:
         s = self.settings
+        self.writes += 1
 
         def run() -> Instance:
             with self._locked():
@@ -519,6 +537,8 @@ class LocalBackend:
         return await self._thread(run)
 
     async def terminate(self, instance_ids: Sequence[str]) -> BatchResult:
+        self.writes += 1
+
         def delete(meta: SlotMeta) -> None:
             self._kill(meta)
             shutil.rmtree(self.slots / meta.instance_id, ignore_errors=True)
