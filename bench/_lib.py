@@ -87,6 +87,20 @@ def free_port() -> int:
         return port
 
 
+def need_package(package: str) -> None:
+    """Install a Debian package with apt."""
+    if shutil.which("apt-get") is None:
+        raise BenchError(f"Debian package {package} is needed: install it")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print(f"==> installing {package} with apt", file=sys.stderr)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", package],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+
+
 def need(tool: str, package: str | None = None) -> str:
     """The path of a command, installing its Debian package first if it is missing."""
     found = shutil.which(tool) or (
@@ -94,16 +108,7 @@ def need(tool: str, package: str | None = None) -> str:
     )
     if found:
         return found
-    if shutil.which("apt-get") is None:
-        raise BenchError(f"{tool} is needed: install it (Debian package {package or tool})")
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    print(f"==> installing {package or tool} with apt", file=sys.stderr)
-    subprocess.run(
-        [*sudo, "apt-get", "install", "-y", "-qq", package or tool],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
+    need_package(package or tool)
     found = shutil.which(tool) or (
         f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None
     )
@@ -492,7 +497,10 @@ async def _sessions(store_url: str, prefix: str, users: list[str]) -> dict[str, 
     return out
 
 
+LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")
 NGINX_MAIN = """
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module {lua};
 {user}worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -521,8 +529,13 @@ class Nginx(Proc):
         directory.mkdir(parents=True, exist_ok=True)
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the folder
         conf = directory / "nginx.conf"
-        conf.write_text(NGINX_MAIN.format(user=user, workers=workers, dir=directory, site=site))
         binary = need("nginx")
+        if not LUA_MODULE.exists():  # nginx/front.conf's Lua (Debian's module for its nginx)
+            need_package("libnginx-mod-http-lua")
+        text = NGINX_MAIN.format(
+            user=user, workers=workers, dir=directory, site=site, lua=LUA_MODULE
+        )
+        conf.write_text(text)
         test = subprocess.run(
             [binary, "-t", "-c", str(conf), "-p", str(directory)], capture_output=True, text=True
         )

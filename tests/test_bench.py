@@ -64,12 +64,13 @@ def test_proxy_bench(tmp_path: Path) -> None:
     if shutil.which("npm") is None or not Path(nginx).exists():
         need("npm and nginx", "the proxy bench installs configurable-http-proxy, runs nginx")
     data = run_bench(tmp_path, "proxy", "--seconds", "1", "--rounds", "1")
-    for label in ("2 KB page", "1 MB asset"):
+    for label in ("2 KB page", "2 KB asset", "1 MB asset"):
         assert set(data[label]) == {
             "direct",
             "nginx",
             "nginx, no keepalive",
             "chp",
+            "minimal",
             "codepool",
             "codepool x2",
             "front",

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from html import escape
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ from codepool.core import sockets
 from codepool.core.models import Workspace, WorkspaceState
 from codepool.core.pool import CodePool
 from codepool.core.tls import connect_args
+from codepool.daemon import upstream
 
 log = logging.getLogger("codepool.proxy")
 
@@ -70,6 +72,7 @@ _REFUSED_LOWER = frozenset(h.lower() for h in ("Service-Worker-Allowed", "Clear-
 
 
 MAX_UNIX_SESSIONS = 256
+SMALL = 64 * 1024  # an answer this size or less is read whole, then sent in one write
 T = TypeVar("T")
 
 
@@ -147,6 +150,18 @@ class Heartbeat:
         return f'<script defer src="{escape(self.script)}"{attributes}></script>'.encode()
 
 
+def _text_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """A box's header bytes as text: UTF-8 as browsers read it (a file name in
+    Content-Disposition), else Latin-1, so that no byte can make the answer fail."""
+    out = []
+    for name, value in raw:
+        try:
+            out.append((name.decode("ascii"), value.decode("utf-8")))
+        except UnicodeDecodeError:
+            out.append((name.decode("latin-1"), value.decode("latin-1")))
+    return out
+
+
 def inject(html: bytes, tag: bytes) -> bytes:
     """Put the tag before the first </head>, or at the start if there is none."""
     match = _HEAD_CLOSE.search(html)
@@ -201,6 +216,7 @@ class WorkspaceProxy:
         self._unix: dict[str, aiohttp.ClientSession] = {}  # one per socket address
         self._closing: set[asyncio.Task[None]] = set()
         self._websockets: set[web.WebSocketResponse] = set()  # browsers' open sockets
+        self.boxes = upstream.BoxPool()  # kept-alive HTTP connections, per box
 
     async def start(self) -> None:
         self._client = _client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
@@ -215,6 +231,7 @@ class WorkspaceProxy:
         )  # fmt: skip
 
     async def close(self) -> None:
+        await self.boxes.close()
         if self._client is not None:
             await self._client.close()
         for session in self._unix.values():
@@ -226,7 +243,7 @@ class WorkspaceProxy:
         assert self._client is not None, "proxy not started"
         return self._client
 
-    def upstream(self, address: str) -> tuple[aiohttp.ClientSession, str]:
+    def ws_client(self, address: str) -> tuple[aiohttp.ClientSession, str]:
         """The client session and base URL that reach a workspace's address: a box over
         the network, or a socket of the local backend (sockets.py), through a connector
         that checks who answers."""
@@ -266,7 +283,7 @@ class WorkspaceProxy:
         process) is asked again once with a fresh address; nothing was sent yet."""
         for attempt in (1, 2):
             ws = await self.workspace(user)
-            client, base = self.upstream(ws.address)
+            client, base = self.ws_client(ws.address)
             try:
                 return ws, await connect(client, base)
             except StaleSocket as exc:
@@ -306,9 +323,11 @@ class WorkspaceProxy:
     def prefix(self, user: str) -> str:
         return f"/w/{user}" if self.path_mode else ""
 
-    def _response_headers(self, upstream: aiohttp.ClientResponse, prefix: str) -> CIMultiDict[str]:
+    def _response_headers(
+        self, headers: Iterable[tuple[str, str]], prefix: str
+    ) -> CIMultiDict[str]:
         out: CIMultiDict[str] = CIMultiDict()
-        for name, value in upstream.headers.items():
+        for name, value in headers:
             low = name.lower()
             if low in HOP_BY_HOP or low in _REFUSED_LOWER:
                 continue
@@ -325,53 +344,127 @@ class WorkspaceProxy:
         """Proxy one HTTP request; path is the raw (still percent-encoded) rest of the URL."""
         prefix = self.prefix(user)
         headers = self._upstream_headers(request, prefix)
-        wants_html = "text/html" in request.headers.get("Accept", "")
-        if wants_html:
+        if "text/html" in request.headers.get("Accept", ""):
             headers.pop("Accept-Encoding", None)  # HTML must arrive readable for injection
+        body: upstream.Body | None = None
+        if request.body_exists:
+            length = request.content_length
+            if length is None:
+                headers["Transfer-Encoding"] = "chunked"
+            else:
+                headers["Content-Length"] = str(length)
+            chunks = request.content.iter_any()
 
-        def send(client: aiohttp.ClientSession, base: str) -> Awaitable[aiohttp.ClientResponse]:
-            # encoded=True: the path and query go upstream byte for byte as the browser sent
-            url = URL(base + path, encoded=True)
-            return client.request(
-                request.method,
-                url,
-                headers=headers,
-                data=request.content if request.body_exists else None,
-                allow_redirects=False,
-                **connect_args(self.pool.backend.tls, url.scheme),
-            )
+            def body(conn: upstream.Connection) -> Awaitable[None]:
+                return upstream.send_body(conn, chunks, chunked=length is None)
 
-        ws, upstream = await self._open(user, send)
-        async with upstream:
-            out_headers = self._response_headers(upstream, prefix)
-            ctype = upstream.headers.get("Content-Type", "")
-            first = b""
+        # The path and query go upstream byte for byte as the browser sent them.
+        lines = [f"{request.method} {path} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        ws, answer = await self._exchange(user, request.method, head, body)
+        try:
+            return await self._answer(request, ws, answer, prefix)
+        finally:
+            answer.release()
+
+    async def _exchange(
+        self, user: str, method: str, head: bytes, body: upstream.Body | None
+    ) -> tuple[Workspace, upstream.Answer]:
+        """Send a request to user's workspace. A socket answered by another process than
+        the address names (a workspace resumed since the address was cached: same path,
+        new process) is asked again once with a fresh address; nothing was sent yet."""
+        for attempt in (1, 2):
+            ws = await self.workspace(user)
+            try:
+                return ws, await self.boxes.exchange(
+                    ws.address, self._connector(ws.address), method, head, body
+                )
+            except StaleSocket as exc:
+                self.forget(user)
+                self.boxes.forget(ws.address)
+                if attempt == 2:
+                    log.warning("proxy %s: %s", user, exc)
+            except (upstream.BadAnswer, OSError, TimeoutError) as exc:
+                self.forget(user)
+                log.warning("proxy %s %s: %s", user, ws.address, exc or type(exc).__name__)
+                break
+        raise web.HTTPBadGateway(text=f"workspace of {user} is not answering")
+
+    def _connector(self, address: str) -> Callable[[], Awaitable[upstream.Connection]]:
+        """How to open a new connection to a box: over the network (TLS as the backend
+        says), or to a local workspace's socket, checking that its own process answers."""
+        unix = sockets.parse(address)
+        if unix is None:
+            box = self.boxes.box(address, connect_args(self.pool.backend.tls, address[:5]))
+            return functools.partial(upstream.connect_tcp, box)
+
+        async def connect() -> upstream.Connection:
+            conn = await upstream.connect_unix(unix.path)
+            transport = conn.transport
+            why = "no connection" if transport is None else ""
+            if transport is not None:
+                why = sockets.peer_refusal(transport.get_extra_info("socket"), unix)
+            if why:
+                conn.close()
+                raise StaleSocket(why)
+            return conn
+
+        return connect
+
+    async def _answer(
+        self, request: web.Request, ws: Workspace, answer: upstream.Answer, prefix: str
+    ) -> web.StreamResponse:
+        """The box's answer, for the browser: headers filtered, the heartbeat in HTML."""
+        out_headers = self._response_headers(_text_headers(answer.headers), prefix)
+        ctype = out_headers.get("Content-Type", "")
+        first = b""
+        try:
             if ctype.startswith("text/html") and request.method != "HEAD":
-                first, html = await self._read_html(upstream)
+                first, html = await self._read_html(out_headers, answer.chunks())
                 if html is not None:
                     out_headers.popall("Content-Encoding", None)
                     out_headers.popall("Content-Length", None)
                     body = inject(html, self.heartbeat.tag(ws.instance_id))
-                    return web.Response(status=upstream.status, headers=out_headers, body=body)
-            response = web.StreamResponse(status=upstream.status, headers=out_headers)
-            if upstream.content_length is not None:
-                response.content_length = upstream.content_length
-            await response.prepare(request)
+                    return web.Response(status=answer.status, headers=out_headers, body=body)
+            length = answer.content_length
+            if length is not None and length <= SMALL and request.method != "HEAD" and not first:
+                # Small and whole: one write to the browser, headers and body together.
+                small = await answer.read()
+                return web.Response(status=answer.status, headers=out_headers, body=small)
+        except upstream.BadAnswer as exc:  # cut or malformed before anything was sent
+            log.warning("proxy %s: %s", ws.user, exc)
+            raise web.HTTPBadGateway(text=f"workspace of {ws.user} is not answering") from None
+        response = web.StreamResponse(status=answer.status, headers=out_headers)
+        if length is not None:
+            response.content_length = length
+        await response.prepare(request)
+        try:
             if first:
                 await response.write(first)
-            async for chunk in upstream.content.iter_any():
+            async for chunk in answer.chunks():
                 await response.write(chunk)
-            await response.write_eof()
+        except upstream.BadAnswer as exc:
+            # Cut or malformed mid-body, after the head went out: the browser's connection
+            # is closed before the body's end is written, so it sees a cut body (never a
+            # whole one, and never a second answer on the same connection).
+            log.warning("proxy %s: %s", ws.user, exc)
+            if request.transport is not None:
+                request.transport.abort()
             return response
+        await response.write_eof()
+        return response
 
-    async def _read_html(self, upstream: aiohttp.ClientResponse) -> tuple[bytes, bytes | None]:
+    async def _read_html(
+        self, headers: CIMultiDict[str], chunks: AsyncIterator[bytes]
+    ) -> tuple[bytes, bytes | None]:
         """Read an HTML body: (bytes read, the decoded document). Compressed bodies are
         inflated as they arrive, never past max_html_bytes (a box could send a megabyte
         that inflates to a gigabyte). The document is None when it cannot be injected
         (read or inflated past the bound, or an encoding zlib cannot undo); the caller
         then sends the bytes read and streams the rest unchanged, compression and all."""
         limit = self.max_html_bytes
-        encoding = upstream.headers.get("Content-Encoding", "").lower()
+        encoding = headers.get("Content-Encoding", "").lower()
         if encoding not in ("", "identity", "gzip", "deflate"):
             log.warning("HTML with Content-Encoding %s: heartbeat not injected", encoding)
             return b"", None
@@ -380,7 +473,7 @@ class WorkspaceProxy:
             inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else 0)
         raw = bytearray()
         html = bytearray()
-        async for chunk in upstream.content.iter_any():
+        async for chunk in chunks:
             raw += chunk
             if len(raw) > limit:
                 return bytes(raw), None
@@ -417,13 +510,13 @@ class WorkspaceProxy:
             )
 
         try:
-            _, upstream = await self._open(user, connect)
+            _, box = await self._open(user, connect)
         except aiohttp.WSServerHandshakeError as exc:
             raise web.HTTPBadGateway(
                 text=f"workspace refused the WebSocket ({exc.status})"
             ) from None
         browser = web.WebSocketResponse(
-            protocols=[upstream.protocol] if upstream.protocol else (),
+            protocols=[box.protocol] if box.protocol else (),
             max_msg_size=MAX_WS_MESSAGE,
             autoping=True,
         )
@@ -440,8 +533,8 @@ class WorkspaceProxy:
                     break
 
         tasks = [
-            asyncio.create_task(pump(browser, upstream)),
-            asyncio.create_task(pump(upstream, browser)),
+            asyncio.create_task(pump(browser, box)),
+            asyncio.create_task(pump(box, browser)),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -452,6 +545,6 @@ class WorkspaceProxy:
                 with contextlib.suppress(BaseException):
                     await t
             self._websockets.discard(browser)
-            await upstream.close()
+            await box.close()
             await browser.close()
         return browser
