@@ -1,6 +1,6 @@
 """Every benchmark, one after another: `bench/run` (or python -m bench).
 
-    bench/run                      # all of them (about 12 minutes on 2 cores)
+    bench/run                      # all of them (about 25 minutes on 2 cores)
     bench/run --quick              # shorter runs, one round: a check that they work
     bench/run --only ping,proxy    # some of them
 
@@ -19,11 +19,11 @@ from typing import Any
 
 from bench import _lib
 
-NAMES = ("ping", "proxy", "reap", "aws", "workspace")
+NAMES = ("ping", "proxy", "reap", "aws", "workspace", "capacity")
 
 
 def _runners(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
-    from bench import aws, ping, proxy, reap, workspace
+    from bench import aws, capacity, ping, proxy, reap, workspace
 
     seconds, rounds = (2.0, 1) if quick else (4.0, 5)
     return {
@@ -32,6 +32,9 @@ def _runners(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
         "reap": lambda: reap.run([1000, 10000] if quick else [1000, 10000, 100000]),
         "aws": lambda: aws.run([100] if quick else [100, 1000]),
         "workspace": lambda: workspace.run(1 if quick else 3),
+        "capacity": lambda: capacity.run(
+            [100] if quick else [250, 500, 1000, 2000, 4000], 3.0 if quick else 10.0, 1.0, 50.0
+        ),
     }
 
 

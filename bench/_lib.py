@@ -504,7 +504,8 @@ load_module {lua};
 {user}worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}  # a WebSocket through a proxy holds two
 http {{
     access_log off;
     sendfile on;

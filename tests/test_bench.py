@@ -101,3 +101,14 @@ def test_workspace_bench(tmp_path: Path, code_server: str) -> None:
     data = run_bench(tmp_path, "workspace", "--rounds", "1")
     assert set(data["summary"]) == {"code-server alone", "warm spare", "resume", "cold start"}
     assert all(v["median_s"] > 0 for v in data["summary"].values())
+
+
+@pytest.mark.timeout(300)
+def test_capacity_bench(tmp_path: Path) -> None:
+    data = run_bench(tmp_path, "capacity", "--steps", "20,40", "--seconds", "2")
+    for name in ("router", "router x2", "front + router"):
+        steps = data[name]["steps"]
+        assert [s["people"] for s in steps] == [20, 40]
+        assert all(s["keystrokes"] > 0 and s["router_cores"] >= 0 for s in steps)
+        assert data[name]["idle_rss_mb"] > 0
+    assert data["targets"][0]["target"].startswith("front: active people per router core")

@@ -9,6 +9,7 @@ another would have let the hidden request through on a connection it keeps open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -258,3 +259,42 @@ async def test_a_hostile_boxs_answers_never_reach_the_next_request(
         assert got[name][0] == [b"502"], (name, got[name])
     assert got["not-utf8-header"][0] == [b"200"]
     assert got["early-hints"][0] == [b"200"]
+
+
+async def test_a_browser_leaving_mid_answer_leaves_no_traceback(
+    tmp_path: Path, nginx: Callable[[str], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tab closed while a large answer streams is ordinary: the router drops the rest
+    of the box's answer and logs no error; the next request is served."""
+
+    async def slow_box(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                if b"/big" not in head.split(b"\r\n")[0]:
+                    writer.write(CLEAN)
+                    continue
+                await asyncio.sleep(0.2)  # long enough for some tabs to close first
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50000000\r\n\r\n")
+                for _ in range(500):
+                    writer.write(b"b" * 100_000)
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+        writer.close()
+
+    server = await asyncio.start_server(slow_box, "127.0.0.1", 0)
+    box = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server, entered("router", box, tmp_path, nginx) as (port, host, cookie):
+        for early in (False, True, False, True):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET /big HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n".encode())
+            if not early:  # the tab closes mid-body, or before the box has answered
+                assert (await reader.readexactly(200)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(0.05)
+            writer.transport.abort()
+            await asyncio.sleep(0.5)
+        raw = (
+            f"GET /after HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        )
+        assert (await exchange(port, raw.encode())).endswith(b"clean")
+    assert "Error handling request" not in caplog.text
+    assert "Traceback" not in caplog.text

@@ -773,7 +773,7 @@ def test_strip_cookies_keeps_every_cookie_but_the_routers(header: str, expected:
 async def test_the_fronts_question_is_answered_for_boxes_on_the_network_only(
     make_served: Callable[..., Any], request: pytest.FixtureRequest
 ) -> None:
-    """`/_codepool/auth` (nginx/front.conf's auth_request): a yes names a box on the network;
+    """`/_codepool/auth` (nginx/front.conf's question): a yes names a box on the network;
     a local workspace's socket is carried by the router itself, which checks who answers."""
     served: Served = await make_served(router={"trusted_proxies": ["127.0.0.1"]})
     alice = await served.client("alice")

@@ -41,6 +41,8 @@ from codepool.daemon.access import access_log
 from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER
 
+BACKLOG = 2048  # connections waiting for the router to accept them
+
 
 def first_admin(settings: Settings) -> None:
     """On the very first start (no account in the store), take the accounts of a users
@@ -290,7 +292,9 @@ class Serving:
         await runner.setup()
         r = settings.router
         try:  # the port is checked before: SO_REUSEPORT is for ourselves only
-            await web.TCPSite(runner, r.host, r.port, reuse_port=True).start()
+            # A crowd arriving at nine, or a front opening connections in a burst, must
+            # not find the listen queue full (aiohttp's default is 128; Linux allows 4096).
+            await web.TCPSite(runner, r.host, r.port, reuse_port=True, backlog=BACKLOG).start()
         except BaseException:
             await runner.cleanup()
             raise

@@ -606,9 +606,15 @@ class CodePool:
             self._scaling = asyncio.create_task(self._scale_while_wanted())
 
     async def scaled(self) -> None:
-        """Wait for the scale that assignments asked for, if one is under way."""
-        while self._scaling is not None and not self._scaling.done():
-            await asyncio.shield(self._scaling)
+        """Wait for the scale that assignments asked for, if one is under way. Waiting is
+        not cancelled with the waiter, and the scale's own cancellation is not the
+        waiter's; what stopped the process in it (never an Exception: those are logged
+        there) is raised here."""
+        while (task := self._scaling) is not None and not task.done():
+            await asyncio.wait([task])
+        if task is not None and not task.cancelled() and (exc := task.exception()):
+            self._scaling = None  # raised once
+            raise exc
 
     async def _scale_while_wanted(self) -> None:
         while self._scale_wanted:

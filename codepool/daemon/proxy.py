@@ -438,12 +438,13 @@ class WorkspaceProxy:
         response = web.StreamResponse(status=answer.status, headers=out_headers)
         if length is not None:
             response.content_length = length
-        await response.prepare(request)
         try:
+            await response.prepare(request)
             if first:
                 await response.write(first)
             async for chunk in answer.chunks():
                 await response.write(chunk)
+            await response.write_eof()
         except upstream.BadAnswer as exc:
             # Cut or malformed mid-body, after the head went out: the browser's connection
             # is closed before the body's end is written, so it sees a cut body (never a
@@ -451,8 +452,10 @@ class WorkspaceProxy:
             log.warning("proxy %s: %s", ws.user, exc)
             if request.transport is not None:
                 request.transport.abort()
-            return response
-        await response.write_eof()
+        except ConnectionResetError:
+            # The browser went away (a tab closed, a page left): nothing to answer. The
+            # box's connection is closed with the rest of its answer unread.
+            log.debug("proxy %s: the browser left before the answer's end", ws.user)
         return response
 
     async def _read_html(

@@ -426,7 +426,7 @@ AUTH_CACHE_S = 2  # how long nginx may reuse a "yes" (as long as the proxy trust
 
 
 async def authorize_front(request: web.Request, label: str) -> web.StreamResponse:
-    """`auth_request` of nginx/front.conf: may nginx carry this request to the box of the
+    """The question of nginx/front.conf: may nginx carry this request to the box of the
     workspace origin it was sent to? 200 with the box's address if so (nginx keeps it
     AUTH_CACHE_S). Anything else gets 403, and the front hands the request to the router,
     which gives the right answer: a login, the stopped page, a refusal, or an HTML
