@@ -268,18 +268,20 @@ async def test_a_browser_leaving_mid_answer_leaves_no_traceback(
     of the box's answer and logs no error; the next request is served."""
 
     async def slow_box(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while head := await reader.readuntil(b"\r\n\r\n"):
-                if b"/big" not in head.split(b"\r\n")[0]:
-                    writer.write(CLEAN)
-                    continue
-                await asyncio.sleep(0.2)  # long enough for some tabs to close first
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50000000\r\n\r\n")
-                for _ in range(500):
-                    writer.write(b"b" * 100_000)
-                    await writer.drain()
-                    await asyncio.sleep(0.001)
-        writer.close()
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while head := await reader.readuntil(b"\r\n\r\n"):
+                    if b"/big" not in head.split(b"\r\n")[0]:
+                        writer.write(CLEAN)
+                        continue
+                    await asyncio.sleep(0.2)  # long enough for some tabs to close first
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50000000\r\n\r\n")
+                    for _ in range(500):
+                        writer.write(b"b" * 100_000)
+                        await writer.drain()
+                        await asyncio.sleep(0.001)
+        finally:  # also when the server's close cancels this handler
+            writer.close()
 
     server = await asyncio.start_server(slow_box, "127.0.0.1", 0)
     box = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"

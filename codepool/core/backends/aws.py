@@ -352,8 +352,8 @@ class AwsBackend:
 
     async def start(self, instance_id: str, seen: Instance | None = None) -> Instance:
         def run() -> Instance:
-            box = seen if seen is not None and seen.instance_id == instance_id else None
-            box = box or self._box(instance_id)
+            fresh = seen is not None and seen.instance_id == instance_id
+            box = seen if fresh else self._box(instance_id)
             if box is None:
                 raise BackendError(f"{instance_id}: not in the group")
             if box.state is not InstanceState.RUNNING:
