@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from codepool.core.pool import CodePool
 from codepool.core.store import create_store
+from codepool.core.tls import WorkspaceTls
 from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER
 from tests.conftest import make_settings, need
@@ -108,17 +109,35 @@ async def wait_listening(port: int) -> None:
 
 
 def front_site(
-    router_url: str, front_port: int, tmp_path: Path, yes_size: str = "10m", yes_s: int = 2
+    router_url: str,
+    front_port: int,
+    tmp_path: Path,
+    yes_size: str = "10m",
+    yes_s: int = 2,
+    box_ca: str = "",
 ) -> str:
     """nginx/front.conf on loopback: it listens on front_port, asks the router at
     router_url, and serves workspace origins under *.localhost (yes_size and yes_s: the
     shared memory for the router's yeses and how long one is kept, instead of the
-    file's 10m and 2 s)."""
+    file's 10m and 2 s; box_ca: its lines for boxes serving TLS, on, with this CA)."""
+    conf = (ROOT / "nginx" / "front.conf").read_text()
+    if box_ca:
+        conf = adapt(
+            conf,
+            {
+                "# proxy_ssl_verify on;": "proxy_ssl_verify on;",
+                "# proxy_ssl_trusted_certificate /etc/codepool/tls/workspace-ca.crt;": (
+                    f"proxy_ssl_trusted_certificate {box_ca};"
+                ),
+                "# proxy_ssl_name": "proxy_ssl_name",
+                "# proxy_ssl_server_name on;": "proxy_ssl_server_name on;",
+            },
+        )
     return adapt(
-        (ROOT / "nginx" / "front.conf").read_text(),
+        conf,
         {
             "lua_shared_dict codepool_yes 10m;": f"lua_shared_dict codepool_yes {yes_size};",
-            "yes:set(key, box, 2)": f"yes:set(key, box, {yes_s})",
+            "yes:set(hash, box, 2, port)": f"yes:set(hash, box, {yes_s}, port)",
             "listen 80;": f"listen 127.0.0.1:{front_port};",
             "server 127.0.0.1:8000;": f"server {router_url.removeprefix('http://')};",
             "server_name router.example.com;": "server_name 127.0.0.1;",
@@ -129,10 +148,16 @@ def front_site(
 
 @contextlib.asynccontextmanager
 async def entered(
-    kind: str, box: str, tmp_path: Path, nginx: Callable[[str], None], **front: Any
+    kind: str,
+    box: str,
+    tmp_path: Path,
+    nginx: Callable[[str], None],
+    tls: WorkspaceTls | None = None,
+    **front: Any,
 ) -> AsyncIterator[tuple[int, str, str]]:
     """A router (behind the nginx front when kind is "front") whose alice has her
-    workspace at box and has entered it: (port to send to, her Host, her Cookie)."""
+    workspace at box (reached with tls when it serves https) and has entered it: (port
+    to send to, her Host, her Cookie)."""
     router_port, front_port = free_port(), free_port()
     port = router_port if kind == "router" else front_port
     settings = make_settings(
@@ -140,7 +165,9 @@ async def entered(
         pool={"warm_spares": 0},
         router={"public_url": f"http://127.0.0.1:{port}", "trusted_proxies": ["127.0.0.1"]},
     )
-    pool = CodePool(settings, create_store("memory://"), MemoryBackend(box))
+    backend = MemoryBackend(box)
+    backend.tls = tls
+    pool = CodePool(settings, create_store("memory://"), backend)
     await add_test_accounts(pool.store)
     app = create_app(pool, settings, run_loops=False)
     name = app[ROUTER].cookies.workspace

@@ -105,10 +105,10 @@ def test_workspace_bench(tmp_path: Path, code_server: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_capacity_bench(tmp_path: Path) -> None:
-    data = run_bench(tmp_path, "capacity", "--steps", "20,40", "--seconds", "2")
+    data = run_bench(tmp_path, "capacity", "--steps", "20", "--seconds", "1")
     for name in ("router", "router x2", "front + router"):
         steps = data[name]["steps"]
-        assert [s["people"] for s in steps] == [20, 40]
+        assert [s["people"] for s in steps] == [20]
         assert all(s["keystrokes"] > 0 and s["router_cores"] >= 0 for s in steps)
         assert data[name]["idle_rss_mb"] > 0
     assert data["targets"][0]["target"].startswith("front: active people per router core")

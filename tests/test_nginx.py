@@ -407,19 +407,7 @@ async def test_front_keeps_boxes_connections_and_a_bounded_memory_of_yeses(
         return await authorize(request, label)
 
     monkeypatch.setattr(workspace, "authorize_front", counted)
-    connections = 0
-
-    async def box(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        try:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while await reader.readuntil(b"\r\n\r\n"):
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    await writer.drain()
-        finally:  # also when the server's close cancels this handler
-            writer.close()
-
+    box = OkBox()
     server = await asyncio.start_server(box, "127.0.0.1", 0)
     address = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     async with (
@@ -428,7 +416,7 @@ async def test_front_keeps_boxes_connections_and_a_bounded_memory_of_yeses(
     ):
         port, host, cookie = entry
         # The box's own health checks (the assignment's) are not the front's.
-        connections, asked[:] = 0, []
+        box.connections, asked[:] = 0, []
 
         async def get(extra_cookie: str) -> bytes:
             raw = f"GET /a.js HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}{extra_cookie}\r\n"
@@ -437,7 +425,7 @@ async def test_front_keeps_boxes_connections_and_a_bounded_memory_of_yeses(
         for _ in range(20):
             assert (await get("")).endswith(b"ok")
         assert len(asked) == 1  # one yes, kept
-        assert connections == 1  # one connection to the box, kept alive
+        assert box.connections == 1  # one connection to the box, kept alive
         # Many browsers (each its own Cookie header): far more yeses than 64 KB hold, each
         # kept for 10 minutes here, so only the bound can make one be forgotten.
         for n in range(1500):
@@ -447,6 +435,62 @@ async def test_front_keeps_boxes_connections_and_a_bounded_memory_of_yeses(
         assert len(asked) == 1501
         assert (await get("; n=0")).endswith(b"ok")  # the oldest was forgotten: asked again
         assert len(asked) == 1502
-        assert connections <= 2
+        assert box.connections <= 2
     errors = (tmp_path / "error.log").read_text()
     assert "no memory" not in errors and "[error]" not in errors, errors[-2000:]
+
+
+@pytest.fixture
+def box_tls(tmp_path: Path) -> Path:
+    """What deploy/workspace-tls.sh makes: the pool's private CA and a box certificate."""
+    tls_dir = tmp_path / "tls"
+    subprocess.run([str(ROOT / "deploy" / "workspace-tls.sh"), str(tls_dir)], check=True)
+    return tls_dir
+
+
+async def test_front_reaches_boxes_over_verified_tls(
+    nginx: Callable[[str], None], tmp_path: Path, box_tls: Path
+) -> None:
+    """nginx/front.conf with its proxy_ssl_* lines on (boxes on AWS serve TLS with the
+    pool's private CA): a box the router names https:// is reached over TLS, its
+    certificate checked, over a kept-alive connection, and gets no router cookie."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(box_tls / "workspace.crt", box_tls / "workspace.key")
+    box = OkBox()
+    server = await asyncio.start_server(box, "127.0.0.1", 0, ssl=context)
+    address = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    ca = str(box_tls / "ca.crt")
+    tls = workspace_tls(ca, "workspace.codepool.internal")
+    async with (
+        server,
+        entered("front", address, tmp_path, nginx, tls=tls, box_ca=ca) as (port, host, cookie),
+    ):
+        box.connections, box.heads[:] = 0, []  # the assignment's own health checks
+        for _ in range(5):
+            raw = f"GET /a.js HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}; theirs=1\r\n"
+            got = await exchange(port, (raw + "Connection: close\r\n\r\n").encode(), 1)
+            assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"ok"), got
+        assert len(box.heads) == 5 and box.connections == 1
+        assert all(b"\r\nCookie: theirs=1\r\n" in h for h in box.heads), box.heads[0]
+    errors = (tmp_path / "error.log").read_text()
+    assert "[error]" not in errors, errors[-2000:]
+
+
+class OkBox:
+    """A box that answers every request 200 "ok" on kept-alive connections; it counts
+    the connections and keeps each request's head."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.heads: list[bytes] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while head := await reader.readuntil(b"\r\n\r\n"):
+                    self.heads.append(head)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+        finally:  # also when the server's close cancels this handler
+            writer.close()
