@@ -137,7 +137,7 @@ def front_site(
         conf,
         {
             "lua_shared_dict codepool_yes 10m;": f"lua_shared_dict codepool_yes {yes_size};",
-            "yes:set(hash, box, 2, port)": f"yes:set(hash, box, {yes_s}, port)",
+            "yes:set(key, box, 2, port)": f"yes:set(key, box, {yes_s}, port)",
             "listen 80;": f"listen 127.0.0.1:{front_port};",
             "server 127.0.0.1:8000;": f"server {router_url.removeprefix('http://')};",
             "server_name router.example.com;": "server_name 127.0.0.1;",
