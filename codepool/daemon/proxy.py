@@ -66,6 +66,14 @@ HOP_BY_HOP = frozenset(
 MAX_WS_MESSAGE = 64 * 1024 * 1024
 CACHE_S = 2.0  # how long a workspace's address is trusted without asking the store
 _HEAD_CLOSE = re.compile(rb"</head\s*>", re.IGNORECASE)
+_HOP_BY_HOP_B = frozenset(h.encode() for h in HOP_BY_HOP)
+# What the browser's request may not say to the box, besides: its framing (set anew for
+# the body the box gets), and for an HTML document, the encodings it accepts (the HTML
+# must arrive readable, to inject the heartbeat).
+_DROP = {
+    False: frozenset({b"content-length"}),
+    True: frozenset({b"content-length", b"accept-encoding"}),
+}
 # A box may not send these: they reach beyond its own origin (the pages a service worker
 # may control; the cookies and storage of the whole site).
 _REFUSED_LOWER = frozenset(h.lower() for h in ("Service-Worker-Allowed", "Clear-Site-Data"))
@@ -217,6 +225,7 @@ class WorkspaceProxy:
         self._closing: set[asyncio.Task[None]] = set()
         self._websockets: set[web.WebSocketResponse] = set()  # browsers' open sockets
         self.boxes = upstream.BoxPool()  # kept-alive HTTP connections, per box
+        self._connectors: dict[str, Callable[[], Awaitable[upstream.Connection]]] = {}
 
     async def start(self) -> None:
         self._client = _client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
@@ -298,26 +307,38 @@ class WorkspaceProxy:
                 break
         raise web.HTTPBadGateway(text=f"workspace of {user} is not answering")
 
-    def _upstream_headers(self, request: web.Request, prefix: str) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in request.headers.items():
+    def _upstream_headers(
+        self, request: web.Request, prefix: str, *, drop: frozenset[bytes] = frozenset()
+    ) -> list[tuple[bytes, bytes]]:
+        """The browser's headers for the box, as the bytes it sent (no decoding and
+        encoding again on the way: a tenth of a proxied request went there), less the
+        hop-by-hop ones, the router's cookies and credentials, and drop; then
+        X-Forwarded-*."""
+        headers: list[tuple[bytes, bytes]] = []
+        prior = b""
+        for name, value in request.raw_headers:
             low = name.lower()
-            if low in HOP_BY_HOP or low.startswith("x-forwarded-"):
+            if low in _HOP_BY_HOP_B or low.startswith(b"x-forwarded-") or low in drop:
+                if low == b"x-forwarded-for" and not prior:
+                    prior = value
                 continue
-            if low == "authorization" and self.strip_authorization:
+            if low == b"authorization" and self.strip_authorization:
                 continue  # the user's JWT is for the router, not for the workspace
-            if low == "cookie":
-                value = strip_cookies(value, self.private_cookies)
-                if not value:
+            if low == b"cookie":
+                text = strip_cookies(value.decode("latin-1"), self.private_cookies)
+                if not text:
                     continue
-            headers.add(name, value)
-        peer = request.remote or ""
-        prior = request.headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-        headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
-        headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
+                value = text.encode("latin-1")
+            headers.append((name, value))
+        peer = (request.remote or "").encode()
+        headers.append((b"X-Forwarded-For", prior + b", " + peer if prior else peer))
+        fields = request.headers
+        proto = fields.get("X-Forwarded-Proto", request.scheme)
+        headers.append((b"X-Forwarded-Proto", proto.encode("utf-8", "surrogateescape")))
+        host = fields.get("X-Forwarded-Host", request.host)
+        headers.append((b"X-Forwarded-Host", host.encode("utf-8", "surrogateescape")))
         if prefix:
-            headers["X-Forwarded-Prefix"] = prefix
+            headers.append((b"X-Forwarded-Prefix", prefix.encode()))
         return headers
 
     def prefix(self, user: str) -> str:
@@ -343,25 +364,24 @@ class WorkspaceProxy:
     async def http(self, request: web.Request, user: str, path: str) -> web.StreamResponse:
         """Proxy one HTTP request; path is the raw (still percent-encoded) rest of the URL."""
         prefix = self.prefix(user)
-        headers = self._upstream_headers(request, prefix)
-        if "text/html" in request.headers.get("Accept", ""):
-            headers.pop("Accept-Encoding", None)  # HTML must arrive readable for injection
+        # HTML must arrive readable for injection; the body's framing is set below.
+        html = "text/html" in request.headers.get("Accept", "")
+        headers = self._upstream_headers(request, prefix, drop=_DROP[html])
         body: upstream.Body | None = None
         if request.body_exists:
             length = request.content_length
             if length is None:
-                headers["Transfer-Encoding"] = "chunked"
+                headers.append((b"Transfer-Encoding", b"chunked"))
             else:
-                headers["Content-Length"] = str(length)
+                headers.append((b"Content-Length", str(length).encode()))
             chunks = request.content.iter_any()
 
             def body(conn: upstream.Connection) -> Awaitable[None]:
                 return upstream.send_body(conn, chunks, chunked=length is None)
 
         # The path and query go upstream byte for byte as the browser sent them.
-        lines = [f"{request.method} {path} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        line = f"{request.method} {path} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
+        head = b"".join([line, *(b"%s: %s\r\n" % h for h in headers), b"\r\n"])
         ws, answer = await self._exchange(user, request.method, head, body)
         try:
             return await self._answer(request, ws, answer, prefix)
@@ -393,24 +413,33 @@ class WorkspaceProxy:
 
     def _connector(self, address: str) -> Callable[[], Awaitable[upstream.Connection]]:
         """How to open a new connection to a box: over the network (TLS as the backend
-        says), or to a local workspace's socket, checking that its own process answers."""
+        says), or to a local workspace's socket, checking that its own process answers.
+        Made once per address: the same for every request to that box."""
+        found = self._connectors.get(address)
+        if found is not None:
+            return found
         unix = sockets.parse(address)
         if unix is None:
-            box = self.boxes.box(address, connect_args(self.pool.backend.tls, address[:5]))
-            return functools.partial(upstream.connect_tcp, box)
+            box = upstream.Box.from_url(address, connect_args(self.pool.backend.tls, address[:5]))
+            found = functools.partial(upstream.connect_tcp, box)
+        else:
 
-        async def connect() -> upstream.Connection:
-            conn = await upstream.connect_unix(unix.path)
-            transport = conn.transport
-            why = "no connection" if transport is None else ""
-            if transport is not None:
-                why = sockets.peer_refusal(transport.get_extra_info("socket"), unix)
-            if why:
-                conn.close()
-                raise StaleSocket(why)
-            return conn
+            async def connect() -> upstream.Connection:
+                conn = await upstream.connect_unix(unix.path)
+                transport = conn.transport
+                why = "no connection" if transport is None else ""
+                if transport is not None:
+                    why = sockets.peer_refusal(transport.get_extra_info("socket"), unix)
+                if why:
+                    conn.close()
+                    raise StaleSocket(why)
+                return conn
 
-        return connect
+            found = connect
+        if len(self._connectors) >= 10_000:  # addresses of boxes long gone
+            self._connectors.clear()
+        self._connectors[address] = found
+        return found
 
     async def _answer(
         self, request: web.Request, ws: Workspace, answer: upstream.Answer, prefix: str
@@ -493,8 +522,12 @@ class WorkspaceProxy:
 
     async def websocket(self, request: web.Request, user: str, path: str) -> web.StreamResponse:
         """Proxy a WebSocket: connect upstream first, then accept the browser's."""
-        headers = self._upstream_headers(request, self.prefix(user))
-        headers.pop("Sec-WebSocket-Protocol", None)
+        headers = CIMultiDict(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self._upstream_headers(
+                request, self.prefix(user), drop=frozenset({b"sec-websocket-protocol"})
+            )
+        )
         protocols = [
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
         ]

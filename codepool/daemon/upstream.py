@@ -246,11 +246,13 @@ Body = Callable[[Connection], Any]  # writes a request body on the connection (a
 class Answer:
     """A box's answer: status, raw headers, and its body to read (once)."""
 
-    def __init__(self, pool: BoxPool, key: str, conn: Connection) -> None:
+    def __init__(
+        self, pool: BoxPool, key: str, conn: Connection, body_task: asyncio.Task[None] | None
+    ) -> None:
         self._pool, self._key, self.conn = pool, key, conn
         self.status = conn.status
         self.headers = conn.headers
-        self._body_task: asyncio.Task[None] | None = None
+        self._body_task = body_task  # still sending the request's body, if not done
 
     def header(self, name: bytes) -> bytes | None:
         low = name.lower()
@@ -280,15 +282,6 @@ class BoxPool:
 
     def __init__(self) -> None:
         self._idle: dict[str, list[Connection]] = {}
-        self._boxes: dict[str, Box] = {}
-
-    def box(self, address: str, tls: dict[str, Any]) -> Box:
-        found = self._boxes.get(address)
-        if found is None:
-            if len(self._boxes) > 10_000:  # addresses of boxes long gone
-                self._boxes.clear()
-            found = self._boxes[address] = Box.from_url(address, tls)
-        return found
 
     def _take(self, key: str) -> Connection | None:
         idle = self._idle.get(key)
@@ -342,26 +335,18 @@ class BoxPool:
             conn.head_request = method == "HEAD"
             conn.busy = True
             conn.send(head)
-            answer = Answer(self, key, conn)
-            if body is not None:
-                answer._body_task = asyncio.create_task(body(conn))
+            body_task = asyncio.create_task(body(conn)) if body is not None else None
             try:
                 await conn.head_done
-            except BadAnswer:
-                if answer._body_task is not None:
-                    answer._body_task.cancel()
+            except BaseException as exc:
+                if body_task is not None:
+                    body_task.cancel()
                 conn.close()
                 retry = reused and not conn.received and body is None and method in IDEMPOTENT
-                if retry and attempt == 1:
+                if isinstance(exc, BadAnswer) and retry and attempt == 1:
                     continue
                 raise
-            except BaseException:
-                if answer._body_task is not None:
-                    answer._body_task.cancel()
-                conn.close()
-                raise
-            answer.status, answer.headers = conn.status, conn.headers
-            return answer
+            return Answer(self, key, conn, body_task)
         raise AssertionError("unreachable")
 
 
