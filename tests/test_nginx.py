@@ -426,6 +426,12 @@ async def test_front_keeps_boxes_connections_and_a_bounded_memory_of_yeses(
             assert (await get("")).endswith(b"ok")
         assert len(asked) == 1  # one yes, kept
         assert box.connections == 1  # one connection to the box, kept alive
+        # A burst of one browser that has no yes (one ended while a page loads): one of
+        # its requests asks the router, the others wait for that answer.
+        burst = await asyncio.gather(*(get("; burst=1") for _ in range(20)))
+        assert all(answer.endswith(b"ok") for answer in burst)
+        assert 1 <= sum("burst=1" in c for c in asked) <= 3, asked  # not twenty
+        asked[:], box.connections = asked[:1], 1
         # Many browsers (each its own Cookie header): far more yeses than 64 KB hold, each
         # kept for 10 minutes here, so only the bound can make one be forgotten.
         for n in range(1500):
