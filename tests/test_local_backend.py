@@ -91,6 +91,29 @@ async def test_a_dead_process_reads_as_stopped(state_dir: Path) -> None:
     assert not inst.in_service
 
 
+async def test_a_process_no_record_names_is_stopped_with_its_slot(state_dir: Path) -> None:
+    """A `codepool assign` killed between starting a slot's process and writing its pid
+    down leaves a process that no record names (the test starts one, as that command
+    would have, and writes nothing): starting the slot again stops it, and so does
+    ending the slot; its sandbox and workspace with it."""
+    be = backend_for(state_dir)
+    await be.set_desired(1)
+    [inst] = await be.list_instances()
+    iid = inst.instance_id
+    await be.stop([iid])
+    stray = be._spawn(meta(state_dir, iid))  # started, never written down
+    await wait_ready(be._address(stray), be.ready_path, 10)
+    family = [(stray.pid, stray.pid_start), *sockets.descendants(stray.pid)]
+    assert len(family) > 1 and _alive(stray)
+    await be.start(iid)
+    assert not [p for p, start in family if sockets.proc_start(p) == start]
+    assert _alive(meta(state_dir, iid))  # the slot's own, recorded process runs
+
+    stray = be._spawn(meta(state_dir, iid))
+    await be.terminate([iid])
+    assert not _alive(stray)
+
+
 async def test_desired_must_stay_within_limits(state_dir: Path) -> None:
     be = backend_for(state_dir, max_size=2)
     with pytest.raises(BackendError, match=r"outside the group's limits \[0, 2\]"):

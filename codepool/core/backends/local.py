@@ -113,6 +113,48 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _end_family(pid: int, start: str) -> None:
+    """SIGTERM, then SIGKILL after STOP_GRACE_S, to pid's group and every process under it
+    (each checked by its start time: a pid given to another process since is spared)."""
+    family = [(pid, start), *sockets.descendants(pid)]
+
+    def left() -> list[int]:
+        _reap_child(pid)
+        return [p for p, s in family if sockets.proc_start(p) == s]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        for p in left():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not left():
+            return
+
+
+def _strays(slot: Path, recorded: int) -> list[tuple[int, str]]:
+    """Workspace processes of slot that its record does not name: each runs in a session
+    of its own, and its command line (the sandbox's folders) or its environment (HOME)
+    names the slot's folder. A `codepool assign` killed between starting one and writing
+    its pid down leaves such a process, which nothing else would ever stop."""
+    marker = f"{slot}/".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (recorded, os.getpid()):
+            continue
+        pid = int(entry.name)
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) != pid:
+                continue
+            named = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
+            if marker in named and (start := sockets.proc_start(pid)):
+                found.append((pid, start))
+    return found
+
+
 def _reap_child(pid: int) -> None:
     """Collect the exit status if pid is our own child, so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -346,26 +388,12 @@ class LocalBackend:
         process group and to every process under it. The sandbox's own first process
         leaves the group and outlives its parent (bubblewrap's --die-with-parent does not
         reach it once it has entered its user namespace), so the group alone is not
-        enough. With per-person accounts every process of the account ends too (jobs
-        left in the background included)."""
-        if _alive(meta):
-            family = [(meta.pid, meta.pid_start), *sockets.descendants(meta.pid)]
-
-            def left() -> list[int]:
-                _reap_child(meta.pid)
-                return [pid for pid, start in family if sockets.proc_start(pid) == start]
-
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(meta.pid, sig)
-                for pid in left():
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, sig)
-                deadline = time.monotonic() + STOP_GRACE_S
-                while left() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if not left():
-                    break
+        enough. A process of the slot that its record does not name (a command killed
+        between starting it and writing its pid down) ends too. With per-person accounts
+        every process of the account ends too (jobs left in the background included)."""
+        leaders = [(meta.pid, meta.pid_start)] if _alive(meta) else []
+        for pid, start in leaders + _strays(self.slots / meta.instance_id, meta.pid):
+            _end_family(pid, start)
         if meta.account and meta.account != isolation.NOBODY:
             with contextlib.suppress(KeyError):
                 account = pwd.getpwnam(meta.account)
@@ -529,6 +557,7 @@ class LocalBackend:
                             f"is at max {s.max_size}"
                         )
                     self._set_desired_file(desired + 1)  # ExitStandby raises desired by one
+                self._kill(meta)  # what a crashed start may have left running
                 meta = self._spawn(replace(meta, lifecycle=Lifecycle.IN_SERVICE.value))
                 meta = replace(meta, stopped_at_ms=0)
                 self._write(meta)
