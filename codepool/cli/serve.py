@@ -208,6 +208,32 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 DRAIN_S = 15.0  # how long a stopping router lets requests in flight finish
 
 
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for host and port, made as asyncio's create_server makes them
+    (one per address the name has; SO_REUSEPORT, so that workers share the port)."""
+    made: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        ):
+            sock = socket.socket(family, kind, proto)
+            made.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            # A crowd arriving at nine, or a front opening connections in a burst, must
+            # not find the listen queue full (aiohttp's default is 128; Linux allows 4096).
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in made:
+            sock.close()
+        raise
+    return made
+
+
 def run_router(
     settings: Settings, pool: CodePool, app: web.Application, configured: Callable[[], Settings]
 ) -> int:
@@ -227,21 +253,26 @@ class Serving:
 
     A reload reads the config again and builds a new pool and app from it; a bad config,
     or one that cannot be served, is refused with a log line and the old app serves on.
-    The new app listens on the same port beside the old one (SO_REUSEPORT) before the old
-    one stops listening and finishes its requests in flight: no moment without a
-    listener, and no accepted request cut off. Open WebSockets are closed with 1001
-    (going away); VS Code reconnects by itself."""
+    The new app accepts from the same listening sockets as the old one before the old one
+    stops accepting and finishes its requests in flight: no moment without a listener,
+    no accepted request cut off, and no connection lost from the queue (each app gets
+    its own copy of the process's sockets, so the old one's closing closes only its
+    copy; with a new socket per app, Linux reset the connections still waiting in the
+    closed one's queue). Open WebSockets are closed with 1001 (going away); VS Code
+    reconnects by itself."""
 
     def __init__(self, settings: Settings, configured: Callable[[], Settings]) -> None:
         self.settings = settings
         self.configured = configured
         self.log = logging.getLogger("codepool.router")
         self.lock = asyncio.Lock()  # one reload at a time
+        self.listeners: list[socket.socket] = []  # this process's, for router.host:port
 
     async def run(self, pool: CodePool, app: web.Application) -> int:
         loop = asyncio.get_running_loop()
         try:
-            self.runner = await self.start(pool, app, self.settings)
+            self.listeners = listen(self.settings.router.host, self.settings.router.port)
+            self.runner = await self.start(pool, app, self.settings, self.listeners)
         except OSError as exc:
             return cannot_listen(self.settings.router, exc.strerror or str(exc))
         systemd.notify("READY=1", f"STATUS=serving on {self.settings.public_url}")
@@ -265,11 +296,17 @@ class Serving:
         self.log.info("stopping: requests in flight may finish", **logs.fields(within_s=DRAIN_S))
         async with self.lock:  # a reload under way ends first
             await self.runner.cleanup()
+            for sock in self.listeners:
+                sock.close()
         watchdog.cancel()
         return 0
 
     async def start(
-        self, pool: CodePool, app: web.Application, settings: Settings
+        self,
+        pool: CodePool,
+        app: web.Application,
+        settings: Settings,
+        listeners: list[socket.socket],
     ) -> web.AppRunner:
         async def close_pool(_: web.Application) -> None:
             await pool.close()
@@ -290,11 +327,9 @@ class Serving:
             access_log_class=access_log(app[ROUTER]),
         )
         await runner.setup()
-        r = settings.router
-        try:  # the port is checked before: SO_REUSEPORT is for ourselves only
-            # A crowd arriving at nine, or a front opening connections in a burst, must
-            # not find the listen queue full (aiohttp's default is 128; Linux allows 4096).
-            await web.TCPSite(runner, r.host, r.port, reuse_port=True, backlog=BACKLOG).start()
+        try:  # each site closes its own copy of a socket when it stops
+            for sock in listeners:
+                await web.SockSite(runner, sock.dup(), backlog=BACKLOG).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -305,7 +340,7 @@ class Serving:
             systemd.reloading()
             self.log.info("reloading the configuration")
             try:
-                runner, settings = await self.next_runner()
+                runner, settings, listeners = await self.next_runner()
             except Exception as exc:  # whatever it is, the old app serves on
                 self.log.error(
                     "reload refused: still serving with the configuration from before",
@@ -315,24 +350,33 @@ class Serving:
                 systemd.notify("READY=1", f"STATUS=reload refused: {str(exc)[:200]}")
                 return
             old, self.runner, self.settings = self.runner, runner, settings
-            await old.cleanup()  # stops listening, then lets requests in flight finish
+            await old.cleanup()  # stops accepting, then lets requests in flight finish
+            if listeners is not self.listeners:  # moved: the old port is given up
+                for sock in self.listeners:
+                    sock.close()
+                self.listeners = listeners
             self.log.info("reloaded", **logs.fields(config=settings.source))
             systemd.notify("READY=1", f"STATUS=serving on {settings.public_url}")
 
-    async def next_runner(self) -> tuple[web.AppRunner, Settings]:
+    async def next_runner(self) -> tuple[web.AppRunner, Settings, list[socket.socket]]:
         settings = self.configured()
         if settings.store_url.startswith("memory:"):
             raise InvalidInput("store memory:// lives in this process: restart to change it")
         old, new = self.settings.router, settings.router
-        moved = (new.host, new.port) != (old.host, old.port)
-        if moved and (problem := port_taken(new.host, new.port)):
-            raise InvalidInput(f"cannot listen on {new.host}:{new.port}: {problem}")
+        listeners = self.listeners
+        if (new.host, new.port) != (old.host, old.port):
+            if problem := port_taken(new.host, new.port):
+                raise InvalidInput(f"cannot listen on {new.host}:{new.port}: {problem}")
+            listeners = listen(new.host, new.port)
         pool = build_pool(settings)
         try:
             app = create_app(pool, settings, metrics=self.runner.app[ROUTER].metrics)
-            return await self.start(pool, app, settings), settings
+            return await self.start(pool, app, settings, listeners), settings, listeners
         except BaseException:
             await pool.close()
+            if listeners is not self.listeners:
+                for sock in listeners:
+                    sock.close()
             raise
 
 
