@@ -334,3 +334,41 @@ def test_sigusr1_logs_every_task_and_keeps_serving(state_dir: Path, servers: lis
     assert server.proc.returncode == 0, out
     assert re.search(r"WARNING codepool.router: \d+ tasks:", out), out
     assert "name='codepool loops'" in out
+
+
+async def test_a_reload_to_another_port_serves_there_and_gives_the_old_one_up(
+    state_dir: Path,
+) -> None:
+    """router.port changed by a reload: the new app listens on sockets of its own, and
+    once the old app has drained the old port is given up (nothing listens there)."""
+    from codepool.cli.serve import Serving, listen
+    from codepool.core.pool import build_pool
+    from codepool.daemon.app import create_app
+    from tests.conftest import make_settings
+
+    first, second = free_port(), free_port()
+    store = {"url": f"sqlite:///{state_dir / 'codepool.db'}"}
+    before = make_settings(state_dir, router={"port": first}, store=store)
+    after = make_settings(state_dir, router={"port": second}, store=store)
+    serving = Serving(before, lambda: after)
+    pool = build_pool(before)
+    serving.listeners = listen("127.0.0.1", first)
+    serving.runner = await serving.start(
+        pool, create_app(pool, before, run_loops=False), before, serving.listeners
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{first}/livez") as r:
+                assert r.status == 200
+            await serving.reload()
+            async with http.get(f"http://127.0.0.1:{second}/livez") as r:
+                assert r.status == 200
+            with pytest.raises(aiohttp.ClientConnectionError):  # refused, not left waiting
+                await http.get(
+                    f"http://127.0.0.1:{first}/livez", timeout=aiohttp.ClientTimeout(total=5)
+                )
+        assert [s.getsockname()[1] for s in serving.listeners] == [second]
+    finally:
+        await serving.runner.cleanup()
+        for sock in serving.listeners:
+            sock.close()
