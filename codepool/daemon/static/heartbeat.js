@@ -261,14 +261,23 @@
     }
   }
 
+  // Answers about the workspace are applied in the order they were asked: a read the
+  // router answered just before a hold, arriving after the hold's answer, must not bring
+  // back the warning the hold took away (the next read may be held for 50 s).
+  var asked = 0, applied = 0;
+  function inOrder(n, s) {
+    if (n > applied) { applied = n; seen(s); }
+  }
+
   function read(wait) {
+    var n = ++asked;
     return fetch(urls.status + (wait ? "?wait=50" : ""), {
       credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" }
     }).then(function (r) {
       if (r.status === 401) { loggedOut(); return null; }
       if (r.status !== 200) throw new Error(String(r.status));
       return r.json();
-    }).then(function (s) { if (s) seen(s); return s; });
+    }).then(function (s) { if (s) inOrder(n, s); return s; });
   }
 
   // While hidden: one read after another, each held by the router until there is news.
@@ -286,6 +295,7 @@
   }
 
   function hold(seconds) {
+    var n = ++asked;
     return fetch(urls.hold, {
       method: "POST",
       credentials: "same-origin",
@@ -294,7 +304,7 @@
     }).then(function (r) {
       if (r.status === 401) { loggedOut(); return null; }
       return r.json().then(function (s) {
-        if (r.status === 200) seen(s);
+        if (r.status === 200) inOrder(n, s);
         else if (r.status === 409) stoppedNow();
         return s;
       });
