@@ -109,7 +109,9 @@ async def test_a_process_no_record_names_is_stopped_with_its_slot(state_dir: Pat
     assert not [p for p, start in family if sockets.proc_start(p) == start]
     assert _alive(meta(state_dir, iid))  # the slot's own, recorded process runs
 
+    await be.stop([iid])  # a stray is only possible beside a record whose process is gone
     stray = be._spawn(meta(state_dir, iid))
+    await wait_ready(be._address(stray), be.ready_path, 10)  # a crash's leftover is not new
     await be.terminate([iid])
     assert not _alive(stray)
 

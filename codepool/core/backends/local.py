@@ -391,9 +391,11 @@ class LocalBackend:
         enough. A process of the slot that its record does not name (a command killed
         between starting it and writing its pid down) ends too. With per-person accounts
         every process of the account ends too (jobs left in the background included)."""
-        leaders = [(meta.pid, meta.pid_start)] if _alive(meta) else []
-        for pid, start in leaders + _strays(self.slots / meta.instance_id, meta.pid):
-            _end_family(pid, start)
+        if _alive(meta):
+            _end_family(meta.pid, meta.pid_start)
+        else:  # only a slot whose recorded process is gone can have one started since
+            for pid, start in _strays(self.slots / meta.instance_id, meta.pid):
+                _end_family(pid, start)
         if meta.account and meta.account != isolation.NOBODY:
             with contextlib.suppress(KeyError):
                 account = pwd.getpwnam(meta.account)
