@@ -9,28 +9,42 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 
 from codepool.core import sockets
+from codepool.core.backends.local import _strays
 from codepool.core.models import Assignment
+from codepool.daemon.lane import LaneRunner
 
 
 def kill_slots(state_dir: Path) -> None:
     """Stop every process a local pool in state_dir started (tests must not leak them)."""
     for meta_file in (state_dir / "slots").glob("*/meta.json"):
+        pids = [pid for pid, _ in _strays(meta_file.parent, 0)]  # never written down
         with contextlib.suppress(OSError, ValueError, KeyError):
-            pid = int(json.loads(meta_file.read_text())["pid"])
-            if pid > 0:
-                for child, _ in sockets.descendants(pid):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(child, signal.SIGKILL)
+            pids.append(int(json.loads(meta_file.read_text())["pid"]))
+        for pid in (p for p in pids if p > 0):
+            for child, _ in sockets.descendants(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+                    os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+class RouterServer(TestServer):
+    """aiohttp's test server, serving the router's app as `codepool serve` does: with the
+    lane in front of aiohttp's server."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return LaneRunner(self.app, **kwargs)
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from codepool.core.pool import CodePool
 from codepool.core.store import create_store
@@ -24,7 +23,7 @@ from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER
 from tests.conftest import make_settings, need
 from tests.fakes import MemoryBackend
-from tests.helpers import serve_app
+from tests.helpers import RouterServer, serve_app
 from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
 from tests.standin_workspace import make_app
 
@@ -171,7 +170,7 @@ async def entered(
     await add_test_accounts(pool.store)
     app = create_app(pool, settings, run_loops=False)
     name = app[ROUTER].cookies.workspace
-    server = TestServer(app, port=router_port)
+    server = RouterServer(app, port=router_port)
     await server.start_server()
     if kind == "front":
         nginx(front_site(f"http://127.0.0.1:{router_port}", front_port, tmp_path, **front))

@@ -19,7 +19,6 @@ import aiohttp
 import boto3
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from codepool.core.accounts import hash_password
@@ -30,7 +29,7 @@ from codepool.core.store import Store, create_store
 from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER, Router
 from tests.conftest import make_settings
-from tests.helpers import LoopbackNames, serve_app
+from tests.helpers import LoopbackNames, RouterServer, serve_app
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "root": "root-password"}
 
@@ -152,7 +151,7 @@ async def make_served(
     """Build routers on the local backend, or on the AWS backend (moto) whose boxes all
     answer at one in-process stand-in workspace: every router test runs on both."""
     clients: list[Client] = []
-    servers: list[TestServer] = []
+    servers: list[RouterServer] = []
     pools: list[CodePool] = []
     async with contextlib.AsyncExitStack() as stack:
         aws = await _aws_pool_maker(stack, state_dir) if request.param == "aws" else None
@@ -217,7 +216,7 @@ async def _builder(
     state_dir: Path,
     aws: Callable[[Settings], CodePool] | None,
     clients: list[Client],
-    servers: list[TestServer],
+    servers: list[RouterServer],
     pools: list[CodePool],
 ) -> Callable[..., Any]:
 
@@ -231,7 +230,7 @@ async def _builder(
         pools.append(pool)
         await add_test_accounts(pool.store)
         app = create_app(pool, settings, run_loops=False)
-        server = TestServer(app, host="127.0.0.1", port=port)
+        server = RouterServer(app, host="127.0.0.1", port=port)
 
         async def make_client() -> Client:
             c = Client(origin)

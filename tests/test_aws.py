@@ -24,7 +24,7 @@ from tests.aws_fixtures import (
     record,
 )
 from tests.conftest import make_settings
-from tests.helpers import one_box_each
+from tests.helpers import RouterServer, one_box_each
 from tests.router_fixtures import free_port
 from tests.test_pool import Clock
 
@@ -409,8 +409,6 @@ async def test_the_router_works_unchanged_on_aws(
     router code, now over the AWS backend on moto."""
     import asyncio
 
-    from aiohttp.test_utils import TestServer
-
     from codepool.daemon.app import create_app
     from codepool.daemon.context import ROUTER
     from tests.router_fixtures import Client, add_test_accounts, dispatched, login
@@ -425,7 +423,7 @@ async def test_the_router_works_unchanged_on_aws(
     await add_test_accounts(pool.store)
     calls = record(backend, moto_aws)
     app = create_app(pool, settings, run_loops=False)
-    server = TestServer(app, host="127.0.0.1", port=port)
+    server = RouterServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     c = Client(f"http://127.0.0.1:{port}")
     try:

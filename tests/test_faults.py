@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from codepool.core.errors import BackendError
 from codepool.core.models import InstanceState, WorkspaceState
@@ -26,6 +25,7 @@ from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER, Router
 from tests.conftest import make_settings, need
 from tests.fakes import OutageBackend
+from tests.helpers import RouterServer
 from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
 
 
@@ -98,7 +98,7 @@ async def serving(
     pool = build_pool(settings)
     await add_test_accounts(pool.store)
     app = create_app(pool, settings, run_loops=False)
-    server = TestServer(app, port=port)
+    server = RouterServer(app, port=port)
     await server.start_server()
     client = Client(f"http://127.0.0.1:{port}")
     await pool.assign("alice")

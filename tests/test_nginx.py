@@ -21,7 +21,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from codepool.core.errors import UntrustedBox
 from codepool.core.pool import CodePool
@@ -32,7 +31,7 @@ from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER
 from tests.conftest import make_settings, need
 from tests.fakes import MemoryBackend
-from tests.helpers import serve_app
+from tests.helpers import RouterServer, serve_app
 from tests.nginx_fixtures import ROOT, adapt, entered, exchange, front_site, wait_listening
 from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
 from tests.standin_workspace import GZIP_JS, gzip_bomb
@@ -221,7 +220,7 @@ async def test_a_provisioned_box_serves_code_server_to_the_router_over_verified_
     backend.tls = workspace_tls(ca, name)
     pool = CodePool(settings, create_store("memory://"), backend)
     await add_test_accounts(pool.store)
-    server = TestServer(create_app(pool, settings, run_loops=False), port=router_port)
+    server = RouterServer(create_app(pool, settings, run_loops=False), port=router_port)
     await server.start_server()
     c = Client(f"http://127.0.0.1:{router_port}")
     try:

@@ -40,6 +40,7 @@ from codepool.daemon import metrics, systemd
 from codepool.daemon.access import access_log
 from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER
+from codepool.daemon.lane import LaneRunner
 
 BACKLOG = 2048  # connections waiting for the router to accept them
 
@@ -319,7 +320,7 @@ class Serving:
 
         app.on_startup.append(freeze_startup_objects)
         app.on_cleanup.append(close_pool)
-        runner = web.AppRunner(
+        runner = LaneRunner(
             app,
             handle_signals=False,
             shutdown_timeout=DRAIN_S,

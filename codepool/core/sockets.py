@@ -73,20 +73,25 @@ def descends(pid: int, ancestor: int) -> bool:
     return False
 
 
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """pid's descendants now, each with its start time (to tell it later from a process
-    given the same pid since), found by /proc's parent links."""
+def descendants(*pids: int, group: int = 0) -> list[tuple[int, str]]:
+    """The descendants of pids now (and, given a group, the members of that process group
+    and theirs), each with its start time (to tell it later from a process given the same
+    pid since), found by /proc's parent links; zombies left out."""
     children: dict[int, list[int]] = {}
+    todo = list(pids)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := _stat(int(entry.name))):
             children.setdefault(int(fields[1]), []).append(int(entry.name))
+            if group and int(fields[2]) == group and fields[0] not in ("Z", "X"):
+                todo.append(int(entry.name))
     found: list[tuple[int, str]] = []
-    todo = [pid]
+    seen = set(pids)
     while todo and len(found) < 100_000:
-        for child in children.get(todo.pop(), []):
-            if start := proc_start(child):
-                found.append((child, start))
-                todo.append(child)
+        pid = todo.pop()
+        if pid not in seen and (start := proc_start(pid)):
+            found.append((pid, start))
+        seen.add(pid)
+        todo.extend(c for c in children.get(pid, []) if c not in seen)
     return found
 
 

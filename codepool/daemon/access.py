@@ -6,6 +6,9 @@ fields of the log line."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -37,20 +40,47 @@ def access_log(router: Router) -> type[AbstractAccessLogger]:
             match_info = getattr(request, "_match_info", None)
             resource = match_info.route.resource if match_info is not None else None
             route = resource.canonical if resource is not None else "(none)"
-            method = request.method if request.method in METHODS else "other"
-            if counted:
-                router.metrics.answered(route, method, response.status, time)
-            if router.settings.router.access_log:
-                self.logger.info(
-                    "request",
-                    **fields(
-                        method=method,
-                        route=route,
-                        status=response.status,
-                        duration_ms=round(time * 1000, 2),
-                        user=request.get(USER, ""),
-                        client=client_address(request, router),
-                    ),
-                )
+            note(
+                router,
+                request.method,
+                route,
+                response.status,
+                time,
+                request.get(USER, ""),
+                lambda: client_address(request, router),
+                counted=counted,
+            )
 
     return AccessLog
+
+
+LOG = logging.getLogger("codepool.access")
+
+
+def note(
+    router: Router,
+    method: str,
+    route: str,
+    status: int,
+    seconds: float,
+    user: str,
+    client: Callable[[], str],
+    counted: bool = True,
+) -> None:
+    """Count a request the router answered, and log it when the access log is on (client:
+    asked only then). aiohttp's answers and the lane's (lane.py) both come here."""
+    method = method if method in METHODS else "other"
+    if counted:
+        router.metrics.answered(route, method, status, seconds)
+    if router.settings.router.access_log:
+        LOG.info(
+            "request",
+            **fields(
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=round(seconds * 1000, 2),
+                user=user,
+                client=client(),
+            ),
+        )

@@ -174,7 +174,11 @@ def cookie_values(request: web.Request, name: str) -> list[str]:
     header (parsing every cookie into Morsels cost a tenth of each ping). More than one
     value means cookies with different Domain or Path attributes: the callers look at
     all of them instead of trusting whichever a parser keeps."""
-    header = request.headers.get("Cookie", "")
+    return cookie_values_in(request.headers.get("Cookie", ""), name)
+
+
+def cookie_values_in(header: str, name: str) -> list[str]:
+    """cookie_values, from the Cookie header's text."""
     if name not in header:
         return []
     values = []
@@ -262,10 +266,15 @@ def tokens_match(given: object, expected: str) -> bool:
 def same_origin(request: web.Request, origin: str) -> bool:
     """Whether a request comes from a page of `origin` (or from the person's own action),
     judged by Origin and, where the browser sends it, Sec-Fetch-Site."""
-    sent = request.headers.get("Origin")
+    headers = request.headers
+    return same_origin_of(headers.get("Origin"), headers.get("Sec-Fetch-Site"), origin)
+
+
+def same_origin_of(sent: str | None, fetch_site: str | None, origin: str) -> bool:
+    """same_origin, from the Origin and Sec-Fetch-Site headers' text."""
     if sent is not None and sent.lower() != origin:
         return False
-    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+    return fetch_site is None or fetch_site in ("same-origin", "none")
 
 
 def from_own_pages(request: web.Request) -> bool:
@@ -305,11 +314,15 @@ def client_address(request: web.BaseRequest, router: Router | None = None) -> st
     if router is None:
         assert isinstance(request, web.Request)
         router = request.app[ROUTER]
-    trusted = router.trusted_proxies
-    peer = request.remote or ""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    return client_of(request.remote or "", forwarded, router.trusted_proxies)
+
+
+def client_of(peer: str, forwarded: str, trusted: tuple[IPv4Network | IPv6Network, ...]) -> str:
+    """client_address, from the peer's address and the X-Forwarded-For header's text."""
     if not trusted or not is_trusted(peer, trusted):
         return peer
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
     for hop in reversed(hops):
         if not is_trusted(hop, trusted):
             return hop

@@ -91,6 +91,12 @@ class Metrics:
         # (route, method, status class) -> its counter and histogram: labels() takes a lock
         # and builds a key; a request should not pay for that on every call.
         self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.lane = Counter(
+            "codepool_lane_requests",
+            "Requests to workspaces carried to the box by the lane itself (the rest of the "
+            "router's requests go through aiohttp's server)",
+            registry=r,
+        )
         self.logins = Counter(
             "codepool_logins",
             "Login attempts by how (password, oidc) and outcome",

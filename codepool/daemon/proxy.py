@@ -24,7 +24,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any, TypeVar
@@ -76,7 +76,7 @@ _DROP = {
 }
 # A box may not send these: they reach beyond its own origin (the pages a service worker
 # may control; the cookies and storage of the whole site).
-_REFUSED_LOWER = frozenset(h.lower() for h in ("Service-Worker-Allowed", "Clear-Site-Data"))
+_REFUSED_B = frozenset({b"service-worker-allowed", b"clear-site-data"})
 
 
 MAX_UNIX_SESSIONS = 256
@@ -122,6 +122,31 @@ class CheckedUnixConnector(aiohttp.UnixConnector):
                 transport.close()
             raise StaleSocket(why)
         return proto
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What the proxy takes from a browser's request: its method, its header bytes, who
+    sent it (the peer), over what (http or https), to what Host, and whether it asks for
+    an HTML document. From aiohttp's request, or from the lane's own parse (lane.py)."""
+
+    method: str
+    raw_headers: Sequence[tuple[bytes, bytes]]
+    peer: str
+    scheme: str
+    host: bytes
+    html: bool
+
+    @classmethod
+    def of(cls, request: web.BaseRequest) -> Asked:
+        return cls(
+            request.method,
+            request.raw_headers,
+            request.remote or "",
+            request.scheme,
+            request.host.encode("utf-8", "surrogateescape"),
+            "text/html" in request.headers.get("Accept", ""),
+        )
 
 
 class Stopped(Exception):
@@ -307,8 +332,8 @@ class WorkspaceProxy:
                 break
         raise web.HTTPBadGateway(text=f"workspace of {user} is not answering")
 
-    def _upstream_headers(
-        self, request: web.Request, prefix: str, *, drop: frozenset[bytes] = frozenset()
+    def upstream_headers(
+        self, asked: Asked, prefix: str, *, drop: frozenset[bytes] = frozenset()
     ) -> list[tuple[bytes, bytes]]:
         """The browser's headers for the box, as the bytes it sent (no decoding and
         encoding again on the way: a tenth of a proxied request went there), less the
@@ -316,11 +341,16 @@ class WorkspaceProxy:
         X-Forwarded-*."""
         headers: list[tuple[bytes, bytes]] = []
         prior = b""
-        for name, value in request.raw_headers:
+        proto = host = None
+        for name, value in asked.raw_headers:
             low = name.lower()
             if low in _HOP_BY_HOP_B or low.startswith(b"x-forwarded-") or low in drop:
                 if low == b"x-forwarded-for" and not prior:
                     prior = value
+                elif low == b"x-forwarded-proto" and proto is None:
+                    proto = value
+                elif low == b"x-forwarded-host" and host is None:
+                    host = value
                 continue
             if low == b"authorization" and self.strip_authorization:
                 continue  # the user's JWT is for the router, not for the workspace
@@ -330,65 +360,68 @@ class WorkspaceProxy:
                     continue
                 value = text.encode("latin-1")
             headers.append((name, value))
-        peer = (request.remote or "").encode()
+        peer = asked.peer.encode()
         headers.append((b"X-Forwarded-For", prior + b", " + peer if prior else peer))
-        fields = request.headers
-        proto = fields.get("X-Forwarded-Proto", request.scheme)
-        headers.append((b"X-Forwarded-Proto", proto.encode("utf-8", "surrogateescape")))
-        host = fields.get("X-Forwarded-Host", request.host)
-        headers.append((b"X-Forwarded-Host", host.encode("utf-8", "surrogateescape")))
+        headers.append((b"X-Forwarded-Proto", asked.scheme.encode() if proto is None else proto))
+        headers.append((b"X-Forwarded-Host", asked.host if host is None else host))
         if prefix:
             headers.append((b"X-Forwarded-Prefix", prefix.encode()))
         return headers
 
+    def upstream_head(self, asked: Asked, prefix: str, target: bytes) -> bytes:
+        """The request line and head the box gets (its framing is added by the caller)."""
+        # HTML must arrive readable for injection.
+        headers = self.upstream_headers(asked, prefix, drop=_DROP[asked.html])
+        line = b"%s %s HTTP/1.1\r\n" % (asked.method.encode(), target)
+        return b"".join([line, *(b"%s: %s\r\n" % h for h in headers)])
+
     def prefix(self, user: str) -> str:
         return f"/w/{user}" if self.path_mode else ""
 
-    def _response_headers(
-        self, headers: Iterable[tuple[str, str]], prefix: str
-    ) -> CIMultiDict[str]:
-        out: CIMultiDict[str] = CIMultiDict()
+    def box_headers(
+        self, headers: Iterable[tuple[bytes, bytes]], prefix: str
+    ) -> list[tuple[bytes, bytes]]:
+        """The box's answer's headers that may reach the browser, as the bytes it sent."""
+        out = []
         for name, value in headers:
             low = name.lower()
-            if low in HOP_BY_HOP or low in _REFUSED_LOWER:
+            if low in _HOP_BY_HOP_B or low in _REFUSED_B:
                 continue
-            if low == "set-cookie" and not box_may_set(value, self._private_lower):
+            if low == b"set-cookie" and not box_may_set(
+                value.decode("latin-1"), self._private_lower
+            ):
                 log.info("proxy: a box's Set-Cookie was dropped (router name or Domain)")
                 continue
-            out.add(name, value)
-        location = out.get("Location")
-        if prefix and location and location.startswith("/") and not location.startswith("//"):
-            out["Location"] = prefix + location  # keep redirects inside the prefix
+            if low == b"location" and prefix and value[:1] == b"/" and value[:2] != b"//":
+                value = prefix.encode() + value  # keep redirects inside the prefix
+            out.append((name, value))
         return out
 
     async def http(self, request: web.Request, user: str, path: str) -> web.StreamResponse:
         """Proxy one HTTP request; path is the raw (still percent-encoded) rest of the URL."""
         prefix = self.prefix(user)
-        # HTML must arrive readable for injection; the body's framing is set below.
-        html = "text/html" in request.headers.get("Accept", "")
-        headers = self._upstream_headers(request, prefix, drop=_DROP[html])
+        asked = Asked.of(request)
+        # The path and query go upstream byte for byte as the browser sent them.
+        head = self.upstream_head(asked, prefix, path.encode("utf-8", "surrogateescape"))
         body: upstream.Body | None = None
-        if request.body_exists:
+        if request.body_exists:  # its framing is set anew for the box
             length = request.content_length
             if length is None:
-                headers.append((b"Transfer-Encoding", b"chunked"))
+                head += b"Transfer-Encoding: chunked\r\n"
             else:
-                headers.append((b"Content-Length", str(length).encode()))
+                head += b"Content-Length: %d\r\n" % length
             chunks = request.content.iter_any()
 
             def body(conn: upstream.Connection) -> Awaitable[None]:
                 return upstream.send_body(conn, chunks, chunked=length is None)
 
-        # The path and query go upstream byte for byte as the browser sent them.
-        line = f"{request.method} {path} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
-        head = b"".join([line, *(b"%s: %s\r\n" % h for h in headers), b"\r\n"])
-        ws, answer = await self._exchange(user, request.method, head, body)
+        ws, answer = await self.exchange(user, request.method, head + b"\r\n", body)
         try:
             return await self._answer(request, ws, answer, prefix)
         finally:
             answer.release()
 
-    async def _exchange(
+    async def exchange(
         self, user: str, method: str, head: bytes, body: upstream.Body | None
     ) -> tuple[Workspace, upstream.Answer]:
         """Send a request to user's workspace. A socket answered by another process than
@@ -445,12 +478,13 @@ class WorkspaceProxy:
         self, request: web.Request, ws: Workspace, answer: upstream.Answer, prefix: str
     ) -> web.StreamResponse:
         """The box's answer, for the browser: headers filtered, the heartbeat in HTML."""
-        out_headers = self._response_headers(_text_headers(answer.headers), prefix)
+        out_headers = CIMultiDict(_text_headers(self.box_headers(answer.headers, prefix)))
         ctype = out_headers.get("Content-Type", "")
         first = b""
         try:
             if ctype.startswith("text/html") and request.method != "HEAD":
-                first, html = await self._read_html(out_headers, answer.chunks())
+                encoding = out_headers.get("Content-Encoding", "")
+                first, html = await self.read_html(encoding, answer.chunks())
                 if html is not None:
                     out_headers.popall("Content-Encoding", None)
                     out_headers.popall("Content-Length", None)
@@ -487,8 +521,8 @@ class WorkspaceProxy:
             log.debug("proxy %s: the browser left before the answer's end", ws.user)
         return response
 
-    async def _read_html(
-        self, headers: CIMultiDict[str], chunks: AsyncIterator[bytes]
+    async def read_html(
+        self, encoding: str, chunks: AsyncIterator[bytes]
     ) -> tuple[bytes, bytes | None]:
         """Read an HTML body: (bytes read, the decoded document). Compressed bodies are
         inflated as they arrive, never past max_html_bytes (a box could send a megabyte
@@ -496,7 +530,7 @@ class WorkspaceProxy:
         (read or inflated past the bound, or an encoding zlib cannot undo); the caller
         then sends the bytes read and streams the rest unchanged, compression and all."""
         limit = self.max_html_bytes
-        encoding = headers.get("Content-Encoding", "").lower()
+        encoding = encoding.lower()
         if encoding not in ("", "identity", "gzip", "deflate"):
             log.warning("HTML with Content-Encoding %s: heartbeat not injected", encoding)
             return b"", None
@@ -524,8 +558,8 @@ class WorkspaceProxy:
         """Proxy a WebSocket: connect upstream first, then accept the browser's."""
         headers = CIMultiDict(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-            for name, value in self._upstream_headers(
-                request, self.prefix(user), drop=frozenset({b"sec-websocket-protocol"})
+            for name, value in self.upstream_headers(
+                Asked.of(request), self.prefix(user), drop=frozenset({b"sec-websocket-protocol"})
             )
         )
         protocols = [

@@ -267,7 +267,15 @@ class Answer:
         return self.conn.chunks()
 
     async def read(self) -> bytes:
-        return b"".join([c async for c in self.conn.chunks()])
+        conn = self.conn
+        if conn.complete and conn.error is None:  # all here already (most small answers)
+            body, conn.buffered = b"".join(conn.body), 0
+            conn.body.clear()
+            if conn._paused and conn.transport is not None and not conn.closed:
+                conn._paused = False
+                conn.transport.resume_reading()
+            return body
+        return b"".join([c async for c in conn.chunks()])
 
     def release(self) -> None:
         """Give the connection back (kept alive if the answer was whole), or close it."""

@@ -116,10 +116,15 @@ def _now_ms() -> int:
 def _end_family(pid: int, start: str) -> None:
     """SIGTERM, then SIGKILL after STOP_GRACE_S, to pid's group and every process under it
     (each checked by its start time: a pid given to another process since is spared)."""
-    family = [(pid, start), *sockets.descendants(pid)]
+    family = {(pid, start), *sockets.descendants(pid, group=pid)}
 
     def left() -> list[int]:
+        # Looked for again each time: a process of the family may have been started after
+        # the first look (a sandbox's first process forks the one in its namespaces as
+        # it starts), and one whose parent has gone is found only by its group.
         _reap_child(pid)
+        alive = [p for p, s in family if sockets.proc_start(p) == s]
+        family.update(sockets.descendants(*alive, group=pid))
         return [p for p, s in family if sockets.proc_start(p) == s]
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
