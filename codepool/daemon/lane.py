@@ -44,7 +44,7 @@ from codepool.daemon import upstream
 from codepool.daemon.access import note
 from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.http import client_of, cookie_values_in, same_origin_of
-from codepool.daemon.proxy import SMALL, Asked, Stopped, inject
+from codepool.daemon.proxy import SMALL, Asked, Stopped
 from codepool.daemon.workspace import may_enter
 
 log = logging.getLogger("codepool.router")
@@ -237,11 +237,17 @@ class LaneConnection(asyncio.Protocol):
         self.closing = False
         self.last = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
+        self.peer = ""  # the browser's address (or a load balancer's)
+        self.scheme = "http"
 
     # asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # Asked once: each is a system call with uvloop.
+        peer = self.transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.scheme = "https" if self.transport.get_extra_info("sslcontext") else "http"
         self.lane.connections.add(self)
         self._arm()
 
@@ -460,9 +466,7 @@ class LaneConnection(asyncio.Protocol):
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, phrase, len(text), text)
         )
-        peer = self.transport.get_extra_info("peername")
-        client = peer[0] if isinstance(peer, tuple) else ""
-        note(self.lane.router, "other", "(none)", status, 0.0, "", lambda: client)
+        note(self.lane.router, "other", "(none)", status, 0.0, "", lambda: self.peer)
 
     # flow and lifetime -------------------------------------------------------------------
 
@@ -593,26 +597,16 @@ class Lane:
         return True
 
     def _client(self, conn: LaneConnection, msg: Message) -> str:
-        peer = conn.transport.get_extra_info("peername")
-        address = peer[0] if isinstance(peer, tuple) else ""
         forwarded = (msg.header(b"x-forwarded-for") or b"").decode("latin-1")
-        return client_of(address, forwarded, self.router.trusted_proxies)
+        return client_of(conn.peer, forwarded, self.router.trusted_proxies)
 
     async def _carry(self, conn: LaneConnection, msg: Message, owner: str) -> int | None:
         """The request to owner's box, and its answer to the browser; the status sent
         (None: the workspace stopped just now, and nothing was sent)."""
         proxy = self.router.proxy
-        peer = conn.transport.get_extra_info("peername")
-        scheme = "https" if conn.transport.get_extra_info("sslcontext") else "http"
         method = msg.method.decode()
-        asked = Asked(
-            method,
-            msg.headers,
-            peer[0] if isinstance(peer, tuple) else "",
-            scheme,
-            msg.header(b"host") or b"",
-            html=False,
-        )
+        host = msg.header(b"host") or b""
+        asked = Asked(method, msg.headers, conn.peer, conn.scheme, host, html=False)
         head = proxy.upstream_head(asked, "", msg.target) + b"\r\n"
         try:
             ws, answer = await proxy.exchange(owner, method, head, None)
@@ -659,11 +653,11 @@ class Lane:
                 encoding = next(
                     (v for n, v in headers if n.lower() == b"content-encoding"), b""
                 ).decode("latin-1")
-                first, html = await proxy.read_html(encoding, answer.chunks())
+                first, html = await proxy.read_html(encoding, answer)
                 if html is not None:
                     skip = {b"content-encoding", *_SKIP_FRAMING}
                     headers = [h for h in headers if h[0].lower() not in skip]
-                    body = inject(html, proxy.heartbeat.tag(instance_id))
+                    body = proxy.injected(html, instance_id)
                     length = len(body)
                     headers.append((b"Content-Length", b"%d" % length))
                     conn.write(_head(status, headers, msg.keep_alive) + body)

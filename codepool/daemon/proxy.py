@@ -24,7 +24,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any, TypeVar
@@ -251,6 +251,7 @@ class WorkspaceProxy:
         self._websockets: set[web.WebSocketResponse] = set()  # browsers' open sockets
         self.boxes = upstream.BoxPool()  # kept-alive HTTP connections, per box
         self._connectors: dict[str, Callable[[], Awaitable[upstream.Connection]]] = {}
+        self._tags: dict[str, bytes] = {}  # instance id: its heartbeat's script tag
 
     async def start(self) -> None:
         self._client = _client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
@@ -484,11 +485,11 @@ class WorkspaceProxy:
         try:
             if ctype.startswith("text/html") and request.method != "HEAD":
                 encoding = out_headers.get("Content-Encoding", "")
-                first, html = await self.read_html(encoding, answer.chunks())
+                first, html = await self.read_html(encoding, answer)
                 if html is not None:
                     out_headers.popall("Content-Encoding", None)
                     out_headers.popall("Content-Length", None)
-                    body = inject(html, self.heartbeat.tag(ws.instance_id))
+                    body = self.injected(html, ws.instance_id)
                     return web.Response(status=answer.status, headers=out_headers, body=body)
             length = answer.content_length
             if length is not None and length <= SMALL and request.method != "HEAD" and not first:
@@ -521,38 +522,48 @@ class WorkspaceProxy:
             log.debug("proxy %s: the browser left before the answer's end", ws.user)
         return response
 
-    async def read_html(
-        self, encoding: str, chunks: AsyncIterator[bytes]
-    ) -> tuple[bytes, bytes | None]:
-        """Read an HTML body: (bytes read, the decoded document). Compressed bodies are
-        inflated as they arrive, never past max_html_bytes (a box could send a megabyte
-        that inflates to a gigabyte). The document is None when it cannot be injected
-        (read or inflated past the bound, or an encoding zlib cannot undo); the caller
-        then sends the bytes read and streams the rest unchanged, compression and all."""
+    async def read_html(self, encoding: str, answer: upstream.Answer) -> tuple[bytes, bytes | None]:
+        """Read an HTML body: (bytes read, the document). A compressed body is inflated,
+        never past max_html_bytes (a box could send a megabyte that inflates to a
+        gigabyte). The document is None when it cannot be injected (read or inflated past
+        the bound, or an encoding zlib cannot undo); the caller then sends the bytes read
+        and streams the rest unchanged, compression and all."""
         limit = self.max_html_bytes
         encoding = encoding.lower()
         if encoding not in ("", "identity", "gzip", "deflate"):
             log.warning("HTML with Content-Encoding %s: heartbeat not injected", encoding)
             return b"", None
-        inflate = None
-        if encoding in ("gzip", "deflate"):
-            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else 0)
-        raw = bytearray()
-        html = bytearray()
-        async for chunk in chunks:
-            raw += chunk
-            if len(raw) > limit:
-                return bytes(raw), None
-            if inflate is None:
-                continue
-            try:
-                html += inflate.decompress(chunk, limit + 1 - len(html))
-            except zlib.error:
-                return bytes(raw), None
-            if len(html) > limit or inflate.unconsumed_tail:
-                log.warning("HTML inflates past %d bytes: heartbeat not injected", limit)
-                return bytes(raw), None
-        return bytes(raw), bytes(html if inflate is not None else raw)
+        if answer.whole:
+            raw = await answer.read()  # here already: no reading chunk by chunk
+        else:
+            read = bytearray()
+            async for chunk in answer.chunks():
+                read += chunk
+                if len(read) > limit:
+                    return bytes(read), None
+            raw = bytes(read)
+        if len(raw) > limit:
+            return raw, None
+        if encoding in ("", "identity"):
+            return raw, raw
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else 0)
+        try:
+            html = inflate.decompress(raw, limit + 1)
+        except zlib.error:
+            return raw, None
+        if len(html) > limit or inflate.unconsumed_tail:
+            log.warning("HTML inflates past %d bytes: heartbeat not injected", limit)
+            return raw, None
+        return raw, html
+
+    def injected(self, html: bytes, instance_id: str) -> bytes:
+        """The document with the heartbeat's script tag (made once per instance)."""
+        tag = self._tags.get(instance_id)
+        if tag is None:
+            if len(self._tags) >= 10_000:
+                self._tags.clear()
+            tag = self._tags[instance_id] = self.heartbeat.tag(instance_id)
+        return inject(html, tag)
 
     async def websocket(self, request: web.Request, user: str, path: str) -> web.StreamResponse:
         """Proxy a WebSocket: connect upstream first, then accept the browser's."""

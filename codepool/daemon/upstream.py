@@ -266,9 +266,14 @@ class Answer:
     def chunks(self) -> AsyncIterator[bytes]:
         return self.conn.chunks()
 
+    @property
+    def whole(self) -> bool:
+        """Whether the whole body has arrived (read() then takes no waiting)."""
+        return self.conn.complete and self.conn.error is None
+
     async def read(self) -> bytes:
         conn = self.conn
-        if conn.complete and conn.error is None:  # all here already (most small answers)
+        if self.whole:  # all here already (most small answers)
             body, conn.buffered = b"".join(conn.body), 0
             conn.body.clear()
             if conn._paused and conn.transport is not None and not conn.closed:
