@@ -81,23 +81,31 @@ async def test_lane_and_router_requests_on_one_connection_are_answered_in_order(
     assert answers(got) == [b"200", b"200", b"409", b"200", b"200", b"200", b"200"], got
     assert got.count(b"a note") == 3  # HEAD's answer has no body
     assert b"Content-Type: text/javascript" in got  # the heartbeat script, from the router
-    assert await carried(port) - before == 4  # the asset, the HEAD, healthz, the last
+    # The asset, the ping (refused: not her instance), the HEAD, healthz, the last.
+    assert await carried(port) - before == 5
 
 
 async def test_every_byte_at_a_time(alice: tuple[int, str]) -> None:
-    """Requests split at every byte, a router's between two of the lane's."""
+    """Requests split at every byte: a ping (its body waited for), a router's request
+    between two of the lane's."""
     port, who = alice
     one = b"GET /files/note.txt HTTP/1.1\r\n" + who.encode() + b"\r\n"
     router = b"GET /_codepool/heartbeat.js HTTP/1.1\r\n" + who.encode() + b"\r\n"
+    body = b'{"instanceId": "not-hers"}'
+    ping = (
+        b"POST /_codepool/ping HTTP/1.1\r\n" + who.encode()
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )  # fmt: skip
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for byte in one + router + one:
+    for byte in one + ping + router + one:
         writer.write(bytes([byte]))
         await writer.drain()
     got = b""
-    while got.count(b"HTTP/1.1 ") < 3 or not got.endswith(b"a note"):
+    while got.count(b"HTTP/1.1 ") < 4 or not got.endswith(b"a note"):
         got += await asyncio.wait_for(reader.read(65536), 10)
     writer.close()
-    assert answers(got) == [b"200", b"200", b"200"]
+    assert answers(got) == [b"200", b"409", b"200", b"200"]
+    assert b'"stale-instance"' in got
 
 
 async def test_a_refusal_before_the_body_leaves_the_connection_usable(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 from http import HTTPStatus
@@ -40,12 +41,14 @@ import httptools
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from codepool.core.errors import CodepoolError
 from codepool.daemon import upstream
 from codepool.daemon.access import note
 from codepool.daemon.context import ROUTER, Router
 from codepool.daemon.http import client_of, cookie_values_in, same_origin_of
 from codepool.daemon.proxy import SMALL, Asked, Stopped
-from codepool.daemon.workspace import may_enter
+from codepool.daemon.sessions import Session
+from codepool.daemon.workspace import MAX_PING_BYTES, PING, may_enter, ping_answer
 
 log = logging.getLogger("codepool.router")
 
@@ -55,7 +58,8 @@ MAX_HEAD = 64 * 1024  # bytes of all of a request's headers
 MAX_HEADERS = 128
 MAX_BUFFERED = 1024 * 1024  # bytes of requests read ahead of their answers: then pause
 IDLE_S = 75.0  # a connection with no request under way is closed after this (aiohttp's)
-ROUTE = "/{tail:.*}"  # the route template of workspace traffic in metrics and the log
+ROUTE = "/{tail:.*}"
+PING_B = PING.encode()  # the route template of workspace traffic in metrics and the log
 # What a request that cannot be read is told.
 UNREAD = "The request is not HTTP/1.1 as this router reads it (RFC 9112, strictly)."
 METHOD = "The request's method is not one HTTP defines."
@@ -87,6 +91,7 @@ class Message:
         "target",
         "upgrade",
         "version",
+        "waiter",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -104,6 +109,7 @@ class Message:
         self.sink: Any = None  # where body bytes go once the request is being answered
         self.error = 0  # a status to refuse it with (malformed, too large)
         self.refusal = ""  # and what to say
+        self.waiter: asyncio.Future[None] | None = None  # for the lane reading its body
         self.head_bytes = 0
 
     def header(self, name: bytes) -> bytes | None:
@@ -122,20 +128,26 @@ class Message:
 
 
 class Relay(asyncio.Transport):
-    """The transport a request's aiohttp handler writes its answer to: the browser's, with
-    the answer's framing read on the way (llhttp) to know when it is whole."""
+    """The transport of the connection's aiohttp handler: what it writes goes to the
+    browser, its framing read on the way (llhttp) to know when an answer is whole."""
 
-    def __init__(self, conn: LaneConnection, handler: RequestHandler, head_only: bool) -> None:
+    def __init__(self, conn: LaneConnection, handler: RequestHandler) -> None:
         super().__init__()
-        self.conn, self.handler, self.head_only = conn, handler, head_only
+        self.conn, self.handler = conn, handler
+        self.closed = False
+        self.upgraded = False  # 101: the connection is the handler's for good
+        self.begin(head_only=False)
+
+    def begin(self, head_only: bool) -> None:
+        """Before each request the handler is given."""
+        self.head_only = head_only
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.whole = False  # the final answer is written whole
         self.keep_alive = False
-        self.upgraded = False  # 101: the connection is the handler's for good
-        # Done with the request: the handler closed its side, or took the connection (101).
+        # Done with the request: its answer is whole, or the handler closed its side, or
+        # it took the connection (101).
         self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.closed = False
 
     # what aiohttp writes ---------------------------------------------------------------
 
@@ -152,7 +164,7 @@ class Relay(asyncio.Transport):
             self._settle()
         except httptools.HttpParserError:  # never from aiohttp; if it were, the end
             self.keep_alive = False
-            self.handler.close()
+            self.abort()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -173,7 +185,7 @@ class Relay(asyncio.Transport):
 
     def _whole(self) -> None:
         self.whole = True
-        self.handler.close()  # it finishes this request (its access log too), then closes
+        self._settle()
 
     # the rest of a transport ----------------------------------------------------------
 
@@ -187,6 +199,8 @@ class Relay(asyncio.Transport):
         self.closed = True
         if self.upgraded:  # the WebSocket's end is the connection's
             self.conn.transport.close()
+        if self.settled.done():  # between requests (its keep-alive ran out): let it go
+            self.conn.drop_handler(self)
         self._settle()
 
     def abort(self) -> None:
@@ -228,7 +242,8 @@ class LaneConnection(asyncio.Protocol):
         self.queue: collections.deque[Message] = collections.deque()
         self.parsing: Message | None = None
         self.task: asyncio.Task[None] | None = None
-        self.handler: RequestHandler | None = None  # answering now (a WebSocket: for good)
+        self.handler: RequestHandler | None = None  # aiohttp's, for requests it answers
+        self.relay: Relay | None = None  # the handler's transport
         self.upgraded: bytearray | None = None  # bytes after an Upgrade request
         self.handed = False  # a WebSocket: every byte is its handler's
         self.buffered = 0
@@ -259,7 +274,7 @@ class LaneConnection(asyncio.Protocol):
             return
         if self.upgraded is not None:  # held until its request is answered
             self.upgraded += data
-            self._count(len(data))
+            self.count(len(data))
             return
         try:
             self.parser.feed_data(data)
@@ -342,6 +357,8 @@ class LaneConnection(asyncio.Protocol):
             self._feed(msg, b"0\r\n\r\n")
         msg.complete = True
         self.parsing = None
+        if msg.waiter is not None and not msg.waiter.done():
+            msg.waiter.set_result(None)
 
     def _msg(self) -> Message:
         if self.parsing is None:  # llhttp calls on_message_begin first; never otherwise
@@ -360,9 +377,9 @@ class LaneConnection(asyncio.Protocol):
             msg.sink(data)
         else:
             msg.body.append(data)
-            self._count(len(data))
+            self.count(len(data))
 
-    def _count(self, n: int) -> None:
+    def count(self, n: int) -> None:
         self.buffered += n
         if self.buffered > MAX_BUFFERED:
             self.pause("ahead")
@@ -407,38 +424,48 @@ class LaneConnection(asyncio.Protocol):
                 self.task = None
 
     async def _to_aiohttp(self, msg: Message) -> None:
-        """Answer one request by a handler of aiohttp's own, made for it."""
-        handler = self.lane.inner()
-        self.handler = handler
-        relay = Relay(self, handler, head_only=msg.method == b"HEAD")
-        handler.connection_made(relay)
-        if self.drained is not None:
-            handler.pause_writing()
+        """Answer one request by the connection's handler of aiohttp's (made at its first
+        such request, and again after aiohttp lets one go)."""
+        relay = self.relay
+        if relay is None:
+            self.handler = self.lane.inner()
+            relay = self.relay = Relay(self, self.handler)
+            self.handler.connection_made(relay)
+            if self.drained is not None:
+                self.handler.pause_writing()
+        relay.begin(head_only=msg.method == b"HEAD")
+        handler = relay.handler
         handler.data_received(msg.head_for_aiohttp())
         while msg.body and not relay.closed:
             data = msg.body.popleft()
-            self._count(-len(data))
+            self.count(-len(data))
             handler.data_received(data)
         msg.sink = self._sink(handler, relay)
         if msg.upgrade and self.upgraded:  # what came after its head, so far
             tail = bytes(self.upgraded)
             del self.upgraded[:]
-            self._count(-len(tail))
+            self.count(-len(tail))
             handler.data_received(tail)
         await relay.settled
         msg.sink = _discard
         if relay.upgraded and not relay.closed:
             self.handed = True  # a WebSocket: its handler's until it ends
             held, self.upgraded = bytes(self.upgraded or b""), None
-            self._count(-len(held))
+            self.count(-len(held))
             if held:  # what came since the 101 was written
                 handler.data_received(held)
             return
-        self.handler = None
-        handler.connection_lost(None)
-        self.resume("aiohttp")  # a pause it asked for ends with it
+        if relay.closed:
+            self.drop_handler(relay)
         if not (relay.whole and relay.keep_alive and msg.complete and not msg.upgrade):
             self.closing = True
+
+    def drop_handler(self, relay: Relay) -> None:
+        """The handler closed its side: it is done with, and the next request gets a new one."""
+        if self.relay is relay:
+            self.relay = self.handler = None
+            relay.handler.connection_lost(None)
+            self.resume("aiohttp")  # a pause it asked for ends with it
 
     @staticmethod
     def _sink(handler: RequestHandler, relay: Relay) -> Any:
@@ -518,8 +545,10 @@ class Lane:
         self.router = router
         self.connections: set[LaneConnection] = set()
         self.closing = False
-        origins = router.origins
-        self.per_user = origins.per_user
+        self.per_user = router.origins.per_user
+        self.own_headers = b"X-Content-Type-Options: nosniff\r\nReferrer-Policy: same-origin\r\n"
+        if router.secure_cookies:
+            self.own_headers += b"Strict-Transport-Security: max-age=31536000\r\n"
 
     def __call__(self) -> LaneConnection:
         return LaneConnection(self)
@@ -548,53 +577,98 @@ class Lane:
     # the lane's own requests -------------------------------------------------------------
 
     async def carry(self, conn: LaneConnection, msg: Message) -> bool:
-        """Answer msg straight from the box if it is the lane's to answer (see the module's
-        docstring); False, with nothing written, when aiohttp must."""
-        if not self.per_user or msg.has_body or msg.upgrade or msg.version != "1.1":
+        """Answer msg if it is the lane's to answer (see the module's docstring): a
+        request for the box, or a ping; False, with nothing written, when aiohttp must."""
+        if not self.per_user or msg.upgrade or msg.version != "1.1":
             return False
-        if msg.method not in (b"GET", b"HEAD") or msg.target[:1] != b"/":
-            return False
-        if msg.target.startswith(b"/_codepool/"):
-            return False
-        router = self.router
-        accept = msg.header(b"accept") or b""
-        host = msg.header(b"host")
-        if b"text/html" in accept or host is None or msg.header(b"upgrade") is not None:
-            return False
-        label = router.origins.label_in(host.decode("latin-1"))
-        if label is None:
-            return False
-        origin = router.origins.origin_of(label)
-        sent, site = msg.header(b"origin"), msg.header(b"sec-fetch-site")
-        if not same_origin_of(_text(sent), _text(site), origin):
-            return False
-        values = cookie_values_in(_text(msg.header(b"cookie")) or "", router.cookies.workspace)
-        if not values:
+        ping = msg.method == b"POST" and msg.target == PING_B
+        if ping:
+            length = msg.header(b"content-length") or b""
+            kind = (msg.header(b"content-type") or b"").partition(b";")[0].strip().lower()
+            if msg.chunked or not length.isdigit() or int(length) > MAX_PING_BYTES:
+                return False
+            if kind != b"application/json":
+                return False
+        elif (
+            msg.has_body
+            or msg.method not in (b"GET", b"HEAD")
+            or msg.target[:1] != b"/"
+            or msg.target.startswith(b"/_codepool/")
+            or msg.header(b"upgrade") is not None
+            or b"text/html" in (msg.header(b"accept") or b"")
+        ):
             return False
         started = time.monotonic()
-        try:
-            session = await router.sessions.find(values, host=label)
-            if session is None or not may_enter(router, session, session.owner):
-                return False
-            await router.proxy.workspace(session.owner)
-        except Stopped:
+        session = await self._session(msg)
+        if session is None:
             return False
-        except Exception:  # the store: aiohttp's answer says what is wrong
-            return False
-        status = await self._carry(conn, msg, session.owner)
+        if ping:
+            status = await self._ping(conn, msg, session.owner)
+        else:
+            status = await self._carry(conn, msg, session.owner)
         if status is None:
             return False
-        router.metrics.lane.inc()
+        self.router.metrics.lane.inc()
         note(
-            router,
+            self.router,
             msg.method.decode("latin-1"),
             ROUTE,
             status,
             time.monotonic() - started,
             user=session.user,
             client=lambda: self._client(conn, msg),
+            counted=not ping,  # codepool_pings_total counts them
         )
         return True
+
+    async def _session(self, msg: Message) -> Session | None:
+        """The workspace session of a request from a workspace origin's own pages, whose
+        person may enter it (workspace.py's checks, with its functions); None when the
+        request is not one, or the store cannot tell now."""
+        router = self.router
+        host = msg.header(b"host")
+        label = None if host is None else router.origins.label_in(host.decode("latin-1"))
+        if label is None:
+            return None
+        origin = router.origins.origin_of(label)
+        sent, site = msg.header(b"origin"), msg.header(b"sec-fetch-site")
+        if not same_origin_of(_text(sent), _text(site), origin):
+            return None
+        values = cookie_values_in(_text(msg.header(b"cookie")) or "", router.cookies.workspace)
+        if not values:
+            return None
+        try:
+            session = await router.sessions.find(values, host=label)
+            if session is None or not may_enter(router, session, session.owner):
+                return None
+            await router.proxy.workspace(session.owner)
+        except Exception:  # stopped, or the store: aiohttp's answer says what is wrong
+            return None
+        return session
+
+    async def _ping(self, conn: LaneConnection, msg: Message, owner: str) -> int | None:
+        """A heartbeat: its body read (at most MAX_PING_BYTES, waited for at most IDLE_S),
+        recorded, answered (None: aiohttp answers it, with its body given back)."""
+        if not msg.complete:
+            msg.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(msg.waiter, IDLE_S)
+            except TimeoutError:
+                conn.transport.close()
+                return 408
+        raw = b"".join(msg.body)
+        msg.body.clear()
+        conn.count(-len(raw))
+        try:
+            status, answer = await ping_answer(self.router, owner, raw)
+        except CodepoolError:  # the store: aiohttp's error answer, with the body again
+            msg.body.append(raw)
+            return None
+        if answer is None:
+            conn.write(b"HTTP/1.1 204 No Content\r\n%s\r\n" % self.own_headers)
+        else:
+            self._own_answer(conn, status, b"application/json", json.dumps(answer).encode())
+        return status
 
     def _client(self, conn: LaneConnection, msg: Message) -> str:
         forwarded = (msg.header(b"x-forwarded-for") or b"").decode("latin-1")
@@ -620,18 +694,17 @@ class Lane:
             answer.release()
 
     def _bad_gateway(self, conn: LaneConnection, text: str) -> int:
-        body = text.encode()
-        extra = (
-            b"Strict-Transport-Security: max-age=31536000\r\n"
-            if self.router.secure_cookies
-            else b""
-        )
-        conn.write(
-            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"X-Content-Type-Options: nosniff\r\nReferrer-Policy: same-origin\r\n%s"
-            b"Content-Length: %d\r\n\r\n%s" % (extra, len(body), body)
-        )
+        self._own_answer(conn, 502, b"text/plain", text.encode())
         return 502
+
+    def _own_answer(self, conn: LaneConnection, status: int, kind: bytes, body: bytes) -> None:
+        """An answer of the router's own, with the headers all of its own answers carry
+        (http.py page_headers)."""
+        phrase = HTTPStatus(status).phrase.encode()
+        conn.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s; charset=utf-8\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (status, phrase, kind, self.own_headers, len(body), body)
+        )
 
     async def _answer(
         self,

@@ -93,8 +93,8 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.lane = Counter(
             "codepool_lane_requests",
-            "Requests to workspaces carried to the box by the lane itself (the rest of the "
-            "router's requests go through aiohttp's server)",
+            "Requests the lane answered itself: a workspace's assets and API calls, and "
+            "pings (the rest of the router's requests go through aiohttp's server)",
             registry=r,
         )
         self.logins = Counter(

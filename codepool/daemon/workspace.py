@@ -120,30 +120,41 @@ async def proxy(
 
 
 async def record_ping(request: web.Request, user: str) -> web.StreamResponse:
-    """POST {instanceId, user?}: the visible tab says user's workspace is in use. The user
-    comes from the session, never from the body: a body naming another is refused."""
-    router = request.app[ROUTER]
-    raw = await request.content.read(MAX_PING_BYTES + 1)
+    """POST {instanceId, user?}: the visible tab says user's workspace is in use."""
+    status, body = await ping_answer(
+        request.app[ROUTER], user, await request.content.read(MAX_PING_BYTES + 1)
+    )
+    return web.Response(status=204) if body is None else web.json_response(body, status=status)
+
+
+async def ping_answer(router: Router, user: str, raw: bytes) -> tuple[int, dict[str, str] | None]:
+    """A ping's body taken and recorded: the status and JSON to answer (None: 204). The
+    user comes from the session, never from the body: a body naming another is refused.
+    (aiohttp's route and the lane, lane.py, both answer pings here.)"""
     if len(raw) > MAX_PING_BYTES:
-        return json_error(413, "too-large", f"a ping is at most {MAX_PING_BYTES} bytes")
+        return _refused(413, "too-large", f"a ping is at most {MAX_PING_BYTES} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return json_error(400, "bad-json", "the body is not valid JSON")
+        return _refused(400, "bad-json", "the body is not valid JSON")
     if not isinstance(body, dict) or set(body) - {"instanceId", "user"}:
-        return json_error(400, "bad-fields", 'expected {"instanceId": "..."}')
+        return _refused(400, "bad-fields", 'expected {"instanceId": "..."}')
     instance_id = body.get("instanceId")
     if not isinstance(instance_id, str) or not 0 < len(instance_id) <= 128:
-        return json_error(400, "bad-fields", "instanceId must be a string of 1 to 128 characters")
+        return _refused(400, "bad-fields", "instanceId must be a string of 1 to 128 characters")
     if "user" in body and body["user"] != user:
-        return json_error(403, "forbidden", "a ping may only name your own workspace")
+        return _refused(403, "forbidden", "a ping may only name your own workspace")
     result = await router.pool.ping(user, instance_id)
     router.metrics.ping_results[result].inc()
     if result is PingResult.OK:
-        return web.Response(status=204)
+        return 204, None
     if result is PingResult.STALE_INSTANCE:
-        return json_error(409, "stale-instance", "that is not your workspace's instance now")
-    return json_error(409, "stopped", "your workspace is stopped; open /dispatch to resume it")
+        return _refused(409, "stale-instance", "that is not your workspace's instance now")
+    return _refused(409, "stopped", "your workspace is stopped; open /dispatch to resume it")
+
+
+def _refused(status: int, kind: str, message: str) -> tuple[int, dict[str, str]]:
+    return status, {"error": kind, "message": message}  # as json_error says it
 
 
 def ping_refusal(request: web.Request, origin: str) -> web.Response | None:
