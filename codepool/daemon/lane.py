@@ -579,32 +579,19 @@ class Lane:
     async def carry(self, conn: LaneConnection, msg: Message) -> bool:
         """Answer msg if it is the lane's to answer (see the module's docstring): a
         request for the box, or a ping; False, with nothing written, when aiohttp must."""
-        if not self.per_user or msg.upgrade or msg.version != "1.1":
-            return False
-        ping = msg.method == b"POST" and msg.target == PING_B
-        if ping:
-            length = msg.header(b"content-length") or b""
-            kind = (msg.header(b"content-type") or b"").partition(b";")[0].strip().lower()
-            if msg.chunked or not length.isdigit() or int(length) > MAX_PING_BYTES:
-                return False
-            if kind != b"application/json":
-                return False
-        elif (
-            msg.has_body
-            or msg.method not in (b"GET", b"HEAD")
-            or msg.target[:1] != b"/"
-            or msg.target.startswith(b"/_codepool/")
-            or msg.header(b"upgrade") is not None
-            or b"text/html" in (msg.header(b"accept") or b"")
-        ):
+        if msg.upgrade or msg.version != "1.1":
             return False
         started = time.monotonic()
-        session = await self._session(msg)
-        if session is None:
-            return False
-        if ping:
-            status = await self._ping(conn, msg, session.owner)
+        if msg.method == b"POST":  # a ping, on a workspace's origin or (path mode) the main
+            session = await self._pinger(msg)
+            if session is None:
+                return False
+            user = session.owner if session.host else session.user
+            status = await self._ping(conn, msg, user)
         else:
+            session = await self._box_request(msg)
+            if session is None:
+                return False
             status = await self._carry(conn, msg, session.owner)
         if status is None:
             return False
@@ -612,37 +599,80 @@ class Lane:
         note(
             self.router,
             msg.method.decode("latin-1"),
-            ROUTE,
+            ROUTE if session.host else "/ping",
             status,
             time.monotonic() - started,
             user=session.user,
             client=lambda: self._client(conn, msg),
-            counted=not ping,  # codepool_pings_total counts them
+            counted=msg.method != b"POST",  # codepool_pings_total counts pings
         )
         return True
 
-    async def _session(self, msg: Message) -> Session | None:
-        """The workspace session of a request from a workspace origin's own pages, whose
-        person may enter it (workspace.py's checks, with its functions); None when the
-        request is not one, or the store cannot tell now."""
-        router = self.router
-        host = msg.header(b"host")
-        label = None if host is None else router.origins.label_in(host.decode("latin-1"))
-        if label is None:
+    async def _box_request(self, msg: Message) -> Session | None:
+        """The session to carry msg to its box with, if it is a request the lane carries:
+        GET or HEAD with no body, to a workspace origin, not a page load, from that origin,
+        with that host's session, to a running workspace."""
+        if not self.per_user or msg.has_body or msg.method not in (b"GET", b"HEAD"):
             return None
-        origin = router.origins.origin_of(label)
+        target = msg.target
+        if target[:1] != b"/" or target.startswith(b"/_codepool/"):
+            return None
+        if msg.header(b"upgrade") is not None or b"text/html" in (msg.header(b"accept") or b""):
+            return None
+        session = await self._session(msg, workspace=True)
+        if session is None:
+            return None
+        try:
+            await self.router.proxy.workspace(session.owner)
+        except Exception:  # stopped, or the store: aiohttp's answer says what is wrong
+            return None
+        return session
+
+    async def _pinger(self, msg: Message) -> Session | None:
+        """The session of a ping the lane answers: JSON of at most MAX_PING_BYTES, with a
+        Content-Length, to a workspace origin's /_codepool/ping or the main origin's /ping
+        (a session cookie, not a JWT), from that origin (workspace.ping_refusal's checks;
+        a ping that fails one goes to aiohttp, which says why)."""
+        length = msg.header(b"content-length") or b""
+        kind = (msg.header(b"content-type") or b"").partition(b";")[0].strip().lower()
+        if msg.chunked or not length.isdigit() or int(length) > MAX_PING_BYTES:
+            return None
+        if kind != b"application/json":
+            return None
+        if msg.target == PING_B:
+            return await self._session(msg, workspace=True)
+        if msg.target == b"/ping" and self.router.jwt is None:
+            return await self._session(msg, workspace=False)
+        return None
+
+    async def _session(self, msg: Message, workspace: bool) -> Session | None:
+        """The session of a request from a workspace origin's own pages, whose person may
+        enter it (workspace.py's checks, with its functions), or (workspace=False) from
+        the main origin's; None when the request is not one, or the store cannot tell."""
+        router = self.router
+        host = _text(msg.header(b"host"))
+        if host is None:
+            return None
+        if workspace:
+            label = router.origins.label_in(host)
+            if label is None:
+                return None
+            origin, cookie = router.origins.origin_of(label), router.cookies.workspace
+        elif router.origins.is_main(host):
+            label, origin, cookie = "", router.origins.main, router.cookies.session
+        else:
+            return None
         sent, site = msg.header(b"origin"), msg.header(b"sec-fetch-site")
         if not same_origin_of(_text(sent), _text(site), origin):
             return None
-        values = cookie_values_in(_text(msg.header(b"cookie")) or "", router.cookies.workspace)
+        values = cookie_values_in(_text(msg.header(b"cookie")) or "", cookie)
         if not values:
             return None
         try:
             session = await router.sessions.find(values, host=label)
-            if session is None or not may_enter(router, session, session.owner):
-                return None
-            await router.proxy.workspace(session.owner)
-        except Exception:  # stopped, or the store: aiohttp's answer says what is wrong
+        except Exception:  # the store: aiohttp's answer says what is wrong
+            return None
+        if session is None or (workspace and not may_enter(router, session, session.owner)):
             return None
         return session
 
