@@ -20,10 +20,11 @@ the box with the same head (proxy.py's upstream_head), and the answer comes back
 the same filtering and the heartbeat injected into HTML (proxy.py).
 
 A request for aiohttp is written out again from what llhttp parsed (its framing made
-anew: the exact Content-Length, or chunked) to a handler of aiohttp's own made for that
-request, over a relay transport: its answer goes to the browser as it is written, and
-once the answer is whole (the relay reads its framing) the handler is closed and the
-connection goes on with the next request. A WebSocket (101) stays with its handler for
+anew: the exact Content-Length, or chunked) to the connection's handler of aiohttp's
+own, over a relay transport: its answer goes to the browser as it is written, and once
+the answer is whole (the relay reads its framing) the connection goes on with the next
+request. The handler is kept for the connection's next request for aiohttp, and made
+again only after aiohttp closes its side. A WebSocket (101) stays with its handler for
 good. Answers go out in the order the requests came.
 """
 
@@ -242,8 +243,7 @@ class LaneConnection(asyncio.Protocol):
         self.queue: collections.deque[Message] = collections.deque()
         self.parsing: Message | None = None
         self.task: asyncio.Task[None] | None = None
-        self.handler: RequestHandler | None = None  # aiohttp's, for requests it answers
-        self.relay: Relay | None = None  # the handler's transport
+        self.relay: Relay | None = None  # the transport of aiohttp's handler, if one
         self.upgraded: bytearray | None = None  # bytes after an Upgrade request
         self.handed = False  # a WebSocket: every byte is its handler's
         self.buffered = 0
@@ -254,6 +254,11 @@ class LaneConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.peer = ""  # the browser's address (or a load balancer's)
         self.scheme = "http"
+
+    @property
+    def handler(self) -> RequestHandler | None:
+        """aiohttp's handler for the requests the lane hands on (made at the first)."""
+        return None if self.relay is None else self.relay.handler
 
     # asyncio.Protocol --------------------------------------------------------------------
 
@@ -297,9 +302,9 @@ class LaneConnection(asyncio.Protocol):
         self.lane.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
-        if self.handler is not None:
-            self.handler.connection_lost(exc)
-            self.handler = None
+        if self.relay is not None:
+            relay, self.relay = self.relay, None
+            relay.handler.connection_lost(exc)
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
         if self.task is not None:
@@ -428,11 +433,10 @@ class LaneConnection(asyncio.Protocol):
         such request, and again after aiohttp lets one go)."""
         relay = self.relay
         if relay is None:
-            self.handler = self.lane.inner()
-            relay = self.relay = Relay(self, self.handler)
-            self.handler.connection_made(relay)
+            relay = self.relay = Relay(self, self.lane.inner())
+            relay.handler.connection_made(relay)
             if self.drained is not None:
-                self.handler.pause_writing()
+                relay.handler.pause_writing()
         relay.begin(head_only=msg.method == b"HEAD")
         handler = relay.handler
         handler.data_received(msg.head_for_aiohttp())
@@ -448,6 +452,9 @@ class LaneConnection(asyncio.Protocol):
             handler.data_received(tail)
         await relay.settled
         msg.sink = _discard
+        left = sum(len(data) for data in msg.body)  # never given: answered before its end
+        msg.body.clear()
+        self.count(-left)
         if relay.upgraded and not relay.closed:
             self.handed = True  # a WebSocket: its handler's until it ends
             held, self.upgraded = bytes(self.upgraded or b""), None
@@ -463,7 +470,7 @@ class LaneConnection(asyncio.Protocol):
     def drop_handler(self, relay: Relay) -> None:
         """The handler closed its side: it is done with, and the next request gets a new one."""
         if self.relay is relay:
-            self.relay = self.handler = None
+            self.relay = None
             relay.handler.connection_lost(None)
             self.resume("aiohttp")  # a pause it asked for ends with it
 
@@ -693,6 +700,7 @@ class Lane:
             status, answer = await ping_answer(self.router, owner, raw)
         except CodepoolError:  # the store: aiohttp's error answer, with the body again
             msg.body.append(raw)
+            conn.count(len(raw))
             return None
         if answer is None:
             conn.write(b"HTTP/1.1 204 No Content\r\n%s\r\n" % self.own_headers)
