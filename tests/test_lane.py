@@ -204,3 +204,39 @@ async def test_many_connections_mixing_both_kinds_at_once(alice: tuple[int, str]
         assert raw.count(b"a note") == mix.count(lane)
         assert raw.endswith(b"}")  # healthz's JSON
     assert await carried(port) - before == sum(m.count(lane) + 1 for m in mixes)
+
+
+async def test_an_answer_before_the_lane_closes_the_connection_says_so(
+    alice: tuple[int, str],
+) -> None:
+    """A request asking to close (nginx asks so of each ping it forwards) gets an answer
+    with Connection: close from the lane, whichever answers it: nginx keeps for its next
+    request a connection whose answer does not say so, and sent that request into the
+    lane's close (a reset, a 502 under load) until every answer of the lane's said it."""
+    port, who = alice
+    page = await exchange(
+        port,
+        b"GET / HTTP/1.1\r\n" + who.encode() + b"Accept: text/html\r\nConnection: close\r\n\r\n",
+    )
+    found = re.search(rb'data-instance-id="([^"]+)"', page)
+    assert found is not None, page[:500]
+
+    def ping(instance: bytes) -> bytes:
+        body = b'{"instanceId": "%s"}' % instance
+        return (
+            b"POST /_codepool/ping HTTP/1.1\r\n" + who.encode() + b"Connection: close\r\n"
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )  # fmt: skip
+
+    asset = b"GET /files/note.txt HTTP/1.1\r\n" + who.encode() + b"Connection: close\r\n\r\n"
+    before = await carried(port)
+    for raw, status in [
+        (ping(found.group(1)), b"204"),
+        (ping(b"not-hers"), b"409"),
+        (asset, b"200"),
+    ]:
+        got = await exchange(port, raw + asset)  # the second never read: the first closes
+        assert answers(got) == [status], got
+        head = got.partition(b"\r\n\r\n")[0]
+        assert b"\r\nConnection: close" in head, got
+    assert await carried(port) - before == 3

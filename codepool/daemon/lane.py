@@ -703,9 +703,9 @@ class Lane:
             conn.count(len(raw))
             return None
         if answer is None:
-            conn.write(b"HTTP/1.1 204 No Content\r\n%s\r\n" % self.own_headers)
+            self._own_answer(conn, msg, status)
         else:
-            self._own_answer(conn, status, b"application/json", json.dumps(answer).encode())
+            self._own_answer(conn, msg, status, b"application/json", json.dumps(answer).encode())
         return status
 
     def _client(self, conn: LaneConnection, msg: Message) -> str:
@@ -725,24 +725,30 @@ class Lane:
         except Stopped:
             return None
         except web.HTTPBadGateway as exc:
-            return self._bad_gateway(conn, exc.text or "")
+            return self._bad_gateway(conn, msg, exc.text or "")
         try:
             return await self._answer(conn, msg, answer, ws.instance_id, owner)
         finally:
             answer.release()
 
-    def _bad_gateway(self, conn: LaneConnection, text: str) -> int:
-        self._own_answer(conn, 502, b"text/plain", text.encode())
+    def _bad_gateway(self, conn: LaneConnection, msg: Message, text: str) -> int:
+        self._own_answer(conn, msg, 502, b"text/plain", text.encode())
         return 502
 
-    def _own_answer(self, conn: LaneConnection, status: int, kind: bytes, body: bytes) -> None:
-        """An answer of the router's own, with the headers all of its own answers carry
-        (http.py page_headers)."""
+    def _own_answer(
+        self, conn: LaneConnection, msg: Message, status: int, kind: bytes = b"", body: bytes = b""
+    ) -> None:
+        """An answer of the router's own (no body when no kind), with the headers all of its
+        own answers carry (http.py page_headers), and Connection: close when the request
+        ends the connection: a front (nginx) keeps for its next request a connection whose
+        answer does not say so, and would send it into the lane's close."""
         phrase = HTTPStatus(status).phrase.encode()
-        conn.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: %s; charset=utf-8\r\n%sContent-Length: %d\r\n\r\n%s"
-            % (status, phrase, kind, self.own_headers, len(body), body)
-        )
+        head = b"HTTP/1.1 %d %s\r\n%s" % (status, phrase, self.own_headers)
+        if kind:
+            head += b"Content-Type: %s; charset=utf-8\r\nContent-Length: %d\r\n" % (kind, len(body))
+        if not msg.keep_alive:
+            head += b"Connection: close\r\n"
+        conn.write(head + b"\r\n" + body)
 
     async def _answer(
         self,
@@ -780,7 +786,7 @@ class Lane:
                 return status
         except upstream.BadAnswer as exc:  # cut or malformed before anything was sent
             log.warning("proxy %s: %s", owner, exc)
-            return self._bad_gateway(conn, f"workspace of {owner} is not answering")
+            return self._bad_gateway(conn, msg, f"workspace of {owner} is not answering")
         chunked = length is None and not head_only
         if chunked:
             headers = [h for h in headers if h[0].lower() != b"content-length"]
