@@ -412,7 +412,7 @@ class LaneConnection(asyncio.Protocol):
                     if self.handed:
                         return
                 self.queue.popleft()
-                if not msg.keep_alive or self.closing or self.lane.closing:
+                if not self.keeps(msg):
                     break
             else:
                 self.task = None
@@ -466,6 +466,11 @@ class LaneConnection(asyncio.Protocol):
             self.drop_handler(relay)
         if not (relay.whole and relay.keep_alive and msg.complete and not msg.upgrade):
             self.closing = True
+
+    def keeps(self, msg: Message) -> bool:
+        """Whether the connection goes on after msg's answer (which must say so when not:
+        see Lane._own_answer)."""
+        return msg.keep_alive and not self.closing and not self.lane.closing
 
     def drop_handler(self, relay: Relay) -> None:
         """The handler closed its side: it is done with, and the next request gets a new one."""
@@ -746,7 +751,7 @@ class Lane:
         head = b"HTTP/1.1 %d %s\r\n%s" % (status, phrase, self.own_headers)
         if kind:
             head += b"Content-Type: %s; charset=utf-8\r\nContent-Length: %d\r\n" % (kind, len(body))
-        if not msg.keep_alive:
+        if not conn.keeps(msg):
             head += b"Connection: close\r\n"
         conn.write(head + b"\r\n" + body)
 
@@ -777,12 +782,12 @@ class Lane:
                     body = proxy.injected(html, instance_id)
                     length = len(body)
                     headers.append((b"Content-Length", b"%d" % length))
-                    conn.write(_head(status, headers, msg.keep_alive) + body)
+                    conn.write(_head(status, headers, conn.keeps(msg)) + body)
                     return status
                 body = first
             elif length is not None and length <= SMALL and not head_only:
                 body = await answer.read()  # small and whole: one write, head and body
-                conn.write(_head(status, headers, msg.keep_alive) + body)
+                conn.write(_head(status, headers, conn.keeps(msg)) + body)
                 return status
         except upstream.BadAnswer as exc:  # cut or malformed before anything was sent
             log.warning("proxy %s: %s", owner, exc)
@@ -791,7 +796,7 @@ class Lane:
         if chunked:
             headers = [h for h in headers if h[0].lower() != b"content-length"]
             headers.append((b"Transfer-Encoding", b"chunked"))
-        conn.write(_head(status, headers, msg.keep_alive))
+        conn.write(_head(status, headers, conn.keeps(msg)))
         if head_only:
             return status
         try:
