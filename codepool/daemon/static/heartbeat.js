@@ -261,12 +261,15 @@
     }
   }
 
-  // Answers about the workspace are applied in the order they were asked: a read the
-  // router answered just before a hold, arriving after the hold's answer, must not bring
-  // back the warning the hold took away (the next read may be held for 50 s).
+  // Answers about the workspace are applied in the order the router made them: a read
+  // it answered before a hold was written, arriving after the hold's answer, must not
+  // bring back the warning the hold took away (the next read may be held for 50 s). A
+  // read is known to be newer than a hold only when asked after the hold's answer came:
+  // one asked while the hold was under way may have been answered before it. So a
+  // hold's answer sets aside every answer asked until it came (through: asked).
   var asked = 0, applied = 0;
-  function inOrder(n, s) {
-    if (n > applied) { applied = n; seen(s); }
+  function inOrder(n, s, through) {
+    if (n > applied) { applied = through || n; seen(s); }
   }
 
   function read(wait) {
@@ -304,7 +307,7 @@
     }).then(function (r) {
       if (r.status === 401) { loggedOut(); return null; }
       return r.json().then(function (s) {
-        if (r.status === 200) inOrder(n, s);
+        if (r.status === 200) inOrder(n, s, asked);
         else if (r.status === 409) stoppedNow();
         return s;
       });
