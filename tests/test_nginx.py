@@ -13,6 +13,7 @@ import os
 import re
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -443,6 +444,57 @@ async def test_front_keeps_boxes_connections_and_a_bounded_memory_of_yeses(
         assert box.connections <= 2
     errors = (tmp_path / "error.log").read_text()
     assert "no memory" not in errors and "[error]" not in errors, errors[-2000:]
+
+
+async def test_front_renews_a_yes_before_it_ends_while_the_others_go_on(
+    nginx: Callable[[str], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a yes's last half second one request asks the router again; the browser's other
+    requests go on with the yes meanwhile, not waiting for the router; a no ends the yes
+    at once."""
+    from codepool.daemon import workspace
+
+    asked: list[float] = []
+    gate = asyncio.Event()
+    gate.set()
+    authorize = workspace.authorize_front
+
+    refuse = False
+
+    async def held(request: web.Request, label: str) -> web.StreamResponse:
+        asked.append(time.monotonic())
+        await gate.wait()
+        return web.Response(status=403) if refuse else await authorize(request, label)
+
+    monkeypatch.setattr(workspace, "authorize_front", held)
+    server = await asyncio.start_server(OkBox(), "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server, entered("front", address, tmp_path, nginx) as (port, host, cookie):
+        raw = f"GET /a.js HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        raw += "Connection: close\r\n\r\n"
+        asked.clear()
+        assert (await exchange(port, raw.encode(), 1)).endswith(b"ok")
+        assert len(asked) == 1
+        await asyncio.sleep(2 - 0.4 - (time.monotonic() - asked[0]))  # 0.4 s left
+        gate.clear()  # the router is slow now
+        renewing = asyncio.create_task(exchange(port, raw.encode(), 5))
+        for _ in range(100):
+            if len(asked) == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert len(asked) == 2, "no request renewed the yes in its last half second"
+        for _ in range(3):  # the router is still asked: these go on with the yes
+            assert (await exchange(port, raw.encode(), 1)).endswith(b"ok")
+        assert len(asked) == 2
+        gate.set()
+        assert (await renewing).endswith(b"ok")
+        # The next renewal is told no (a session revoked, say): that yes is gone at once.
+        refuse = True
+        await asyncio.sleep(2 - 0.4 - (time.monotonic() - asked[1]))
+        await exchange(port, raw.encode(), 1)  # renews, is told no, goes to the router
+        assert len(asked) == 3
+        await exchange(port, raw.encode(), 1)
+        assert len(asked) == 4, "the yes was used after the router said no"
 
 
 @pytest.fixture
