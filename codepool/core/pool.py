@@ -39,6 +39,7 @@ from codepool.core.models import (
     WHY_RELEASED,
     WHY_RETENTION,
     Assignment,
+    Census,
     Check,
     Event,
     EventKind,
@@ -348,14 +349,13 @@ class CodePool:
                 # pool of good spares while the backend fails (reconcile puts this one back
                 # once its claim marker expires).
                 return inst, "launched" if launched else "spare"
-            free = [i.instance_id for i in instances if i.is_spare]
+            census = Census.of(instances)
+            free = [i.instance_id for i in census.spares]
             if free and await self.store.add_spares(free):
                 continue  # spares the store did not know about yet
-            booting = any(i.is_booting_spare for i in instances)
-            in_service = sum(1 for i in instances if i.in_service)
-            if launched and not booting:
+            if launched and not census.booting:
                 cap = await self.backend.capacity()
-                if cap.desired <= in_service:
+                if cap.desired <= census.in_service:
                     launched = False  # the box asked for went to someone else: ask again
             if not launched and not may_launch:
                 await starts.enter_async_context(self.start_slot(say, queue))
@@ -377,7 +377,7 @@ class CodePool:
                         log.info("launch: no spare free", **fields(user=user))
                         await self.backend.set_desired(cap.desired + 1)
                         launched = True
-                    elif not booting:
+                    elif not census.booting:
                         raise PoolFull(
                             f"pool full: all {cap.max_size} workspaces are in use; try again later",
                             POOL_FULL_RETRY_S,
@@ -555,12 +555,12 @@ class CodePool:
         step, which may use the look its earlier steps took (see _look)."""
         fleet = await self._look(share)
         instances = fleet.instances
-        free = [i for i in instances if i.is_spare]
-        await self.store.add_spares(i.instance_id for i in free)
+        census = Census.of(instances)
+        await self.store.add_spares(i.instance_id for i in census.spares)
         pool = await self.store.spares()
-        spares = [i for i in free if i.instance_id in pool]
-        booting = sum(i.is_booting_spare for i in instances)  # spares in a minute
-        in_service = sum(i.in_service for i in instances)
+        spares = [i for i in census.spares if i.instance_id in pool]
+        booting = census.booting  # spares in a minute
+        in_service = census.in_service
         # Running unowned boxes not in the pool are being claimed right now: assigned.
         assigned = in_service - len(spares) - booting
         cap = fleet.capacity
