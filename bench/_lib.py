@@ -503,7 +503,7 @@ load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module {lua};
 {user}worker_processes {workers};
 pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
+error_log stderr warn;  # into build/bench/logs/<name>.log: kept after the run
 worker_rlimit_nofile 65536;
 events {{ worker_connections 16384; }}  # a WebSocket through a proxy holds two
 http {{
