@@ -65,6 +65,10 @@ async def open_vs_code(page: Any, site: str) -> None:
         await page.locator(".explorer-folders-view").first.wait_for(timeout=60_000)
 
 
+# A whole day in one test: real code-server opened three times in Chromium and idle waits
+# of about a minute in all. 88 s on a fast machine, over 120 s (the default guard against
+# a hang) on a slow one.
+@pytest.mark.timeout(360)
 async def test_a_persons_day(
     browser: Any, state_dir: Path, servers: list[Server], code_server: str
 ) -> None:
