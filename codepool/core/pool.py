@@ -559,8 +559,7 @@ class CodePool:
         await self.store.add_spares(i.instance_id for i in census.spares)
         pool = await self.store.spares()
         spares = [i for i in census.spares if i.instance_id in pool]
-        booting = census.booting  # spares in a minute
-        in_service = census.in_service
+        booting, in_service = census.booting, census.in_service  # booting: spares in a minute
         # Running unowned boxes not in the pool are being claimed right now: assigned.
         assigned = in_service - len(spares) - booting
         cap = fleet.capacity
