@@ -19,6 +19,7 @@ from codepool.core.models import (
     WorkspaceState,
 )
 from codepool.core.store import PingResult, Store
+from codepool.core.stores.sqlite import SQLiteStore
 
 RUNNING = WorkspaceState.RUNNING
 STOPPED = WorkspaceState.STOPPED
@@ -471,3 +472,28 @@ async def test_notes_are_replaced_and_expire(store: Store) -> None:
     assert await store.get_note("gauges") == '{"a": 2}'
     await asyncio.sleep(0.01)
     assert await store.get_note("other") is None  # expired
+
+
+async def test_a_new_store_file_another_process_is_setting_up_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """`codepool events --follow` and an `assign` started together on a new state folder
+    both set up its store file. While one of them is writing it (a new file is not in WAL
+    mode yet), SQLite tells the other "database is locked" at once, without the wait it
+    gives writers: the store waits and tries again."""
+    import sqlite3
+
+    path = tmp_path / "store.db"
+    first = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    first.execute("CREATE TABLE setting_up (a)")
+    first.execute("BEGIN IMMEDIATE")
+    first.execute("INSERT INTO setting_up VALUES (1)")
+    opening = asyncio.create_task(asyncio.to_thread(SQLiteStore.from_url, f"sqlite:///{path}"))
+    await asyncio.sleep(0.5)  # the opener's first try meets the write (the old code failed)
+    assert not opening.done()
+    first.execute("COMMIT")
+    first.close()
+    store = await opening
+    await store.put_note("n", "here", 60_000)
+    assert await store.get_note("n") == "here"
+    await store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -160,6 +161,42 @@ def _row(r: tuple[Any, ...]) -> Workspace:
     return Workspace(r[0], r[1], r[2], WorkspaceState(r[3]), r[4], r[5], r[6], r[7], r[8])
 
 
+OPEN_TIMEOUT_S = 30.0  # as long as a step waits for another process's write
+
+
+def _open(path: str) -> sqlite3.Connection:
+    """One connection, in WAL mode, with the schema. Processes that open a new file at the
+    same moment (`codepool events --follow` and an `assign`) race to turn it to WAL, and
+    SQLite answers the losers "database is locked" at once, without waiting as it does for
+    a write: that step is tried again until the file is WAL or OPEN_TIMEOUT_S passes."""
+    deadline = time.monotonic() + OPEN_TIMEOUT_S
+    while True:
+        db = sqlite3.connect(
+            path, timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(workspaces)")}
+            for column, add in ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(add)
+            db.execute(
+                "CREATE INDEX IF NOT EXISTS workspaces_by_state_started_at "
+                "ON workspaces (state, started_at_ms)"
+            )
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))  # apart, so the openers do not meet again
+        except BaseException:
+            db.close()
+            raise
+
+
 class SQLiteStore:
     """Store on one SQLite file (or in memory for memory://, one process only)."""
 
@@ -172,22 +209,7 @@ class SQLiteStore:
                 # It holds password and session hashes: the owner's alone (SQLite gives its
                 # journal files the database file's mode).
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            # One connection, used from worker threads one at a time (the lock below).
-            self._db = sqlite3.connect(
-                path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._db.executescript(SCHEMA)
-            have = {r[1] for r in self._db.execute("PRAGMA table_info(workspaces)")}
-            for column, add in ADDED_COLUMNS.items():
-                if column not in have:
-                    self._db.execute(add)
-            self._db.execute(
-                "CREATE INDEX IF NOT EXISTS workspaces_by_state_started_at "
-                "ON workspaces (state, started_at_ms)"
-            )
+            self._db = _open(path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"store unavailable: sqlite {path}: {exc}") from None
         self._lock = threading.Lock()
