@@ -101,3 +101,54 @@ async def test_a_read_answered_before_a_hold_never_brings_the_warning_back(
     await router.next_read()
     assert await warning.count() == 0
     assert not (await page.title()).startswith("\u23f8")
+
+
+async def test_a_read_answered_while_a_hold_is_under_way_does_not_undo_the_hold(
+    hidden_tab: tuple[Any, PlayedRouter],
+) -> None:
+    """A read asked while the hold is under way and answered (still warned) before the
+    hold's answer comes: the hold's answer, when it comes, takes the warning away."""
+    page, router = hidden_tab
+    warning = page.locator("#codepool-warning")
+    await router.answer(await router.next_read(), WARNED)
+    await warning.wait_for(timeout=10_000)
+    pending = await router.next_read()
+    await page.get_by_role("button", name="Keep running for 1 hour").click()
+    hold = await asyncio.wait_for(router.holds.get(), 10)
+    await router.answer(pending, WARNED)
+    during = await router.next_read()  # asked while the hold is under way...
+    await router.answer(during, WARNED)  # ...and answered before it
+    later = await router.next_read()
+    await router.answer(hold, HELD)
+    await warning.wait_for(state="detached", timeout=10_000)
+    await router.answer(later, WARNED)  # asked before the hold's answer came: set aside
+    await router.next_read()
+    assert await warning.count() == 0
+
+
+async def test_the_warning_bar_is_changed_in_place_and_reads_are_paced(
+    hidden_tab: tuple[Any, PlayedRouter],
+) -> None:
+    """Within the warning, a router that answers every read at once (one that does not
+    hold them) gets a read every couple of seconds, not hundreds a second; each answer
+    changes the bar's words in place, so the button under the pointer stays the one the
+    person presses."""
+    page, router = hidden_tab
+    await router.answer(await router.next_read(), WARNED)
+    button = page.get_by_role("button", name="Keep running for 1 hour")
+    await button.wait_for(timeout=10_000)
+    handle = await button.element_handle()
+    started = asyncio.get_running_loop().time()
+    reads = 0
+    for left_s in (29, 28, 27):
+        await router.answer(await router.next_read(), {**WARNED, "left_s": left_s})
+        reads += 1
+    await page.get_by_text("stops in about 27 seconds").wait_for(timeout=10_000)
+    took = asyncio.get_running_loop().time() - started
+    assert took >= 2 * (reads - 1) - 0.5, f"{reads} reads in {took:.1f}s"
+    assert await handle.evaluate("b => b.isConnected"), "the button was made again"
+    await handle.click()  # a real pointer click on the bar's own button
+    hold = await asyncio.wait_for(router.holds.get(), 10)
+    assert json.loads(hold.request.post_data) == {"for_s": 3600}
+    await router.answer(hold, HELD)
+    await page.locator("#codepool-warning").wait_for(state="detached", timeout=10_000)

@@ -34,6 +34,7 @@ log = logging.getLogger("codepool.router")
 
 NOTIFY_HOLD_S = 3600  # what one click on the idle warning holds (at most pool.max_hold_s)
 MAX_WAIT_S = 50  # the longest a status read waits (under the 60 s idle timeout of most LBs)
+WARNING_READ_S = 5  # how long a read waits within the warning: the countdown moves that often
 MAX_HOLD_BODY = 256
 
 DONE = {  # what the home page says after an action: fixed texts, never words from a URL
@@ -100,14 +101,20 @@ async def workspace_status(request: web.Request, router: Router, owner: str) -> 
     """GET, with ?wait=N (seconds, at most MAX_WAIT_S): answer once the idle warning is
     due, or after N seconds. A hidden tab's timers may run once a minute (browsers
     throttle them); a waiting request is answered on time, so the warning comes on
-    time. Reading this is not activity: it never keeps a workspace from being stopped."""
+    time. Within the warning (or while the workspace starts or stops) a read waits
+    WARNING_READ_S: the tab asks again as soon as it is answered, and an answer at once
+    would have it ask hundreds of times a second. Reading this is not activity: it never
+    keeps a workspace from being stopped."""
     wait = request.query.get("wait", "")
     ws = await router.pool.store.get_workspace(owner)
     if wait.isdigit() and len(wait) < 4 and ws is not None:
         body = status_body(router, ws)
         until_warning = body.get("left_s", 0) - body["warn_s"]
-        pause = min(int(wait), MAX_WAIT_S, until_warning)
-        if ws.state is WorkspaceState.RUNNING and pause > 0:
+        if ws.state is WorkspaceState.RUNNING and until_warning > 0:
+            pause = min(int(wait), MAX_WAIT_S, until_warning)
+        else:
+            pause = min(int(wait), WARNING_READ_S) if ws.state is not WorkspaceState.STOPPED else 0
+        if pause > 0:
             await asyncio.sleep(pause)
             ws = await router.pool.store.get_workspace(owner)
     return web.json_response(status_body(router, ws), headers={"Cache-Control": "no-store"})

@@ -154,16 +154,32 @@
     panel.appendChild(home);
   }
 
+  // The bar is changed in place when it says something new: a button made again under
+  // the pointer would lose the click pressed on the one before.
+  var barText = null, barActions = null, barKey = "";
   function showBar(id, text, actions) {
     ui();
-    if (bar) bar.remove();
-    bar = el("div", "position:fixed;top:0;left:0;right:0;z-index:2147483647;" +
-      "padding:10px 16px;background:#7a4100;color:#fff;" +
-      "font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;", text + " ");
-    bar.id = id;
-    bar.setAttribute("role", "alert");
-    actions.forEach(function (a) { bar.appendChild(a); });
-    root.appendChild(bar);
+    var key = actions.map(function (a) { return a.textContent; }).join("\n");
+    if (!bar || bar.id !== id) {
+      if (bar) bar.remove();
+      bar = el("div", "position:fixed;top:0;left:0;right:0;z-index:2147483647;" +
+        "padding:10px 16px;background:#7a4100;color:#fff;" +
+        "font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;");
+      bar.id = id;
+      bar.setAttribute("role", "alert");
+      barText = el("span", "", "");
+      barActions = el("span", "margin-left:4px", "");
+      bar.appendChild(barText);
+      bar.appendChild(barActions);
+      root.appendChild(bar);
+      barKey = null;
+    }
+    if (barText.textContent !== text) barText.textContent = text;
+    if (barKey !== key) {
+      barActions.textContent = "";
+      actions.forEach(function (a) { barActions.appendChild(a); });
+      barKey = key;
+    }
   }
 
   function hideBar(id) {
@@ -263,13 +279,17 @@
 
   // Answers about the workspace are applied in the order the router made them: a read
   // it answered before a hold was written, arriving after the hold's answer, must not
-  // bring back the warning the hold took away (the next read may be held for 50 s). A
-  // read is known to be newer than a hold only when asked after the hold's answer came:
-  // one asked while the hold was under way may have been answered before it. So a
-  // hold's answer sets aside every answer asked until it came (through: asked).
-  var asked = 0, applied = 0;
-  function inOrder(n, s, through) {
-    if (n > applied) { applied = through || n; seen(s); }
+  // bring back the warning the hold took away (the next read may be held for a while).
+  // A read is known to be newer than a hold only when asked after the hold's answer
+  // came: one asked while the hold was under way may have been answered before it. So
+  // no read's answer is applied while a hold is under way, and a hold's answer sets
+  // aside every read asked until it came. Of two holds, the one asked last stands.
+  var asked = 0, applied = 0, holding = 0, heldAsked = 0;
+  function readAnswered(n, s) {
+    if (!holding && n > applied) { applied = n; seen(s); }
+  }
+  function holdAnswered(n, s) {
+    if (n > heldAsked) { heldAsked = n; applied = asked; seen(s); }
   }
 
   function read(wait) {
@@ -280,38 +300,48 @@
       if (r.status === 401) { loggedOut(); return null; }
       if (r.status !== 200) throw new Error(String(r.status));
       return r.json();
-    }).then(function (s) { if (s) inOrder(n, s); return s; });
+    }).then(function (s) { if (s) readAnswered(n, s); return s; });
   }
 
   // While hidden: one read after another, each held by the router until there is news.
   // The next read starts from the answer's callback, not from a timer, so a browser's
-  // throttling of hidden tabs' timers does not delay it.
+  // throttling of hidden tabs' timers does not delay it; only an answer that came sooner
+  // than READ_GAP_MS (a router that does not hold reads) waits out the rest.
+  var READ_GAP_MS = 2000;
   function watch() {
     if (watching || stopped) return;
     watching = true;
     (function next() {
       if (document.visibilityState === "visible" || stopped) { watching = false; return; }
+      var began = Date.now();
       read(true).then(function (s) {
-        if (s) next(); else watching = false;
+        if (!s) { watching = false; return; }
+        var rest = READ_GAP_MS - (Date.now() - began);
+        if (rest > 0) setTimeout(next, rest); else next();
       }, function () { setTimeout(next, 10000); });
     })();
   }
 
   function hold(seconds) {
-    var n = ++asked;
+    var n = ++asked, answered = false;
+    holding += 1;
     return fetch(urls.hold, {
       method: "POST",
       credentials: "same-origin",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify({ for_s: seconds })
     }).then(function (r) {
+      answered = true;  // the router has done what it will with the hold
+      holding -= 1;
       if (r.status === 401) { loggedOut(); return null; }
       return r.json().then(function (s) {
-        if (r.status === 200) inOrder(n, s, asked);
+        if (r.status === 200) holdAnswered(n, s);
         else if (r.status === 409) stoppedNow();
         return s;
       });
-    }).catch(function () { /* router unreachable: the bar and the panel stay */ });
+    }).catch(function () {
+      if (!answered) holding -= 1;  // router unreachable: the bar and the panel stay
+    });
   }
 
   function ping() {
