@@ -151,7 +151,7 @@ def moto_server() -> Iterator[tuple[str, boto3.Session]]:
     """moto's real HTTP server on a loopback port: (endpoint URL, a session for it)."""
     from moto.server import ThreadedMotoServer
 
-    from tests.router_fixtures import free_port
+    from tests.ports import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)

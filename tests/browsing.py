@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import need
-from tests.router_fixtures import free_port
+from tests.ports import free_port
 from tests.serving import Server, add_accounts, serve_env
 
 SHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"

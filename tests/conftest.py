@@ -7,17 +7,21 @@ run instead of skipping."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
 import sys
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+import codepool
 from codepool.core.backends.local import code_server_candidates
 from codepool.core.pool import CodePool
 from codepool.core.settings import Settings, settings_from_mapping
@@ -28,6 +32,7 @@ from tests.fakes import MemoryBackend
 from tests.helpers import serve_app
 
 pytest_plugins = [
+    "tests.leftovers",
     "tests.router_fixtures",
     "tests.aws_fixtures",
     "tests.browsing",
@@ -82,6 +87,16 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of the test's own on the real Redis; its keys are removed afterwards."""
+    from tests.helpers import drop_redis_keys
+
+    prefix = f"codepool-test-{secrets.token_hex(4)}:"
+    yield prefix
+    drop_redis_keys(redis_url, prefix)
+
+
 async def _cleanup_redis(store: RedisStore) -> None:
     async for key in store.r.scan_iter(match=store.prefix + "*", count=500):
         await store.r.delete(key)
@@ -106,7 +121,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     else:
         url = request.getfixturevalue("redis_url")
         rs = RedisStore.from_url(
-            url, key_prefix=f"codepool-test:{secrets.token_hex(4)}:", batch_size=10
+            url, key_prefix=f"codepool-test-{secrets.token_hex(4)}:", batch_size=10
         )
         try:
             await rs.check()
@@ -172,18 +187,72 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "state"
     yield path
     from tests.helpers import kill_slots
+    from tests.serving import Server
 
+    Server.close_all()  # first: a router still running would start workspaces again
     kill_slots(path)
 
 
 @pytest.fixture
-def servers() -> Iterator[list[Any]]:
-    """`codepool serve` processes a test started; killed if still running at the end."""
-    started: list[Any] = []
-    yield started
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.communicate()
-        elif s.proc.stdout is not None and not s.proc.stdout.closed:
-            s.proc.stdout.close()  # a test killed it and did not read its output
+def servers() -> list[Any]:
+    """Where a test lists the `codepool serve` processes it started (each is stopped after
+    the test whether listed or not: tests.serving.Server)."""
+    return []
+
+
+# -- no traceback in any router's log ------------------------------------------------------------
+
+
+class Tracebacks(logging.Handler):
+    """Keeps every log record with a traceback that the router made: logged by codepool,
+    or by aiohttp's server or asyncio about code of codepool's ("Error handling request",
+    an exception no task retrieved). The tests' own stand-in servers are not judged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ours = record.name.startswith("codepool") and (record.exc_info or record.stack_info)
+        if ours or (record.exc_info and _through_codepool(record.exc_info[2])):
+            self.records.append(record)
+
+
+CODEPOOL = str(Path(codepool.__file__).parent) + os.sep
+
+
+def _through_codepool(tb: TracebackType | None) -> bool:
+    return any(f.f_code.co_filename.startswith(CODEPOOL) for f, _ in traceback.walk_tb(tb))
+
+
+@pytest.fixture(autouse=True)
+def no_tracebacks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test whose routers logged a traceback: in this process (routers served in
+    process) or in a `codepool serve` it started. Nothing a browser, a client or a box
+    does may end in one; a test that provokes one on purpose says so with
+    @pytest.mark.traceback_expected("why")."""
+    from tests.serving import Server
+
+    handler = Tracebacks()
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+    found = [
+        f"in this process: {r.name}: {r.getMessage()}\n{_formatted(r)}" for r in handler.records
+    ]
+    found += [
+        f"in the router on {url}:\n{out[out.index(TRACEBACK) :][:4000]}"
+        for url, out in Server.take_outputs()
+        if TRACEBACK in out
+    ]
+    if found and request.node.get_closest_marker("traceback_expected") is None:
+        pytest.fail("a router logged a traceback:\n" + "\n\n".join(found), pytrace=False)
+
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def _formatted(record: logging.LogRecord) -> str:
+    return logging.Formatter().formatException(record.exc_info) if record.exc_info else ""

@@ -80,6 +80,8 @@ def codepool_env(state_dir: Path, **extra: str) -> dict[str, str]:
 
     env = dict(os.environ)
     env.update(
+        # Its temporary files (a killed router's metrics folder) go with the test's own.
+        TMPDIR=str(state_dir.parent),
         CODEPOOL_LOCAL_STATE_DIR=str(state_dir),
         CODEPOOL_LOCAL_COMMAND=" ".join(standin_command()),
         CODEPOOL_LOCAL_ISOLATION="sandbox",

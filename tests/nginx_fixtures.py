@@ -24,7 +24,8 @@ from codepool.daemon.context import ROUTER
 from tests.conftest import make_settings, need
 from tests.fakes import MemoryBackend
 from tests.helpers import RouterServer, serve_app
-from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
+from tests.ports import free_port
+from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, login
 from tests.standin_workspace import make_app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ import contextlib
 import functools
 import os
 import re
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from codepool.daemon.app import create_app
 from codepool.daemon.context import ROUTER, Router
 from tests.conftest import make_settings
 from tests.helpers import LoopbackNames, RouterServer, serve_app
+from tests.ports import free_port
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "root": "root-password"}
 
@@ -44,12 +44,6 @@ async def add_test_accounts(store: Store) -> None:
     """alice, bob and the admin root, with the passwords of PASSWORDS."""
     for name in PASSWORDS:
         await store.add_account(Account(name, name == "root", password_hash(name), 1))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Client:

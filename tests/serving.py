@@ -8,9 +8,11 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from http.cookies import BaseCookie
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 from yarl import URL
@@ -28,16 +30,30 @@ def serve_env(state_dir: Path, **extra: str) -> dict[str, str]:
 
 
 class Server:
+    """A `codepool serve` process. Its output goes to a file (a pipe nobody reads would
+    fill and stall it); after each test, every one started is stopped and its output
+    checked for tracebacks (tests/conftest.py)."""
+
+    started: ClassVar[list[Server]] = []  # running, or stopped and not yet looked at
+    outputs: ClassVar[list[tuple[str, str]]] = []  # (url, output) of each one closed
+
     def __init__(self, env: dict[str, str], port: int, *args: str) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        # Opened for appending: the server writes at the end whatever the test reads.
+        self.log = tempfile.TemporaryFile("a+")  # noqa: SIM115 (closed by close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codepool", "serve", "--port", str(port), *args],
             env={**env, "CODEPOOL_ROUTER_PUBLIC_URL": self.url},
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
         )
+        Server.started.append(self)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def wait_up(self) -> None:
         import urllib.request
@@ -51,12 +67,38 @@ class Server:
             except OSError:
                 time.sleep(0.1)
         self.proc.kill()
-        raise AssertionError("server did not come up: " + (self.proc.communicate()[0] or ""))
+        self.proc.wait()
+        raise AssertionError("server did not come up: " + self.output())
 
     def stop(self) -> str:
+        """SIGTERM, as systemd stops it; its whole output."""
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return out
+        self.proc.wait(timeout=30)
+        return self.output()
+
+    def close(self) -> None:
+        """Kill it if it still runs; its output is kept in Server.outputs."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        Server.outputs.append((self.url, self.output()))
+        self.log.close()
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Close every server started and not closed yet: after each test, and before a
+        test's state folder's workspaces are stopped (a router left running would start
+        them again)."""
+        for server in cls.started:
+            server.close()
+        cls.started = []
+
+    @classmethod
+    def take_outputs(cls) -> list[tuple[str, str]]:
+        """Close them all; the (url, output) of each closed since the last call."""
+        cls.close_all()
+        outputs, cls.outputs = cls.outputs, []
+        return outputs
 
 
 async def add_accounts(

@@ -25,7 +25,7 @@ from tests.aws_fixtures import (
 )
 from tests.conftest import make_settings
 from tests.helpers import RouterServer, one_box_each
-from tests.router_fixtures import free_port
+from tests.ports import free_port
 from tests.test_pool import Clock
 
 MIN = 60_000

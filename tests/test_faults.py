@@ -26,7 +26,8 @@ from codepool.daemon.context import ROUTER, Router
 from tests.conftest import make_settings, need
 from tests.fakes import OutageBackend
 from tests.helpers import RouterServer
-from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
+from tests.ports import free_port
+from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, login
 
 
 class PrivateRedis:

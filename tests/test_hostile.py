@@ -218,7 +218,7 @@ async def test_a_decompression_bomb_does_not_swell_the_router(
     `codepool serve` inflates each only up to router.max_html_bytes and passes it on: its
     memory grows by less than 100 MB, and another person's requests are answered all the
     while."""
-    from tests.router_fixtures import free_port
+    from tests.ports import free_port
     from tests.serving import Server, add_accounts, client, enter, log_in_and_dispatch, serve_env
     from tests.standin_workspace import gzip_bomb
     from tests.test_soak import rss_kb

@@ -13,6 +13,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -30,6 +31,7 @@ from codepool.core.settings import settings_from_mapping
 from codepool.core.sockets import parse, proc_start
 from tests.conftest import ROOT, STANDIN, need
 from tests.helpers import kill_slots
+from tests.ports import free_port, worker_index
 from tests.router_fixtures import PASSWORDS, dispatched, login
 
 SYSTEM_PYTHON = "/usr/bin/python3.11"  # an ordinary account cannot run root's pyenv Python
@@ -154,13 +156,41 @@ def root_state() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+# The test accounts' names: each parallel worker of the suite has its own.
+ACCOUNT = f"cpt{worker_index()}-{{name}}"
+
+
+def account(name: str) -> str:
+    return ACCOUNT.format(name=name)
+
+
+def remove_account(name: str, *, home: bool = False) -> None:
+    """Delete a test account (and its home folder, given home), ending its processes
+    first: userdel refuses an account that still runs one, and it would be left behind."""
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    for _ in range(50):
+        left = [int(p.name) for p in Path("/proc").glob("[0-9]*") if _running_as(p, uid)]
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    done = subprocess.run(
+        ["userdel", *(["--remove"] if home else []), name], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture
 def test_accounts() -> Iterator[str]:
     """The pattern of the test's accounts; they are deleted afterwards."""
-    pattern = "cpt-{name}"
-    yield pattern
-    for name in ("cpt-alice", "cpt-bob", "cpt-mallory"):
-        subprocess.run(["userdel", name], capture_output=True)
+    yield ACCOUNT
+    for name in ("alice", "bob", "mallory"):
+        remove_account(account(name))
 
 
 def accounts_pool(state: Path, pattern: str, root: Path, **local: Any) -> CodePool:
@@ -192,16 +222,16 @@ async def test_per_person_accounts_keep_workspaces_apart(
         alice = (await pool.assign("alice")).workspace
         bob = (await pool.assign("bob")).workspace
         (slot_of(root_state, bob.address) / "home" / "secret.txt").write_text("bob's")
-        assert (await run_in(alice.address, "id -un"))["out"].strip() == "cpt-alice"
+        assert (await run_in(alice.address, "id -un"))["out"].strip() == account("alice")
         owner = slot_of(root_state, alice.address) / "home"
-        assert owner.stat().st_uid == pwd.getpwnam("cpt-alice").pw_uid
+        assert owner.stat().st_uid == pwd.getpwnam(account("alice")).pw_uid
         assert owner.stat().st_mode & 0o777 == 0o700
         found = await attempts(root_state, alice.address, bob.address, os.getpid())
         check(found)
 
         # A stop ends every process of the account, jobs left in the background too.
         await run_in(alice.address, "setsid sleep 1000 >/dev/null 2>&1 < /dev/null &")
-        uid = pwd.getpwnam("cpt-alice").pw_uid
+        uid = pwd.getpwnam(account("alice")).pw_uid
         assert any(p.stat().st_uid == uid for p in Path("/proc").glob("[0-9]*"))
         await pool.release("alice")
         leftover = [p.name for p in Path("/proc").glob("[0-9]*") if _running_as(p, uid)]
@@ -221,7 +251,7 @@ async def test_an_account_codepool_did_not_make_is_never_used(
     root_state: Path, test_accounts: str, checkout: Path
 ) -> None:
     await asyncio.to_thread(
-        subprocess.run, ["useradd", "--no-create-home", "cpt-mallory"], check=True
+        subprocess.run, ["useradd", "--no-create-home", account("mallory")], check=True
     )
     pool = accounts_pool(root_state, test_accounts, checkout)
     try:
@@ -260,10 +290,10 @@ def ordinary_user() -> Iterator[pwd.struct_passwd]:
     if os.geteuid() != 0:
         yield pwd.getpwuid(os.geteuid())
         return
-    name = "cpt-router"
+    name = account("router")
     subprocess.run(["useradd", "--create-home", name], capture_output=True)
     yield pwd.getpwnam(name)
-    subprocess.run(["userdel", "--remove", name], capture_output=True)
+    remove_account(name, home=True)
 
 
 Sandboxed = tuple[Path, Any, dict[str, str]]
@@ -278,7 +308,7 @@ def sandboxed(ordinary_user: pwd.struct_passwd, checkout: Path) -> Iterator[Sand
     os.chown(state, ordinary_user.pw_uid, ordinary_user.pw_gid)
     (state / "codepool.toml").write_text("[store]\nurl = ''\n")
     os.chown(state / "codepool.toml", ordinary_user.pw_uid, ordinary_user.pw_gid)
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": ordinary_user.pw_dir,
@@ -315,14 +345,6 @@ def sandboxed(ordinary_user: pwd.struct_passwd, checkout: Path) -> Iterator[Sand
         kill_slots(state)
         shutil.rmtree(state, ignore_errors=True)
         print(out[-3000:])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -389,11 +411,11 @@ async def test_doctor_says_which_isolation_is_in_force(make_served: Any) -> None
 
 @local_only
 async def test_doctor_says_when_workspaces_could_reach_the_store(
-    make_served: Any, redis_url: str
+    make_served: Any, redis_url: str, redis_prefix: str
 ) -> None:
     if not redis_url.startswith("redis://"):
         need("a Redis on a loopback port", f"{redis_url} is another kind")
-    served = await make_served(store={"url": redis_url, "key_prefix": "doctor-test:"})
+    served = await make_served(store={"url": redis_url, "key_prefix": redis_prefix})
     checks = {c.name: c for c in await served.pool.doctor()}
     assert not checks["store from workspaces"].ok
     assert "set a password" in checks["store from workspaces"].detail

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import drop_redis_keys
-from tests.router_fixtures import free_port
+from tests.ports import free_port
 from tests.serving import Server, add_accounts, client, serve_env
 
 LIMIT = 5

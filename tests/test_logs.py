@@ -16,7 +16,7 @@ import aiohttp
 
 import codepool
 from codepool.core.logs import JsonLogs, TextLogs, fields
-from tests.router_fixtures import free_port
+from tests.ports import free_port
 from tests.serving import Server, add_accounts, client, log_in, log_in_and_dispatch, serve_env
 
 

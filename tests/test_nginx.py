@@ -34,7 +34,8 @@ from tests.conftest import make_settings, need
 from tests.fakes import MemoryBackend
 from tests.helpers import RouterServer, serve_app
 from tests.nginx_fixtures import ROOT, adapt, entered, exchange, front_site, wait_listening
-from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, free_port, login
+from tests.ports import free_port
+from tests.router_fixtures import PASSWORDS, Client, add_test_accounts, login
 from tests.standin_workspace import GZIP_JS, gzip_bomb
 
 

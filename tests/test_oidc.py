@@ -359,7 +359,7 @@ async def test_an_expired_id_token_is_refused(
 async def test_a_provider_that_cannot_be_reached(
     make_served: Callable[..., Any], page_of: Callable[[], Any]
 ) -> None:
-    from tests.router_fixtures import free_port
+    from tests.ports import free_port
 
     served = await oidc_router(make_served, f"http://127.0.0.1:{free_port()}")
     page = await page_of()
@@ -380,7 +380,7 @@ async def test_doctor_reads_the_providers_documents(provider: Provider) -> None:
     check = await check_provider(settings(provider.issuer))
     assert check.ok, check
     assert "1 signing key(s)" in check.detail and "/login/callback" in check.detail
-    from tests.router_fixtures import free_port
+    from tests.ports import free_port
 
     down = await check_provider(settings(f"http://127.0.0.1:{free_port()}"))
     assert not down.ok and "ClientConnectorError" in down.detail

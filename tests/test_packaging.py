@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import codepool
-from tests.router_fixtures import free_port
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

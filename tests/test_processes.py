@@ -3,18 +3,24 @@ store (SQLite on disk, or a real Redis) and one local backend with real workspac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import json
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import standin_command
 from tests.helpers import codepool_env, drop_redis_keys
+from tests.ports import free_port
+from tests.serving import Server, add_accounts, client, log_in, log_in_and_dispatch, serve_env
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
@@ -99,3 +105,59 @@ def test_a_killed_assign_is_finished_by_the_next_one(state_dir: Path) -> None:
         [*codepool, "reconcile", "--dry-run", "--json"], env=env, capture_output=True, text=True
     )
     assert json.loads(check.stdout)["actions"] == []
+
+
+@pytest.mark.timeout(180)
+async def test_a_spare_taken_by_a_router_killed_before_tagging_it_goes_back_to_the_pool(
+    state_dir: Path, servers: list[Server]
+) -> None:
+    """A router takes the only spare from the pool for alice and is SIGKILLed before it
+    tags the box as hers (here: held at the backend's lock, where the tag is written).
+    The box, running and owned by nobody, goes back to the pool at the leader's first
+    cycle once the dead router's claim has lapsed (not ten minutes later), and serves the
+    next person who comes."""
+    env = serve_env(state_dir, CODEPOOL_POOL_WARM_SPARES="1", CODEPOOL_LOCAL_MAX_SIZE="1")
+    await add_accounts(state_dir, ["alice"])
+    leader = Server(env, free_port())
+    servers.append(leader)
+    await asyncio.to_thread(leader.wait_up)
+    db = state_dir / "codepool.db"
+    spare = await until(lambda: one(db, "SELECT instance_id FROM spares"), "the warm spare")
+    victim = Server(env, free_port())
+    servers.append(victim)
+    await asyncio.to_thread(victim.wait_up)
+
+    with (state_dir / "backend.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # no box is tagged while the test holds this
+        async with client() as http:
+            await log_in(http, victim.url, "alice")
+            async with http.get(victim.url + "/dispatch", allow_redirects=False) as resp:
+                assert resp.status == 200, await resp.text()
+        claimed = "SELECT instance_id FROM claims WHERE user = 'alice'"
+        assert await until(lambda: one(db, claimed), "the victim's claim") == spare
+        assert one(db, "SELECT instance_id FROM spares") is None
+        victim.proc.kill()
+        victim.proc.wait()
+    assert json.loads((state_dir / "slots" / spare / "meta.json").read_text())["owner"] is None
+
+    back = await until(lambda: one(db, "SELECT instance_id FROM spares"), "the spare back", 60)
+    assert back == spare
+    async with client() as http:
+        location = await log_in_and_dispatch(http, leader.url, "alice")
+    assert location.startswith("http://alice.localhost:")
+    assert json.loads((state_dir / "slots" / spare / "meta.json").read_text())["owner"] == "alice"
+
+
+def one(db: Path, query: str) -> str | None:
+    """The first column of the first row of a query on a router's SQLite store."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+        row = conn.execute(query).fetchone()
+    return str(row[0]) if row else None
+
+
+async def until(check: Callable[[], str | None], what: str, timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (found := await asyncio.to_thread(check)) is None:
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+    return found

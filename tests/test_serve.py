@@ -23,7 +23,7 @@ import pytest
 from codepool.core.accounts import Accounts
 from codepool.core.store import create_store
 from tests.helpers import drop_redis_keys
-from tests.router_fixtures import free_port
+from tests.ports import free_port
 from tests.serving import (
     Server,
     add_accounts,

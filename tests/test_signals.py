@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.router_fixtures import free_port
+from tests.ports import free_port
 from tests.serving import Server, add_accounts, client, enter, log_in_and_dispatch, serve_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,7 +140,8 @@ async def test_notify_reload_refusal_and_drain(
             await ws.close()
             resp = await slow
             assert resp.status == 200 and (await resp.json())["state"] == "running"
-        out, _ = server.proc.communicate(timeout=30)
+            server.proc.wait(timeout=30)
+            out = server.output()
     finally:
         if server.proc.poll() is None:
             out = server.stop()

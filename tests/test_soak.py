@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.router_fixtures import free_port
+from tests.ports import free_port
 from tests.serving import Server, add_accounts, client, enter, log_in_and_dispatch, serve_env
 
 ROOT = Path(__file__).resolve().parents[1]

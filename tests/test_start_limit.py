@@ -37,6 +37,7 @@ async def test_a_crowd_starts_at_most_the_limit_at_once_in_the_order_it_came(
     )
     said: dict[str, list[str]] = {f"p{i:02d}": [] for i in range(PEOPLE)}
     results = await asyncio.gather(*(pool.assign(u, said[u].append) for u in said))
+    await pool.scaled()  # the scale the assignments asked for, before the store closes
     assert backend.peak_booting <= LIMIT, backend.peak_booting
     assert backend.peak_booting >= 2  # starts did run side by side
     one_box_each(results)
@@ -62,5 +63,6 @@ async def test_without_a_limit_nobody_waits(
     pool = make_pool(store, backend, pool={"warm_spares": 0})
     said: list[str] = []
     await asyncio.gather(*(pool.assign(f"q{i}", said.append) for i in range(8)))
+    await pool.scaled()  # the scale the assignments asked for, before the store closes
     assert backend.peak_booting == 8
     assert not [m for m in said if "in line" in m]

@@ -163,6 +163,22 @@ async def test_claimed_spares_are_not_put_back(store: Store) -> None:
     assert await store.spares() == set()
 
 
+async def test_a_claim_is_kept_by_its_holder_only_while_it_lives(store: Store) -> None:
+    await store.add_spares(["i-1", "i-2"])
+    first = await store.claim_spare("alice", 60_000)
+    assert first is not None
+    assert await store.keep_claim(first, "alice", 60_000)
+    assert not await store.keep_claim(first, "bob", 60_000)  # not bob's
+    assert await store.add_spares([first]) == 0  # still claimed
+    second = await store.claim_spare("bob", 50)
+    assert second is not None
+    await asyncio.sleep(0.2)
+    assert not await store.keep_claim(second, "bob", 60_000)  # expired: not brought back
+    assert await store.add_spares([second]) == 1
+    assert await store.take_spare(second, 60_000)
+    assert await store.keep_claim(second, "", 60_000)  # taken (by scale): nobody's
+
+
 async def test_claims_expire(store: Store) -> None:
     await store.add_spares(["i-1"])
     assert await store.claim_spare("alice", 50) == "i-1"

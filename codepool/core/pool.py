@@ -70,7 +70,12 @@ START_TTL_MS = 10_000  # a start in flight, or a place in line, lives this long 
 START_POLL_S = 1.0  # how often one in line asks again (and renews their place)
 STARTS_FULL_RETRY_S = 15  # what Retry-After says when the start line is not waited in
 LOCK_TTL_MS = 10_000  # a user lock lives this long unless renewed; renewed every third of it
-CLAIM_TTL_MS = 600_000  # a popped spare is not re-added to the pool for this long
+# A spare taken from the pool is claimed: it is not put back while the claim lives. While
+# it is being tagged (or terminated) the claim lives CLAIMING_TTL_MS at a time, renewed, so
+# that one whose router died goes back to the pool at the first leader cycle after that;
+# once done it lives CLAIM_TTL_MS, longer than any look at the group taken before.
+CLAIMING_TTL_MS = 10_000
+CLAIM_TTL_MS = 600_000
 POLL_S = 0.25  # how often to look again while waiting for a box
 POOL_FULL_RETRY_S = 60
 SHARE_S = 5.0  # a look at the group this young, with no change since, serves again
@@ -243,6 +248,29 @@ class CodePool:
         finally:
             await self.store.release_leases(names, holder)
 
+    @contextlib.asynccontextmanager
+    async def _claimed(self, instance_ids: Sequence[str], user: str) -> AsyncIterator[None]:
+        """While the body tags (or terminates) spares this process took from the pool
+        (claimed for user, for CLAIMING_TTL_MS), keep their claims alive. Should the
+        process die in the body, the claims end soon after and the next cycle's scale puts
+        a box that is still an unowned running spare back in the pool, instead of leaving
+        it running for nobody for CLAIM_TTL_MS. Once the body is done, the claims are kept
+        CLAIM_TTL_MS: a look at the group taken before the tag still shows the box unowned,
+        and must not put it back."""
+
+        async def renew() -> None:
+            try:
+                for iid in instance_ids:
+                    if not await self.store.keep_claim(iid, user, CLAIMING_TTL_MS):
+                        log.warning("lost the claim on %s: it expired", iid)
+            except StoreUnavailable as exc:  # the step itself will meet the outage
+                log.warning("could not renew the claim on %s: %s", ", ".join(instance_ids), exc)
+
+        async with _renewing(renew, CLAIMING_TTL_MS / 3000):
+            yield
+        for iid in instance_ids:
+            await self.store.keep_claim(iid, user, CLAIM_TTL_MS)
+
     # -- assign ---------------------------------------------------------------------------
 
     async def assign(
@@ -314,14 +342,15 @@ class CodePool:
         if cap.desired < cap.max_size:
             return
         await self.store.add_spares(i.instance_id for i in fleet.instances if i.is_spare)
-        spare = await self.store.claim_spare(user, CLAIM_TTL_MS)
+        spare = await self.store.claim_spare(user, CLAIMING_TTL_MS)
         if spare is None:
             raise PoolFull(
                 f"pool full: all {cap.max_size} workspaces are in use; try again later",
                 POOL_FULL_RETRY_S,
             )
         log.info("terminate spare %s: room for %s's workspace to resume", spare, user)
-        await self.backend.terminate([spare])
+        async with self._claimed([spare], user):
+            await self.backend.terminate([spare])
 
     async def _claim_box(
         self,
@@ -337,17 +366,18 @@ class CodePool:
         launched = False  # whether this assignment has asked the group for a box
         may_launch = not self.settings.pool.max_concurrent_starts
         while True:
-            iid = await self.store.claim_spare(user, CLAIM_TTL_MS)
+            iid = await self.store.claim_spare(user, CLAIMING_TTL_MS)
             if iid is not None:
                 seen = next((i for i in instances if i.instance_id == iid), None)
                 try:
-                    inst = await self.backend.claim(iid, user, seen)
+                    async with self._claimed([iid], user):
+                        inst = await self.backend.claim(iid, user, seen)
                 except NotASpare as exc:  # a stale pool entry: try the next one
                     log.info("spare %s skipped: %s", iid, exc)
                     continue
                 # Any other BackendError ends this assignment: going on would drain the
-                # pool of good spares while the backend fails (reconcile puts this one back
-                # once its claim marker expires).
+                # pool of good spares while the backend fails (the next cycle's scale puts
+                # this one back once its claim has expired).
                 return inst, "launched" if launched else "spare"
             census = Census.of(instances)
             free = [i.instance_id for i in census.spares]
@@ -577,10 +607,11 @@ class CodePool:
         if dry_run:
             desired = min(max(target, in_service - len(excess)), cap.max_size)
             return ScaleResult(cap.desired, desired, tuple(excess), dry_run=True, spares=why)
-        taken = [iid for iid in excess if await self.store.take_spare(iid, CLAIM_TTL_MS)]
+        taken = [iid for iid in excess if await self.store.take_spare(iid, CLAIMING_TTL_MS)]
         if taken:
             log.info("scale terminate excess spares %s", ", ".join(taken))
-            await self.backend.terminate(taken)
+            async with self._claimed(taken, ""):
+                await self.backend.terminate(taken)
             cap = await self.backend.capacity()
         # Kept boxes stay counted: desired never drops below what is left in service.
         desired = min(max(target, in_service - len(taken)), cap.max_size)

@@ -75,6 +75,10 @@ class Store(Protocol):
         """Take one spare id out of the pool atomically (each id goes to one caller only) and
         mark it claimed by user for claim_ttl_ms, so add_spares will not put it back."""
 
+    async def keep_claim(self, instance_id: str, user: str, claim_ttl_ms: int) -> bool:
+        """Make user's claim on instance_id last claim_ttl_ms from now; False (and nothing
+        changed) if the claim has expired or is not user's."""
+
     async def take_spare(self, instance_id: str, claim_ttl_ms: int) -> bool:
         """Take this spare out of the pool; True if it was there (and so is now ours). Like
         claim_spare it leaves a claim, so a reconcile that listed the box before it was

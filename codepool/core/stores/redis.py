@@ -172,6 +172,12 @@ redis.call('SET', ARGV[1] .. id, ARGV[2], 'PX', ARGV[3])
 return id
 """
 
+_KEEP_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 _TAKE_SPARE = """
 if redis.call('SREM', KEYS[1], ARGV[2]) == 0 then return 0 end
 redis.call('SET', ARGV[1] .. ARGV[2], '', 'PX', ARGV[3])
@@ -425,6 +431,7 @@ class RedisStore:
         self._claim_spare = client.register_script(_CLAIM_SPARE)
         self._add_spares = client.register_script(_ADD_SPARES)
         self._take_spare = client.register_script(_TAKE_SPARE)
+        self._keep_claim = client.register_script(_KEEP_CLAIM)
         self._acquire_leases = client.register_script(_ACQUIRE_LEASES)
         self._release_leases = client.register_script(_RELEASE_LEASES)
         self._load_script = client.register_script(_LOAD)
@@ -563,6 +570,10 @@ class RedisStore:
             self._claim_spare(keys=[self.k_pool], args=[self.k_claim, user, claim_ttl_ms])
         )
         return cast(str | None, iid)
+
+    async def keep_claim(self, instance_id: str, user: str, claim_ttl_ms: int) -> bool:
+        keys = [self.k_claim + instance_id]
+        return bool(await self._do(self._keep_claim(keys=keys, args=[user, claim_ttl_ms])))
 
     async def take_spare(self, instance_id: str, claim_ttl_ms: int) -> bool:
         args: list[str | int] = [self.k_claim, instance_id, claim_ttl_ms]

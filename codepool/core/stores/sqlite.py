@@ -385,6 +385,18 @@ class SQLiteStore:
 
         return await self._run(q, write=True)
 
+    async def keep_claim(self, instance_id: str, user: str, claim_ttl_ms: int) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            now = _now_ms()
+            cur = db.execute(
+                "UPDATE claims SET expires_ms = ? "
+                "WHERE instance_id = ? AND user = ? AND expires_ms > ?",
+                (now + claim_ttl_ms, instance_id, user, now),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(q, write=True)
+
     async def take_spare(self, instance_id: str, claim_ttl_ms: int) -> bool:
         def q(db: sqlite3.Connection) -> bool:
             cur = db.execute("DELETE FROM spares WHERE instance_id = ?", (instance_id,))
