@@ -41,10 +41,11 @@ def kill_slots(state_dir: Path) -> None:
 
 class RouterServer(TestServer):
     """aiohttp's test server, serving the router's app as `codepool serve` does: with the
-    lane in front of aiohttp's server."""
+    lane in front of aiohttp's server, and a request's handler going on when its browser
+    leaves (aiohttp's test server cancels it, which would hide what the router does then)."""
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
-        return LaneRunner(self.app, **kwargs)
+        return LaneRunner(self.app, **{**kwargs, "handler_cancellation": False})
 
 
 @contextlib.asynccontextmanager

@@ -9,13 +9,17 @@ another would have let the hidden request through on a connection it keeps open.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.helpers import serve_app
 from tests.nginx_fixtures import entered, exchange
@@ -298,5 +302,77 @@ async def test_a_browser_leaving_mid_answer_leaves_no_traceback(
             f"GET /after HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
         )
         assert (await exchange(port, raw.encode())).endswith(b"clean")
+    assert "Error handling request" not in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_browser_leaving_during_a_websocket_upgrade_leaves_no_traceback(
+    tmp_path: Path,
+    nginx: Callable[[str], None],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tab that goes elsewhere (a logout with VS Code open) while its WebSocket is being
+    set up: once while the box has not answered yet, once just as the router accepts the
+    browser's side (the box has said yes). Either way the router closes the box's
+    WebSocket and logs no error."""
+    asked, accept, closed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def box(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while (head := await reader.readuntil(b"\r\n\r\n")) and b"/socket" not in head:
+                    writer.write(CLEAN)  # readiness probes, and the request after
+                key = re.search(rb"(?i)\r\nsec-websocket-key: *([^\r]+)", head)
+                assert key is not None, head
+                asked.set()
+                await accept.wait()
+                digest = hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+                writer.write(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                    + base64.b64encode(digest.digest())
+                    + b"\r\n\r\n"
+                )
+                await reader.read(65536)  # the router's close frame (or its close): done
+        finally:
+            closed.set()
+            writer.close()
+
+    # The second time, the browser leaves as the router's answer to it is about to go out.
+    prepare = web.WebSocketResponse.prepare
+    leave_at_prepare = False
+
+    async def leaving(self: web.WebSocketResponse, request: web.BaseRequest) -> Any:
+        if leave_at_prepare:
+            request.transport.conn.transport.abort()  # type: ignore[union-attr]
+            await asyncio.sleep(0)  # the router hears of it
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.WebSocketResponse, "prepare", leaving)
+    server = await asyncio.start_server(box, "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server, entered("router", address, tmp_path, nginx) as (port, host, cookie):
+        for leave_at_prepare in (False, True):
+            asked.clear()
+            accept.clear()
+            closed.clear()
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET /socket HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+                f"Origin: http://{host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "\r\n".encode()
+            )
+            await asyncio.wait_for(asked.wait(), 10)
+            if not leave_at_prepare:
+                writer.transport.abort()  # the browser leaves before the box has answered
+                await asyncio.sleep(0.5)  # the router sees it go
+            accept.set()
+            await asyncio.wait_for(closed.wait(), 10)  # the box's WebSocket is not left open
+            writer.transport.abort()
+        after = f"GET /after HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        answer = await exchange(port, f"{after}Connection: close\r\n\r\n".encode())
+        assert answer.endswith(b"clean")
     assert "Error handling request" not in caplog.text
     assert "Traceback" not in caplog.text

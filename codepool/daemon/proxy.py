@@ -601,7 +601,14 @@ class WorkspaceProxy:
             max_msg_size=MAX_WS_MESSAGE,
             autoping=True,
         )
-        await browser.prepare(request)
+        try:
+            await browser.prepare(request)
+        except ConnectionError:
+            # The browser left while its WebSocket was being set up (a tab that went
+            # elsewhere, a logout with VS Code open): nobody to answer; the box's side ends.
+            log.debug("proxy %s: the browser left before its WebSocket was open", user)
+            await box.close()
+            return web.Response(status=499, reason="Client Closed Request")  # as nginx logs it
         self._websockets.add(browser)
 
         async def pump(src: Any, dst: Any) -> None:
