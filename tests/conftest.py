@@ -89,11 +89,15 @@ def redis_url() -> str:
 
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of the test's own on the real Redis; its keys are removed afterwards."""
+    """A key prefix of the test's own on the real Redis; its keys are removed afterwards,
+    once the routers started since are stopped (one still running would write again).
+    Listed before the fixtures that start routers on it, so that it ends after them."""
     from tests.helpers import drop_redis_keys
+    from tests.serving import Server
 
     prefix = f"codepool-test-{secrets.token_hex(4)}:"
     yield prefix
+    Server.close_all()
     drop_redis_keys(redis_url, prefix)
 
 

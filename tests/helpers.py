@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -21,6 +23,20 @@ from codepool.core import sockets
 from codepool.core.backends.local import _strays
 from codepool.core.models import Assignment
 from codepool.daemon.lane import LaneRunner
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout_s: float = 60) -> T:
+    """Ask check until it answers something true, and return that; fail after timeout_s
+    (a bound for a hang, far above what it takes on a busy machine: never a guess at how
+    long something takes)."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := await check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+    return found
 
 
 def kill_slots(state_dir: Path) -> None:

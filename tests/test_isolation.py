@@ -411,7 +411,7 @@ async def test_doctor_says_which_isolation_is_in_force(make_served: Any) -> None
 
 @local_only
 async def test_doctor_says_when_workspaces_could_reach_the_store(
-    make_served: Any, redis_url: str, redis_prefix: str
+    redis_prefix: str, make_served: Any, redis_url: str
 ) -> None:
     if not redis_url.startswith("redis://"):
         need("a Redis on a loopback port", f"{redis_url} is another kind")

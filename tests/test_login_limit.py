@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import drop_redis_keys
 from tests.ports import free_port
 from tests.serving import Server, add_accounts, client, serve_env
 
@@ -60,19 +58,17 @@ async def test_a_burst_on_two_workers_gets_no_more_checks_than_the_limit(
 
 @pytest.mark.timeout(180)
 async def test_a_burst_on_two_routers_sharing_redis_gets_no_more_checks_than_the_limit(
-    state_dir: Path, servers: list[Server], redis_url: str
+    redis_prefix: str, state_dir: Path, servers: list[Server], redis_url: str
 ) -> None:
-    prefix = f"codepool-limit-{secrets.token_hex(4)}:"
-    await add_accounts(state_dir, ["alice"], redis_url, prefix)
-    env = limited_env(state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=prefix)
-    try:
-        routers = [Server(env, free_port()), Server(env, free_port())]
-        servers.extend(routers)
-        for r in routers:
-            await asyncio.to_thread(r.wait_up)
-        seen = await burst([r.url for r in routers])
-        assert seen[401] <= LIMIT and seen[401] + seen[429] == BURST, seen
-        checked = sum(r.stop().count("login failed") for r in routers)
-        assert checked == seen[401]
-    finally:
-        drop_redis_keys(redis_url, prefix)
+    await add_accounts(state_dir, ["alice"], redis_url, redis_prefix)
+    env = limited_env(
+        state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=redis_prefix
+    )
+    routers = [Server(env, free_port()), Server(env, free_port())]
+    servers.extend(routers)
+    for r in routers:
+        await asyncio.to_thread(r.wait_up)
+    seen = await burst([r.url for r in routers])
+    assert seen[401] <= LIMIT and seen[401] + seen[429] == BURST, seen
+    checked = sum(r.stop().count("login failed") for r in routers)
+    assert checked == seen[401]

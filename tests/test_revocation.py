@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import drop_redis_keys
 from tests.router_fixtures import Client, Served, dispatched
 
 local_only = pytest.mark.parametrize("make_served", ["local"], indirect=True)
@@ -28,9 +26,9 @@ REVOKED_WITHIN_S = 2.0
 
 @pytest.fixture
 async def two_routers(
-    make_served: Callable[..., Any], redis_url: str, state_dir: Path
-) -> AsyncIterator[tuple[Served, Served, dict[str, str]]]:
-    prefix = f"codepool-revoke-{secrets.token_hex(4)}:"
+    redis_prefix: str, make_served: Callable[..., Any], redis_url: str, state_dir: Path
+) -> tuple[Served, Served, dict[str, str]]:
+    prefix = redis_prefix
     store = {"url": redis_url, "key_prefix": prefix}
     router = {"admins_enter_workspaces": True}
     a: Served = await make_served(store=store, router=router)
@@ -41,8 +39,7 @@ async def two_routers(
         "CODEPOOL_STORE_KEY_PREFIX": prefix,
         "CODEPOOL_LOCAL_STATE_DIR": str(state_dir),
     }
-    yield a, b, env
-    drop_redis_keys(redis_url, prefix)
+    return a, b, env
 
 
 def codepool(env: dict[str, str], *args: str, stdin: str = "") -> None:

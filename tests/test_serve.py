@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 
 from codepool.core.accounts import Accounts
 from codepool.core.store import create_store
-from tests.helpers import drop_redis_keys
+from tests.helpers import eventually
 from tests.ports import free_port
 from tests.serving import (
     Server,
@@ -87,65 +86,58 @@ PEOPLE, VISITS = 60, 5  # 120 concurrent logins, then 300 concurrent dispatches
 
 @pytest.mark.timeout(300)
 async def test_two_routers_on_one_redis(
-    state_dir: Path, servers: list[Server], redis_url: str
+    redis_prefix: str, state_dir: Path, servers: list[Server], redis_url: str
 ) -> None:
-    prefix = f"codepool-serve-{secrets.token_hex(4)}:"
     env = serve_env(
         state_dir,
         CODEPOOL_STORE_URL=redis_url,
-        CODEPOOL_STORE_KEY_PREFIX=prefix,
+        CODEPOOL_STORE_KEY_PREFIX=redis_prefix,
         CODEPOOL_LOCAL_MAX_SIZE=str(PEOPLE + 10),
         # Everyone comes from one address here, like an office behind one NAT, and their
         # attempts count while their passwords are checked: the operator raises the limit.
         CODEPOOL_ROUTER_LOGIN_ATTEMPTS_PER_CLIENT_PER_MINUTE=str(PEOPLE * 2),
     )
     names = [f"dev{n}" for n in range(PEOPLE)]
-    await add_accounts(state_dir, names, redis_url, prefix)
+    await add_accounts(state_dir, names, redis_url, redis_prefix)
     a, b = Server(env, free_port()), Server(env, free_port())
     servers.extend([a, b])
     a.wait_up()
     b.wait_up()
+
+    async def leaders() -> list[bool]:  # once either has run a cycle
+        found = [await is_leader(s) for s in (a, b)]
+        return found if any(found) else []
+
+    assert sorted(await eventually(leaders, "a leader", timeout_s=120)) == [False, True]
+    # Everyone logs in on both routers at once, then dispatches VISITS times at once
+    # from as many browsers, spread over both: still one workspace each, and no box
+    # given to two people. (A login per visit would measure argon2id on two cores.)
+    routers = (a, b)
+    logins = await asyncio.gather(
+        *(session_cookies(r.url, name) for r in routers for name in names)
+    )
+    cookies = dict(zip([(r, n) for r in routers for n in names], logins, strict=True))
+    tasks = [
+        login_and_dispatch(routers[visit % 2].url, name, cookies[routers[visit % 2], name])
+        for visit in range(VISITS)
+        for name in names
+    ]
     try:
-        await asyncio.sleep(1.5)  # a loop cycle on each
-        leaders = [await is_leader(s) for s in (a, b)]
-        assert sorted(leaders) == [False, True]
-        # Everyone logs in on both routers at once, then dispatches VISITS times at once
-        # from as many browsers, spread over both: still one workspace each, and no box
-        # given to two people. (A login per visit would measure argon2id on two cores.)
-        routers = (a, b)
-        logins = await asyncio.gather(
-            *(session_cookies(r.url, name) for r in routers for name in names)
-        )
-        cookies = dict(zip([(r, n) for r in routers for n in names], logins, strict=True))
-        tasks = [
-            login_and_dispatch(routers[visit % 2].url, name, cookies[routers[visit % 2], name])
-            for visit in range(VISITS)
-            for name in names
-        ]
-        try:
-            locations = await asyncio.gather(*tasks)
-        except AssertionError:  # the routers' logs say why someone was not dispatched
-            print("ROUTER A", a.stop()[-20000:])
-            print("ROUTER B", b.stop()[-20000:])
-            raise
-        assert sorted(set(locations)) == sorted(f"{n}.localhost" for n in names)
-        owners = [
-            json.loads(m.read_text()).get("owner")
-            for m in (state_dir / "slots").glob("*/meta.json")
-        ]
-        owned = [o for o in owners if o]
-        assert sorted(owned) == sorted(names)  # one box each, none shared
-        out_a = a.stop()
-        assert a.proc.returncode == 0, out_a
-        # The survivor takes over the loops once the lease is free.
-        for _ in range(50):
-            if await is_leader(b):
-                break
-            await asyncio.sleep(0.2)
-        else:
-            raise AssertionError("the second router never became leader")
-    finally:
-        drop_redis_keys(redis_url, prefix)
+        locations = await asyncio.gather(*tasks)
+    except AssertionError:  # the routers' logs say why someone was not dispatched
+        print("ROUTER A", a.stop()[-20000:])
+        print("ROUTER B", b.stop()[-20000:])
+        raise
+    assert sorted(set(locations)) == sorted(f"{n}.localhost" for n in names)
+    owners = [
+        json.loads(m.read_text()).get("owner") for m in (state_dir / "slots").glob("*/meta.json")
+    ]
+    owned = [o for o in owners if o]
+    assert sorted(owned) == sorted(names)  # one box each, none shared
+    out_a = a.stop()
+    assert a.proc.returncode == 0, out_a
+    # The survivor takes over the loops once the lease is free.
+    await eventually(lambda: is_leader(b), "the second router to lead")
 
 
 async def test_a_router_and_the_cli_share_one_sqlite_store(
@@ -191,84 +183,77 @@ async def _health(url: str) -> dict[str, object]:
 
 
 async def test_workers_share_the_port_and_the_store(
-    state_dir: Path, servers: list[Server], redis_url: str
+    redis_prefix: str, state_dir: Path, servers: list[Server], redis_url: str
 ) -> None:
     """`--workers 2`: two routers behind one port, one leader between them, people served
     whichever worker their connections reach; a worker that dies is replaced, and a
     SIGTERM stops them all."""
-    prefix = f"codepool-serve-{secrets.token_hex(4)}:"
-    env = serve_env(state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=prefix)
+    env = serve_env(state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=redis_prefix)
     names = [f"w{n}" for n in range(8)]
-    await add_accounts(state_dir, names, redis_url, prefix)
+    await add_accounts(state_dir, names, redis_url, redis_prefix)
     server = Server(env, free_port(), "--workers", "2")
     servers.append(server)
     server.wait_up()
     started = time.monotonic()  # the workers were forked before this: older than it
-    try:
-        await asyncio.sleep(1.5)  # a loop cycle on each worker
-        seen = [await _health(server.url) for _ in range(40)]
-        pids = {int(str(h["pid"])) for h in seen}
-        assert len(pids) == 2 and server.proc.pid not in pids, pids
-        assert len({h["pid"] for h in seen if h["leader"]}) == 1  # one leader of the two
-        # A login made on one worker holds on the other (one key), and dispatch works
-        # whichever worker each request reaches (one store).
-        locations = await asyncio.gather(*(login_and_dispatch(server.url, n) for n in names))
-        assert sorted(locations) == sorted(f"{n}.localhost" for n in names)
 
-        victim = min(pids)
-        await asyncio.sleep(max(0.0, 5.5 - (time.monotonic() - started)))
-        os.kill(victim, signal.SIGKILL)
-        now: set[int] = set()
-        for _ in range(100):
-            try:
-                now = {int(str((await _health(server.url))["pid"])) for _ in range(10)}
-            except aiohttp.ClientConnectionError:
-                # Connections that were queued at the killed worker's socket are reset:
-                # the price of SO_REUSEPORT when a worker dies (docs/router.md).
-                await asyncio.sleep(0.2)
-                continue
-            if victim not in now and len(now) == 2:
-                break
-            await asyncio.sleep(0.2)
-        else:
-            raise AssertionError(f"no worker replaced the killed one: {now}\n{server.stop()}")
-        out = server.stop()
-        assert server.proc.returncode == 0, out
-        assert "starting another" in out
-        for pid in pids | now:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
-    finally:
-        drop_redis_keys(redis_url, prefix)
+    async def both_after_a_cycle() -> list[dict[str, object]]:
+        seen = [await _health(server.url) for _ in range(40)]
+        return seen if any(h["leader"] for h in seen) else []
+
+    seen = await eventually(both_after_a_cycle, "a loop cycle")
+    pids = {int(str(h["pid"])) for h in seen}
+    assert len(pids) == 2 and server.proc.pid not in pids, pids
+    assert len({h["pid"] for h in seen if h["leader"]}) == 1  # one leader of the two
+    # A login made on one worker holds on the other (one key), and dispatch works
+    # whichever worker each request reaches (one store).
+    locations = await asyncio.gather(*(login_and_dispatch(server.url, n) for n in names))
+    assert sorted(locations) == sorted(f"{n}.localhost" for n in names)
+
+    victim = min(pids)
+    await asyncio.sleep(max(0.0, 5.5 - (time.monotonic() - started)))
+    os.kill(victim, signal.SIGKILL)
+
+    async def replaced() -> set[int]:
+        try:
+            now = {int(str((await _health(server.url))["pid"])) for _ in range(10)}
+        except aiohttp.ClientConnectionError:
+            # Connections that were queued at the killed worker's socket are reset:
+            # the price of SO_REUSEPORT when a worker dies (docs/router.md).
+            return set()
+        return now if victim not in now and len(now) == 2 else set()
+
+    now = await eventually(replaced, "a worker to replace the killed one")
+    out = server.stop()
+    assert server.proc.returncode == 0, out
+    assert "starting another" in out
+    for pid in pids | now:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 async def test_workers_die_with_their_supervisor(
-    state_dir: Path, servers: list[Server], redis_url: str
+    redis_prefix: str, state_dir: Path, servers: list[Server], redis_url: str
 ) -> None:
     """A supervisor killed outright (SIGKILL, as systemd does after its stop timeout) takes
     its workers along: none is left serving old code on the port."""
-    prefix = f"codepool-serve-{secrets.token_hex(4)}:"
-    env = serve_env(state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=prefix)
+    env = serve_env(state_dir, CODEPOOL_STORE_URL=redis_url, CODEPOOL_STORE_KEY_PREFIX=redis_prefix)
     server = Server(env, free_port(), "--workers", "2")
     servers.append(server)
     server.wait_up()
-    try:
-        pids: set[int] = set()
-        for _ in range(40):
-            pids.add(int(str((await _health(server.url))["pid"])))
-            if len(pids) == 2:
-                break
-        assert len(pids) == 2
-        server.proc.kill()
-        server.proc.wait(10)
-        for _ in range(50):
-            alive = [p for p in pids if _alive(p)]
-            if not alive:
-                break
-            await asyncio.sleep(0.1)
-        assert not alive, f"workers outlived their supervisor: {alive}"
-    finally:
-        drop_redis_keys(redis_url, prefix)
+    pids: set[int] = set()
+    for _ in range(40):
+        pids.add(int(str((await _health(server.url))["pid"])))
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2
+    server.proc.kill()
+    server.proc.wait(10)
+    for _ in range(50):
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            break
+        await asyncio.sleep(0.1)
+    assert not alive, f"workers outlived their supervisor: {alive}"
 
 
 def _alive(pid: int) -> bool:
