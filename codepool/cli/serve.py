@@ -70,13 +70,15 @@ def first_admin(settings: Settings) -> None:
         return
     where = initial_password_file(settings)
     write_private(where, password + "\n")
-    shown = f"password [bold]{password}[/]" if render.err.is_terminal else f"password in {where}"
+    if render.err.is_terminal:
+        shown = f"password [bold]{password}[/]\n  (also in {where}, readable by this account only)"
+    else:
+        shown = f"password in {where} (readable by this account only)"
     render.err.print(
         "\n[bold]codepool: first start.[/] Created the admin account:\n"
         f"    user [bold]admin[/]   {shown}\n"
-        f"  The password is in {where} (readable by this account only). Change it with\n"
-        "  `codepool users passwd admin` (which deletes that file); add people with\n"
-        "  `codepool users add NAME`.\n"
+        "  Change it with `codepool users passwd admin` (which deletes that file); add\n"
+        "  people with `codepool users add NAME`.\n"
     )
 
 
