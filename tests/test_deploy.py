@@ -74,7 +74,11 @@ def test_the_router_role_has_exactly_the_iam_policy() -> None:
 
 SHELL_SCRIPTS = [
     *sorted((ROOT / "deploy").glob("*.sh")),
-    *(ROOT / "scripts" / name for name in ("_venv.sh", "codepool", "install-code-server", "test")),
+    *(
+        ROOT / "scripts" / name
+        for name in ("_venv.sh", "_redis.sh", "codepool", "install-code-server")
+    ),
+    *(ROOT / "scripts" / name for name in ("stress", "test")),
     ROOT / ".ci" / "run",
     ROOT / "bench" / "run",
 ]
