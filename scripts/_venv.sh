@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the other scripts: make .venv with codepool installed, and (given "test") the
 # tools the tests use. Idempotent and quick when nothing changed: a stamp for each holds
-# the hash of pyproject.toml and constraints.txt (the versions CI tested).
+# the hash of pyproject.toml, constraints.txt (the versions CI tested) and the version.
 #   source scripts/_venv.sh          # codepool and what it needs to run
 #   source scripts/_venv.sh test     # and the test tools
 set -euo pipefail
@@ -44,7 +44,9 @@ PY
 
 install_level() {
   local level=$1 stamp="$VENV/.codepool-installed-$1" want target
-  want=$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)
+  # (__init__.py holds the version, which the installed metadata copies)
+  want=$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" "$ROOT/codepool/__init__.py" |
+    sha256sum | cut -d' ' -f1)
   [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && return 0
   if [[ "$level" == run ]]; then
     target="$ROOT"
