@@ -13,7 +13,6 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from codepool.core.backends.isolation import bwrap_works
+from codepool.core.backends.isolation import bwrap_works, kill_account
 from codepool.core.errors import BackendError
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import settings_from_mapping
@@ -171,14 +170,7 @@ def remove_account(name: str, *, home: bool = False) -> None:
         uid = pwd.getpwnam(name).pw_uid
     except KeyError:
         return
-    for _ in range(50):
-        left = [int(p.name) for p in Path("/proc").glob("[0-9]*") if _running_as(p, uid)]
-        if not left:
-            break
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
+    kill_account(uid, wait_s=30)
     done = subprocess.run(
         ["userdel", *(["--remove"] if home else []), name], capture_output=True, text=True
     )
