@@ -9,9 +9,11 @@ build/screenshots/."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +331,38 @@ async def test_an_entry_pass_works_once_on_its_own_host_in_its_own_browser(
     assert await refused(context, good)
     await stranger.close()
     await context.close()
+
+
+async def test_a_hidden_tab_reads_a_few_times_through_the_warning_and_its_bar_takes_a_click(
+    browser: Any, state_dir: Path, servers: list[Server]
+) -> None:
+    """A tab left in the background through the idle warning asks the router about its
+    workspace once every few seconds (it used to ask hundreds of times a second), and a
+    person's click on the bar's button keeps the workspace."""
+    server, env = await start_router(
+        state_dir, servers, CODEPOOL_POOL_IDLE_TIMEOUT_S="40", CODEPOOL_POOL_IDLE_WARNING_S="35"
+    )
+    page = await browser.new_page()
+    await log_in(page, server.url, "alice", "alice-password")
+    await page.wait_for_url(f"http://alice.localhost:{server.port}/", timeout=30_000)
+    reads: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def count(request: Any) -> None:
+        if "/_codepool/status" in request.url:
+            reads.append(loop.time())
+
+    page.on("request", count)
+    await set_hidden(page, True)
+    bar = page.locator("#codepool-warning")
+    await bar.wait_for(timeout=60_000)  # 5 s after the tab was hidden
+    started, before = loop.time(), len(reads)
+    await asyncio.sleep(10)  # a look at ten seconds of the warning
+    seen = len(reads) - before
+    assert seen <= 10 / 5 + 2, f"{seen} reads in {loop.time() - started:.0f} s"
+    assert await bar.count() == 1
+    await bar.get_by_role("button", name="Keep running for 1 hour").click()
+    await bar.wait_for(state="detached", timeout=20_000)
+    row = workspace_row(env, "alice")
+    assert row is not None and row["state"] == "running"
+    assert row["hold_until_ms"] > time.time() * 1000 + 3000_000
