@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.helpers import eventually
 from tests.ports import free_port
 from tests.serving import Server, add_accounts, client, enter, log_in_and_dispatch, serve_env
 
@@ -45,12 +46,11 @@ async def notify_socket(tmp_path: Path) -> AsyncIterator[list[str]]:
 
 
 async def wait_for_message(seen: list[str], wanted: Callable[[str], bool]) -> str:
-    for _ in range(300):
+    async def hit() -> str:
         hits = [m for m in seen if wanted(m)]
-        if hits:
-            return hits[-1]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not received: {seen}")
+        return hits[-1] if hits else ""
+
+    return await eventually(hit, f"a message; received: {seen}")
 
 
 async def hammer(url: str, stop: asyncio.Event) -> list[int]:
@@ -75,13 +75,12 @@ async def reload_without_failing(server: Server, config: Path, idle_s: int) -> N
         server.proc.send_signal(signal.SIGHUP)
         resp = await slow
         assert resp.status == 200 and (await resp.json())["state"] == "running"
-        for _ in range(100):  # the new configuration answers once the old app has gone
+
+        async def reloaded() -> bool:  # the new configuration answers once the old app is gone
             async with http.get(server.url + "/api/me") as r:
-                if (await r.json())["left_s"] <= idle_s:
-                    break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the reloaded idle timeout never showed")
+                return bool((await r.json())["left_s"] <= idle_s)
+
+        await eventually(reloaded, "the reloaded idle timeout")
         stop.set()
         statuses = await steady
         assert statuses and set(statuses) == {200}, statuses
@@ -106,8 +105,11 @@ async def test_notify_reload_refusal_and_drain(
         server.wait_up()
         ready = await wait_for_message(seen, lambda m: m.startswith("READY=1"))
         assert f"STATUS=serving on {server.url}" in ready
-        await asyncio.sleep(0.7)
-        assert sum(m == "WATCHDOG=1" for m in seen) >= 3, seen
+
+        async def watched() -> bool:
+            return sum(m == "WATCHDOG=1" for m in seen) >= 3
+
+        await eventually(watched, f"three watchdog pings; received: {seen}")
 
         await reload_without_failing(server, config, idle_s=200)
         reloading = await wait_for_message(seen, lambda m: m.startswith("RELOADING=1"))
@@ -162,7 +164,11 @@ async def test_workers_reload_one_config_without_failing_a_request(
         await reload_without_failing(server, config, idle_s=200)
         config.write_text("[nope]\n")
         server.proc.send_signal(signal.SIGHUP)  # refused by the supervisor: nothing changes
-        await asyncio.sleep(1)
+
+        async def refusal_logged() -> bool:
+            return "reload refused" in server.output()
+
+        await eventually(refusal_logged, "the reload to be refused")
         async with aiohttp.ClientSession() as http, http.get(server.url + "/health") as r:
             assert r.status == 200
     finally:
