@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from codepool.core.backends.isolation import bwrap_works
 from tests.conftest import need
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,8 @@ def run_bench(tmp_path: Path, name: str, *args: str) -> dict[str, Any]:
     for tool, package in (("wrk", "wrk"), ("redis-server", "redis-server")):
         if shutil.which(tool) is None:
             need(tool, f"it is not installed (apt-get install {package})")
+    if why := bwrap_works():  # the benchmarks' routers sandbox their workspaces
+        need("bubblewrap", why)
     result = subprocess.run(
         [sys.executable, "-m", f"bench.{name}", *args],
         cwd=ROOT,
