@@ -47,6 +47,20 @@ STANDIN = Path(__file__).with_name("standin_workspace.py")
 REQUIRE_REAL = os.environ.get("CODEPOOL_REQUIRE_REAL") == "1"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first: those that ask for a longer time limit, and those driving
+    a real browser or a real code-server. In a parallel run, a long test taken last keeps
+    one worker busy after the others are done."""
+
+    def weight(item: pytest.Item) -> float:
+        limit = item.get_closest_marker("timeout")
+        seconds = float(limit.args[0]) if limit is not None and limit.args else 0.0
+        heavy = ("code_server", "browser")
+        return -seconds - 100 * sum(item.get_closest_marker(m) is not None for m in heavy)
+
+    items.sort(key=weight)  # stable: the rest keep their order
+
+
 def need(what: str, why: str) -> None:
     """Skip for lack of a real dependency, or fail when CI requires it."""
     if REQUIRE_REAL:
