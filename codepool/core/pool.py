@@ -268,8 +268,11 @@ class CodePool:
 
         async with _renewing(renew, CLAIMING_TTL_MS / 3000):
             yield
-        for iid in instance_ids:
-            await self.store.keep_claim(iid, user, CLAIM_TTL_MS)
+        try:
+            for iid in instance_ids:
+                await self.store.keep_claim(iid, user, CLAIM_TTL_MS)
+        except StoreUnavailable as exc:  # done all the same: the box is tagged (or gone)
+            log.warning("could not keep the claim on %s: %s", ", ".join(instance_ids), exc)
 
     # -- assign ---------------------------------------------------------------------------
 

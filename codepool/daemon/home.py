@@ -110,10 +110,12 @@ async def workspace_status(request: web.Request, router: Router, owner: str) -> 
     if wait.isdigit() and len(wait) < 4 and ws is not None:
         body = status_body(router, ws)
         until_warning = body.get("left_s", 0) - body["warn_s"]
-        if ws.state is WorkspaceState.RUNNING and until_warning > 0:
+        if ws.state is WorkspaceState.STOPPED:
+            pause = 0  # the tab stops reading once it is told
+        elif ws.state is WorkspaceState.RUNNING and until_warning > 0:
             pause = min(int(wait), MAX_WAIT_S, until_warning)
         else:
-            pause = min(int(wait), WARNING_READ_S) if ws.state is not WorkspaceState.STOPPED else 0
+            pause = min(int(wait), WARNING_READ_S)
         if pause > 0:
             await asyncio.sleep(pause)
             ws = await router.pool.store.get_workspace(owner)
