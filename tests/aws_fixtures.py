@@ -5,6 +5,7 @@ not, and a backend whose boxes answer on loopback (moto's addresses lead nowhere
 
 from __future__ import annotations
 
+import functools
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -146,6 +147,16 @@ class LoopbackAwsBackend(AwsBackend):
         return self.loopback
 
 
+@functools.cache
+def aws_session() -> boto3.Session:
+    """One boto3 session for the whole test process: a session parses each service's model
+    anew (EC2's alone takes a good part of a second), and every AWS test makes several
+    clients. The clients are made inside each test's mock, so moto answers them."""
+    return boto3.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    )
+
+
 @pytest.fixture
 def moto_server() -> Iterator[tuple[str, boto3.Session]]:
     """moto's real HTTP server on a loopback port: (endpoint URL, a session for it)."""
@@ -162,10 +173,7 @@ def moto_server() -> Iterator[tuple[str, boto3.Session]]:
         reset = urllib.request.Request(endpoint + "/moto-api/reset", method="POST")
         with urllib.request.urlopen(reset, timeout=10):
             pass
-        session = boto3.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-        )
-        yield endpoint, session
+        yield endpoint, aws_session()
     finally:
         server.stop()
 
@@ -183,7 +191,7 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
         monkeypatch.setenv(var, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     with mock_aws():
-        session = boto3.Session(region_name=REGION)
+        session = aws_session()
         create_group(session)
         yield session
 

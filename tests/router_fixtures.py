@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -165,8 +164,8 @@ async def _aws_pool_maker(
 
     from tests.aws_fixtures import (
         GROUP,
-        REGION,
         LoopbackAwsBackend,
+        aws_session,
         aws_settings,
         create_group,
         record,
@@ -176,7 +175,7 @@ async def _aws_pool_maker(
     for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
         stack.enter_context(_env(var, value))
     stack.enter_context(mock_aws())
-    session = boto3.Session(region_name=REGION)
+    session = aws_session()
     create_group(session)
     home = state_dir / "aws-home"
     home.mkdir(parents=True, exist_ok=True)
