@@ -183,7 +183,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if left:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     made = session.config.stash.get(_MADE_BASETEMP, None)
-    if made is not None and session.exitstatus == pytest.ExitCode.OK:
+    passed = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+    if made is not None and session.exitstatus in passed:
         shutil.rmtree(made, ignore_errors=True)
 
 
