@@ -6,8 +6,10 @@ store write (the HTTP floor); on Redis and on SQLite; one process and two.
 
 Every server runs for the whole benchmark; the rounds are interleaved. The router's
 workspaces are real store records, and the benchmark holds the leader lease itself so
-that no router's reconcile clears records whose boxes do not exist. Each ping's store
-step is checked afterwards: every user's lastSeen moved.
+that no router's reconcile clears records whose boxes do not exist. Each router's store
+step is checked afterwards: one ping per user, sent in turn, must move that user's
+lastSeen. (The load itself cannot prove it: a run slower than one pass over the 200 users
+per wrk thread never pings some of them.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +64,24 @@ async def _oldest_seen(url: str, prefix: str, users: list[str]) -> int:
     return min(seen)
 
 
+def _check_each_ping_lands(
+    name: str, url: str, prefix: str, base: str, reqs: list[Request], users: list[str]
+) -> None:
+    """One ping per user, in turn: each must be answered 2xx and move its lastSeen."""
+    before = int(time.time() * 1000)
+    for req in reqs:
+        http = urllib.request.Request(
+            base + req.path, data=req.body.encode(), headers=dict(req.headers), method=req.method
+        )
+        try:
+            with urllib.request.urlopen(http, timeout=10) as answer:
+                answer.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise _lib.BenchError(f"{name}: a ping after the load failed: {exc}") from None
+    if asyncio.run(_oldest_seen(url, prefix, users)) < before:
+        raise _lib.BenchError(f"{name}: a ping was answered but some user's lastSeen never moved")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -88,11 +110,8 @@ def run(seconds: float, rounds: int, connections: int) -> dict[str, Any]:
             )
             _lib.say(f"ping: {len(variants)} variants x {rounds} rounds x {seconds:.0f} s")
             samples = _lib.interleave(variants, rounds, _lib.say)
-            started = int(time.time() * 1000) - int((seconds * rounds * len(variants) + 600) * 1000)
-            for name, (url, prefix) in stores.items():
-                oldest = asyncio.run(_oldest_seen(url, prefix, users))
-                if oldest < started:
-                    raise _lib.BenchError(f"{name}: some user's lastSeen never moved: pings lost")
+            for name, (url, prefix, base, reqs) in stores.items():
+                _check_each_ping_lands(name, url, prefix, base, reqs, users)
         finally:
             for p in reversed(procs):
                 p.stop()
@@ -109,9 +128,13 @@ def _start(
     procs: list[Proc],
     seconds: float,
     connections: int,
-) -> tuple[dict[str, Callable[[], Sample]], dict[str, tuple[str, str]], dict[str, list[float]]]:
+) -> tuple[
+    dict[str, Callable[[], Sample]],
+    dict[str, tuple[str, str, str, list[Request]]],
+    dict[str, list[float]],
+]:
     variants: dict[str, Callable[[], Sample]] = {}
-    stores: dict[str, tuple[str, str]] = {}
+    stores: dict[str, tuple[str, str, str, list[Request]]] = {}
     pings_per_trip: dict[str, list[float]] = {}
 
     def load(port: int, reqs: list[Request], trips: str | None = None) -> Callable[[], Sample]:
@@ -170,9 +193,9 @@ def _start(
         port = _lib.free_port()
         prefix = f"bench-{port}:"
         url = redis.url if kind == "redis" else f"sqlite:///{state / 'codepool.db'}"
-        asyncio.run(_seed(url, prefix if kind == "redis" else "", users))
-        stores[name] = (url, prefix if kind == "redis" else "")
-        cookies = _lib.session_cookies(url, stores[name][1], users)
+        key_prefix = prefix if kind == "redis" else ""
+        asyncio.run(_seed(url, key_prefix, users))
+        cookies = _lib.session_cookies(url, key_prefix, users)
         env = _lib.router_env(state, port, CODEPOOL_STORE_URL=url, CODEPOOL_STORE_KEY_PREFIX=prefix)
         procs.append(_lib.start_router(name.replace(" ", "-"), env, port, workers))
         reqs = [
@@ -185,6 +208,7 @@ def _start(
             for u in users
         ]
         variants[name] = load(port, reqs, trips=name if kind == "redis" else None)
+        stores[name] = (url, key_prefix, f"http://127.0.0.1:{port}", reqs)
     return variants, stores, pings_per_trip
 
 

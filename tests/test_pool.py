@@ -22,6 +22,7 @@ from codepool.core.errors import (
     PoolFull,
 )
 from codepool.core.models import (
+    Capacity,
     Fleet,
     Instance,
     InstanceState,
@@ -195,6 +196,46 @@ async def test_pool_full_at_max(
         await pool.assign("carol")
     assert info.value.retry_after_s > 0
     assert await sqlite.get_workspace("carol") is None
+
+
+class LaunchedElsewhereBackend(BootingBackend):
+    """Another router raises desired to the group's maximum just after this one looked at
+    the group, before it reads the capacity: the box launched is booting, and this
+    router's look does not show it."""
+
+    def __init__(self, address: str, boot_s: float, **kw: int) -> None:
+        super().__init__(address, boot_s, **kw)
+        self.looking = False
+        self.launched_elsewhere = False
+
+    async def fleet(self) -> Fleet:
+        self.looking = True
+        try:
+            return await super().fleet()
+        finally:
+            self.looking = False
+
+    async def capacity(self) -> Capacity:
+        if not self.looking and not self.launched_elsewhere:
+            self.launched_elsewhere = True
+            await self.set_desired(self.max_size)
+        return await super().capacity()
+
+
+async def test_a_box_launched_elsewhere_since_the_look_is_waited_for_not_pool_full(
+    make_pool: Callable[..., CodePool], sqlite: SQLiteStore, ready_address: str
+) -> None:
+    """At the group's maximum with nothing booting in its look, an assignment says "pool
+    full" only after a fresh look shows nothing booting and no spare: a look taken before
+    another router's launch must not turn a person away from the box about to be free
+    (seen under load: eight people, ten boxes at most, and one of them told "pool full")."""
+    backend = LaunchedElsewhereBackend(ready_address, boot_s=0.3, max_size=1)
+    pool = make_pool(sqlite, backend, pool={"warm_spares": 0})
+    got = await pool.assign("alice")
+    assert backend.launched_elsewhere and got.workspace.state is WorkspaceState.RUNNING
+    with pytest.raises(PoolFull):  # and a pool that is full still says so
+        await pool.assign("bob")
+    await pool.scaled()
 
 
 async def test_resume_at_max_gives_up_a_spare(

@@ -410,7 +410,9 @@ class CodePool:
                         log.info("launch: no spare free", **fields(user=user))
                         await self.backend.set_desired(cap.desired + 1)
                         launched = True
-                    elif not census.booting:
+                    elif not census.booting and not await self._coming():
+                        # The look above may predate another router's launch: only a
+                        # fresh one showing nothing booting and no spare turns them away.
                         raise PoolFull(
                             f"pool full: all {cap.max_size} workspaces are in use; try again later",
                             POOL_FULL_RETRY_S,
@@ -422,6 +424,11 @@ class CodePool:
                 )
             await asyncio.sleep(POLL_S)
             instances = await self.backend.list_instances()
+
+    async def _coming(self) -> bool:
+        """Whether a fresh look at the group shows a box booting or a spare free."""
+        fresh = Census.of(await self.backend.list_instances())
+        return bool(fresh.booting or fresh.spares)
 
     async def _starts_full(self) -> bool:
         """Whether pool.max_concurrent_starts boxes are booting already. A start in flight
