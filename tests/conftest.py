@@ -37,6 +37,7 @@ pytest_plugins = [
     "tests.aws_fixtures",
     "tests.browsing",
     "tests.nginx_fixtures",
+    "tests.isolation_fixtures",
 ]
 
 # moto loads a catalogue of real AMIs into every fresh EC2 backend (about 2 s each); the

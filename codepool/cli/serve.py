@@ -33,6 +33,7 @@ from codepool.cli import render
 from codepool.cli.users import with_accounts
 from codepool.core import logs
 from codepool.core.accounts import Accounts, ImportResult
+from codepool.core.backends.local import LocalBackend
 from codepool.core.errors import CodepoolError, InvalidInput
 from codepool.core.pool import CodePool, build_pool
 from codepool.core.settings import RouterSettings, Settings, load_settings
@@ -278,6 +279,9 @@ class Serving:
             self.runner = await self.start(pool, app, self.settings, self.listeners)
         except OSError as exc:
             return cannot_listen(self.settings.router, exc.strerror or str(exc))
+        if isinstance(pool.backend, LocalBackend):
+            for warning in pool.backend.start_warnings():
+                self.log.warning(warning)
         systemd.notify("READY=1", f"STATUS=serving on {self.settings.public_url}")
         stop = asyncio.Event()
         tasks: set[asyncio.Task[None]] = set()

@@ -201,6 +201,14 @@ class LocalSettings:
         "(one person only)",
         choices=("auto", "accounts", "sandbox", "none"),
     )
+    network: str = setting(
+        "auto",
+        "each workspace's network: auto (own where bubblewrap and slirp4netns are "
+        "installed, else one person only), own (the internet and nothing of the machine), "
+        "none (no network), or shared (the machine's: every person's servers reachable by "
+        "every other)",
+        choices=("auto", "own", "none", "shared"),
+    )
     unix_user: str = setting(
         "cp-{name}", "each person's Unix account with isolation = accounts; {name} {hash}"
     )

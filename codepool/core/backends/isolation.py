@@ -201,12 +201,16 @@ def sandbox_argv(
     readable: Sequence[str],
     home: str,
     account: pwd.struct_passwd | None = None,
+    net: Sequence[str] = ("--share-net",),
+    resolv_conf: str = "",
 ) -> list[str]:
     """bubblewrap around a workspace command: the system's directories read-only (without
     /etc/codepool), the slot's own folders read-write where the workspace sees them
     (binds: (the slot's folder, its path inside)), the extra read-only paths, fresh
-    /proc, /dev and /tmp, its own PID, IPC and UTS namespaces. The network is the host's
-    (people need it; the workspace listens on a socket file).
+    /proc, /dev and /tmp, its own PID, IPC and UTS namespaces. net: bubblewrap's network
+    arguments (network.bwrap_args: a namespace of its own, or the machine's); the
+    workspace listens on a socket file either way. resolv_conf: a file to read as
+    /etc/resolv.conf (a namespace of its own has a resolver of its own).
 
     Without an account (an ordinary router) the sandbox has a user namespace of its own
     and no capability. With one (root), there is no user namespace (it would map no uid
@@ -218,9 +222,9 @@ def sandbox_argv(
     --die-with-parent does not reliably take the sandbox's first process along."""
     bwrap = shutil.which("bwrap") or "bwrap"
     if account is None:
-        argv = ["--unshare-all", "--share-net", "--cap-drop", "ALL"]
+        argv = ["--unshare-all", *net, "--cap-drop", "ALL"]
     else:
-        argv = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        argv = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", *net]
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         # Into the home only as the account: root without its other capabilities may not
         # enter a folder of the account's (mode 0700).
@@ -243,6 +247,8 @@ def sandbox_argv(
         if not any(folder == d or folder.startswith(d + "/") for d in SYSTEM_DIRS):
             argv += ["--perms", "0755", "--dir", folder]
     argv += ["--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve"]
+    if resolv_conf:  # bound where /etc/resolv.conf leads (often into systemd-resolved's)
+        argv += ["--ro-bind", resolv_conf, os.path.realpath("/etc/resolv.conf")]
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
     for extra in readable:
         argv += ["--ro-bind-try", extra, extra]

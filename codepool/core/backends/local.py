@@ -5,16 +5,18 @@ workspace process listening on a Unix socket in the slot (a loopback port would 
 to every process of the machine). Slot metadata on disk (`meta.json`) is the durable
 truth, like EC2 tags. Processes run in their own session, so they outlive the command
 that started them, and are found again by pid and start time. How workspaces are kept
-apart from the router and each other is isolation.py's.
+apart from the router and each other is isolation.py's; their network, network.py's.
 
 Layout under local.state_dir (mode 0711 with per-person accounts, else 0700):
   group.json            {"desired": N}
+  resolv.conf           the resolver a workspace with a network of its own reads
   backend.lock          flock: one process changes slots at a time
   slots/<id>/meta.json  owner, lifecycle, wanted state, port, pid (the router's, 0600)
   slots/<id>/home/      the folder the user works in (kept across stop/resume)
   slots/<id>/data/      code-server's user data (settings, extensions)
   slots/<id>/run/ws.sock  the socket code-server listens on
   slots/<id>/workspace.log
+  slots/<id>/network.log  slirp4netns's (a network of its own)
 home/, data/ and run/ are the workspace's (its account's, mode 0700); the rest is the
 router's.
 """
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from codepool.core import sockets
-from codepool.core.backends import isolation
+from codepool.core.backends import isolation, network
 from codepool.core.errors import BackendError, NotASpare
 from codepool.core.models import (
     BatchResult,
@@ -204,6 +206,14 @@ class LocalBackend:
         )
         # A Unix socket unless the command asks for a port ({port}: the operator's choice).
         self.on_socket = not any("{port}" in part for part in settings.command)
+        self.network, self.network_detail = network.choose(
+            settings.network,
+            "" if self.sandboxed else "bubblewrap is not in use",
+            self.on_socket,
+        )
+        # Without isolation, or with workspaces sharing the machine's network by default
+        # (not by choice), one person only: no other's servers to reach.
+        self.one_person = self.isolation == "none" or self.network == "one person"
         self.writes = 0  # counted before each change (see Backend.writes)
 
     # -- plumbing -------------------------------------------------------------------------
@@ -342,17 +352,25 @@ class LocalBackend:
             ) from None
         program = resolve_executable(argv[0])
         env = isolation.clean_env(Path(seen["home"]), meta.owner or "workspace")
+        own_net = self.sandboxed and self.network == "own"
         if self.sandboxed:
             binds = [(home, str(seen["home"])), (data, str(seen["data"])), (run, str(seen["run"]))]
             readable = [*self.settings.sandbox_paths, *_install_root(program)]
             command = isolation.sandbox_argv(
-                [program, *argv[1:]], binds, readable, str(seen["home"]), account
+                [program, *argv[1:]],
+                binds,
+                readable,
+                str(seen["home"]),
+                account,
+                net=network.bwrap_args(self.network if self.sandboxed else "shared"),
+                resolv_conf=str(network.write_resolv_conf(self.root)) if own_net else "",
             )
         elif account is not None:
             command = isolation.setpriv_argv(account, *_in_home(program, argv[1:]))
         else:
             command = isolation.in_home(program, argv[1:])
-        log = os.open(slot / "workspace.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        hand = network.Handshake.open() if own_net else None
+        out = os.open(slot / "workspace.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             pid = os.posix_spawn(
                 command[0],
@@ -360,20 +378,34 @@ class LocalBackend:
                 env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, log, 1),
-                    (os.POSIX_SPAWN_DUP2, log, 2),
+                    (os.POSIX_SPAWN_DUP2, out, 1),
+                    (os.POSIX_SPAWN_DUP2, out, 2),
+                    *(
+                        (os.POSIX_SPAWN_DUP2, fd, to)
+                        for fd, to in (hand.sandbox_ends() if hand else [])
+                    ),
                 ],
                 setsid=True,
             )
+            start = sockets.proc_start(pid)
+            if hand is not None:
+                hand.started()
+                try:  # the sandbox waits for its network before the workspace starts
+                    network.attach(hand, slot / "network.log")
+                except BackendError:
+                    _end_family(pid, start)
+                    raise
         except OSError as exc:
             raise BackendError(f"cannot start workspace {program}: {exc}") from None
         finally:
-            os.close(log)
+            os.close(out)
+            if hand is not None:
+                hand.close()
         return replace(
             meta,
             port=port,
             pid=pid,
-            pid_start=sockets.proc_start(pid),
+            pid_start=start,
             want="running",
             account=account.pw_name if account is not None else "",
         )
@@ -407,9 +439,18 @@ class LocalBackend:
                 if account.pw_gecos.startswith(isolation.MARK):
                     isolation.kill_account(account.pw_uid)
 
+    def start_warnings(self) -> list[str]:
+        """What `codepool serve` says as it starts: the ways workspaces are not kept apart."""
+        found = []
+        if self.isolation == "none":
+            found.append(f"workspaces are not isolated: {self.isolation_detail}")
+        if self.network in ("shared", "one person"):
+            found.append(f"workspaces share the machine's network: {self.network_detail}")
+        return found
+
     def _other_owner(self, owner: str) -> str | None:
-        """Without isolation, the one person this machine serves, if it is not owner."""
-        if self.isolation != "none":
+        """On a machine kept to one person, that person, if it is not owner."""
+        if not self.one_person:
             return None
         return next((m.owner for m in self._all() if m.owner and m.owner != owner), None)
 
@@ -417,9 +458,10 @@ class LocalBackend:
         other = self._other_owner(owner)
         if other is None:
             return ""
+        hint = isolation.INSTALL_HINT if self.isolation == "none" else network.INSTALL_HINT
         return (
             f"this machine cannot keep workspaces apart, so it serves one person only, and "
-            f"{other} has a workspace here; to serve several people, {isolation.INSTALL_HINT}"
+            f"{other} has a workspace here; to serve several people, {hint}"
         )
 
     # -- the protocol ---------------------------------------------------------------------
@@ -605,6 +647,7 @@ class LocalBackend:
                 )
             )
             found.append(Check("isolation", self.isolation != "none", self.isolation_detail))
+            found.append(Check("network", self.network in ("own", "none"), self.network_detail))
             found.append(
                 Check(
                     "max size",
