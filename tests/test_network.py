@@ -70,6 +70,20 @@ class Outside:
 MARKER = "outside-" + os.urandom(4).hex()
 
 
+def answer(conn: socket.socket) -> None:
+    """Read the request, then answer MARKER: closing with a request unread would reset
+    the connection, and the reset can overtake the answer."""
+    conn.settimeout(5)
+    with contextlib.suppress(OSError):
+        got = b""
+        while b"\r\n\r\n" not in got and (chunk := conn.recv(4096)):
+            got += chunk
+        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + MARKER.encode())
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(4096):
+            pass
+
+
 class _Answer(threading.Thread):
     """A listener that answers each connection with MARKER and counts them."""
 
@@ -84,7 +98,7 @@ class _Answer(threading.Thread):
                 conn, _ = self.sock.accept()
                 self.count += 1
                 with conn:
-                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + MARKER.encode())
+                    answer(conn)
 
 
 @contextlib.contextmanager
@@ -136,7 +150,17 @@ while True:
         time.sleep(0.01)
 s.listen(16); print("listening", flush=True)
 while True:
-    c, _ = s.accept(); c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\n{MARKER}"); c.close()
+    c, _ = s.accept(); c.settimeout(5)
+    try:
+        got = b""
+        while b"\\r\\n\\r\\n" not in got and (chunk := c.recv(4096)):
+            got += chunk
+        c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\n{MARKER}"); c.shutdown(socket.SHUT_WR)
+        while c.recv(4096):
+            pass
+    except OSError:
+        pass
+    c.close()
 """
     server = subprocess.Popen(
         ["unshare", "--net", "--", "python3", "-c", serve], stdout=subprocess.PIPE, text=True

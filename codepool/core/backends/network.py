@@ -172,6 +172,7 @@ def attach(hand: Handshake, log: Path) -> None:
     start with no network at all, and the caller stops it)."""
     deadline = time.monotonic() + SETUP_S
     pid = _child_pid(hand.info_r, deadline)
+    _wait_for_loopback(pid, deadline)
     net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     owner = -1
     try:
@@ -189,7 +190,10 @@ def attach(hand: Handshake, log: Path) -> None:
         os.close(net)
         if owner >= 0:
             os.close(owner)
-    os.write(hand.block_w, b"1")
+    try:
+        os.write(hand.block_w, b"1")
+    except OSError:  # it is no longer waiting: it ended
+        raise BackendError("the workspace's sandbox ended before its network was set up") from None
 
 
 def _child_pid(info: int, deadline: float) -> int:
@@ -201,6 +205,26 @@ def _child_pid(info: int, deadline: float) -> int:
         raw += chunk
         with contextlib.suppress(ValueError):
             return int(json.loads(raw)["child-pid"])
+
+
+def _wait_for_loopback(pid: int, deadline: float) -> None:
+    """Until bubblewrap has set up the namespace's loopback (its last step before it
+    waits for us): changing the namespace while it does made it fail now and then
+    ("loopback: Failed RTM_NEWADDR") in a crowd of starts."""
+    while True:
+        try:
+            with open(f"/proc/{pid}/net/fib_trie") as fh:  # the namespace's local routes
+                if "127.0.0.1" in fh.read():
+                    return
+        except OSError:
+            raise BackendError(
+                "the workspace's sandbox ended before its network was set up"
+            ) from None
+        if time.monotonic() > deadline:
+            raise BackendError(
+                f"the workspace's sandbox did not set up its loopback within {SETUP_S:.0f}s"
+            )
+        time.sleep(0.002)
 
 
 def _read(fd: int, deadline: float, what: str) -> bytes:
