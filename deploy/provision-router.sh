@@ -7,7 +7,8 @@
 #
 # It makes the system user `codepool`, a virtualenv with codepool in /opt/codepool/venv,
 # /etc/codepool/config.toml (from config/example.toml, only if there is none: an upgrade
-# keeps yours), the docs in /opt/codepool/docs, and deploy/systemd/codepool.service.
+# keeps yours), the docs in /opt/codepool/docs, and deploy/systemd/codepool.socket and
+# codepool.service (systemd holds the port; the router serves on it).
 # Then edit /etc/codepool/config.toml (docs/aws.md) and run `codepool doctor` as `codepool`.
 set -euo pipefail
 
@@ -49,15 +50,20 @@ else
 fi
 
 install -d -m 755 "$root/etc/systemd/system"
-install -m 644 "$REPO/deploy/systemd/codepool.service" "$root/etc/systemd/system/codepool.service"
+for unit in codepool.socket codepool.service; do
+  install -m 644 "$REPO/deploy/systemd/$unit" "$root/etc/systemd/system/$unit"
+done
 
 if [[ -z "$stage" ]]; then
   install -d -o codepool -g codepool -m 700 /var/lib/codepool
   su -s /bin/sh codepool -c "CODEPOOL_CONFIG=/etc/codepool/config.toml /opt/codepool/venv/bin/codepool doctor" \
     || say "codepool doctor found something to fix in /etc/codepool/config.toml (above)"
   systemctl daemon-reload
-  systemctl enable codepool.service
-  systemctl restart codepool.service
+  systemctl enable codepool.socket codepool.service
+  # A router from before codepool.socket holds the port the socket needs: stopped first.
+  systemctl stop codepool.service
+  systemctl restart codepool.socket
+  systemctl start codepool.service
   say "done: codepool serve runs (journalctl -u codepool); first start prints the admin's password there"
 else
   say "done: staged under $root"

@@ -1,10 +1,11 @@
 """Loopback ports for the servers the tests start (routers, nginx, moto, Redis).
 
 The suite runs in parallel (pytest-xdist): a port picked by binding port 0 and closing
-again could be picked by another worker before the first binds it for good, and the
-router binds with SO_REUSEPORT, so both would then serve on it without an error. So each
-worker takes ports from a range of its own, below the kernel's ephemeral ports (which
-any outgoing connection may take), in turn, skipping any port something holds."""
+again could be picked by another worker before the first binds it for good (and a
+server that binds with SO_REUSEPORT, as nginx may, would then share it without an
+error). So each worker takes ports from a range of its own, below the kernel's
+ephemeral ports (which any outgoing connection may take), in turn, skipping any port
+something holds."""
 
 from __future__ import annotations
 

@@ -103,14 +103,18 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     if analyze is None:
         need("systemd-analyze", "it is not installed (apt-get install systemd)")
     assert analyze is not None
-    units = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
-    assert {u.name for u in units} == {"codepool.service", "codepool-code-server.service"}
+    units = sorted((ROOT / "deploy" / "systemd").glob("*.s*"))
+    assert {u.name for u in units} == {
+        "codepool.service",
+        "codepool.socket",
+        "codepool-code-server.service",
+    }
     shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
     (tmp_path / "etc/systemd/system").mkdir(parents=True)
     for unit in units:
         shutil.copy(unit, tmp_path / "etc/systemd/system" / unit.name)
         programs = re.findall(r"^Exec(?:Start|Reload)=(\S+)", unit.read_text(), re.MULTILINE)
-        assert programs, unit
+        assert programs or unit.suffix == ".socket", unit
         for path in programs:
             program = tmp_path / path.lstrip("/")
             program.parent.mkdir(parents=True, exist_ok=True)
@@ -126,3 +130,6 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     router = (ROOT / "deploy" / "systemd" / "codepool.service").read_text()
     for line in ("Type=notify", "NotifyAccess=all", "WatchdogSec=30", "ExecReload=/bin/kill -HUP"):
         assert f"\n{line}" in router, line
+    assert "\nRequires=codepool.socket" in router  # the port is systemd's, held across restarts
+    socket_unit = (ROOT / "deploy" / "systemd" / "codepool.socket").read_text()
+    assert "\nListenStream=127.0.0.1:8000" in socket_unit and "\nReusePort=no" in socket_unit

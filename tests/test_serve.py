@@ -217,8 +217,7 @@ async def test_workers_share_the_port_and_the_store(
         try:
             now = {int(str((await _health(server.url))["pid"])) for _ in range(10)}
         except aiohttp.ClientConnectionError:
-            # Connections that were queued at the killed worker's socket are reset:
-            # the price of SO_REUSEPORT when a worker dies (docs/router.md).
+            # A connection the killed worker had accepted and not answered is reset.
             return set()
         return now if victim not in now and len(now) == 2 else set()
 
@@ -270,8 +269,8 @@ def _alive(pid: int) -> bool:
 def test_workers_refuse_a_port_another_router_serves(
     state_dir: Path, servers: list[Server]
 ) -> None:
-    """SO_REUSEPORT would let a second `--workers` router join the first on its port,
-    unnoticed: it is refused like any busy port instead."""
+    """A second `--workers` router on the port the first serves is refused, as on any
+    busy port."""
     env = serve_env(state_dir)
     port = free_port()
     first = Server(env, port, "--workers", "2")
@@ -357,3 +356,101 @@ async def test_a_reload_to_another_port_serves_there_and_gives_the_old_one_up(
         await serving.runner.cleanup()
         for sock in serving.listeners:
             sock.close()
+
+
+def _join(port: int) -> str:
+    """What a process of the router's own user gets trying to share its port (as a
+    workspace sharing the machine's network could): '' if it could bind, else why not."""
+    import socket
+
+    with socket.socket() as thief:
+        thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            thief.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return ""
+
+
+def test_nobody_can_join_the_routers_port(state_dir: Path, servers: list[Server]) -> None:
+    """The workers accept from one socket made by the supervisor, without SO_REUSEPORT:
+    another process of the same user cannot join the port and be handed connections."""
+    port = free_port()
+    server = Server(serve_env(state_dir), port, "--workers", "2")
+    servers.append(server)
+    server.wait_up()
+    assert _join(port) == "Address already in use"
+    out = server.stop()
+    assert server.proc.returncode == 0, out
+
+
+LAUNCH_AS_SYSTEMD = """
+import os, sys
+os.dup2(int(sys.argv[1]), 3)  # systemd passes its sockets from descriptor 3 on
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="codepool.socket")
+os.execv(sys.executable, [sys.executable, "-m", "codepool", "serve", *sys.argv[2:]])
+"""
+
+
+async def _post_login(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nuser=x&"
+    )
+    line = await reader.readline()
+    writer.close()
+    return line
+
+
+async def test_systemds_socket_holds_the_port_across_a_restart(state_dir: Path) -> None:
+    """Socket activation: systemd (played by the test) holds the listening socket; the
+    router, with workers, serves on it; while the router restarts the port stays taken
+    (nobody else can bind it) and a login sent meanwhile waits in the queue and is
+    answered by the next router."""
+    import socket
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(64)
+    port = held.getsockname()[1]
+    env = serve_env(state_dir)
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", LAUNCH_AS_SYSTEMD, str(held.fileno()), "--workers", "2"],
+            env=env,
+            pass_fds=(held.fileno(),),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    async def up() -> bool:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with client() as http, http.get(f"http://127.0.0.1:{port}/livez") as r:
+                return r.status == 200
+        return False
+
+    router = start()
+    try:
+        await eventually(up, "the router on systemd's socket")
+        answers = await asyncio.gather(*(_post_login(port) for _ in range(50)))
+        assert all(a.startswith(b"HTTP/1.1 ") for a in answers), answers
+        assert _join(port) == "Address already in use"
+        router.send_signal(signal.SIGTERM)
+        out, _ = router.communicate(timeout=60)
+        assert router.returncode == 0 and "Traceback" not in out, out
+
+        assert _join(port) == "Address already in use"  # held while no router runs
+        waiting = asyncio.ensure_future(_post_login(port))  # queued by the kernel
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        router = start()
+        assert (await asyncio.wait_for(waiting, 60)).startswith(b"HTTP/1.1 ")
+    finally:
+        router.terminate()
+        out, _ = router.communicate(timeout=60)
+        held.close()
+    assert "Traceback" not in out, out

@@ -1,11 +1,15 @@
 """`codepool serve`: build the pool, make the first admin account if there is none, and
 run the router (datasette's shape: `serve` ends with one line that runs the app).
 
-With `--workers N` the process forks N routers that share the port (SO_REUSEPORT: the
-kernel spreads connections over them) and the store, and supervises them: a signal is
-passed on to every worker, and a worker that dies is replaced, unless it died right
-after starting (a configuration or port problem), which stops them all. Workers are
-ordinary routers: one of them wins the leader lease and runs the background loops."""
+The listening socket is made once, by this process, without SO_REUSEPORT (which would let
+any process of the same user join the port and be handed a share of its connections:
+other people's logins), or taken from systemd (socket activation: `codepool.socket`
+holds the port across restarts and upgrades). With `--workers N` the process forks N
+routers that accept from that one socket and share the store, and supervises them: a
+signal is passed on to every worker, and a worker that dies is replaced (on the same
+socket), unless it died right after starting (a configuration problem), which stops them
+all. Workers are ordinary routers: one of them wins the leader lease and runs the
+background loops."""
 
 from __future__ import annotations
 
@@ -159,10 +163,11 @@ def serve(
         first_admin(settings)
         pool = build_pool(settings)
         app = create_app(pool, settings)  # also checks the settings before anything forks
-    problem = port_taken(router.host, router.port)
-    if problem:
+    try:
+        listeners = systemd.listen_fds() or listen(router.host, router.port)
+    except OSError as exc:
         asyncio.run(pool.close())
-        raise typer.Exit(cannot_listen(router, problem))
+        raise typer.Exit(cannot_listen(router, exc.strerror or str(exc))) from None
     if log_format == "json":  # every line a JSON object, for the log shipper
         logging.getLogger("codepool.router").info(
             "serving", **logs.fields(url=settings.public_url + "/", workers=router.workers)
@@ -174,30 +179,14 @@ def serve(
             + "  (Ctrl-C stops)"
         )
     if router.workers == 1:
-        raise typer.Exit(run_router(settings, pool, app, configured))
+        raise typer.Exit(run_router(settings, pool, app, configured, listeners))
     asyncio.run(pool.close())  # each worker opens its own connections after the fork
-    raise typer.Exit(supervise(settings, router.workers, configured))
+    raise typer.Exit(supervise(settings, router.workers, configured, listeners))
 
 
 def cannot_listen(router: RouterSettings, reason: str) -> int:
     render.err.print(f"error: cannot listen on {router.host}:{router.port}: {reason}")
     return 1
-
-
-def port_taken(host: str, port: int) -> str:
-    """Why the port cannot be had ('' if it can). The workers bind with SO_REUSEPORT,
-    which would let them join another router already serving there, unnoticed; a plain
-    bind first fails in that case as in any other."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
-            probe.bind(address)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return ""
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -214,7 +203,7 @@ DRAIN_S = 15.0  # how long a stopping router lets requests in flight finish
 
 def listen(host: str, port: int) -> list[socket.socket]:
     """Listening sockets for host and port, made as asyncio's create_server makes them
-    (one per address the name has; SO_REUSEPORT, so that workers share the port)."""
+    (one per address the name has), but without SO_REUSEPORT: nobody may join them."""
     made: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(
@@ -222,8 +211,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
         ):
             sock = socket.socket(family, kind, proto)
             made.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
@@ -239,13 +227,20 @@ def listen(host: str, port: int) -> list[socket.socket]:
 
 
 def run_router(
-    settings: Settings, pool: CodePool, app: web.Application, configured: Callable[[], Settings]
+    settings: Settings,
+    pool: CodePool,
+    app: web.Application,
+    configured: Callable[[], Settings],
+    listeners: list[socket.socket],
+    fixed: bool = False,
 ) -> int:
-    """Serve until SIGTERM or SIGINT (then drain); SIGHUP reloads. The exit code."""
+    """Serve on listeners until SIGTERM or SIGINT (then drain); SIGHUP reloads. The exit
+    code. fixed: the sockets are not this process's to change (a worker's, systemd's)."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(Serving(settings, configured).run(pool, app))
+        serving = Serving(settings, configured, fixed=fixed or systemd.activated(listeners))
+        return loop.run_until_complete(serving.run(pool, app, listeners))
     finally:
         _cancel_remaining(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())
@@ -265,17 +260,22 @@ class Serving:
     closed one's queue). Open WebSockets are closed with 1001 (going away); VS Code
     reconnects by itself."""
 
-    def __init__(self, settings: Settings, configured: Callable[[], Settings]) -> None:
+    def __init__(
+        self, settings: Settings, configured: Callable[[], Settings], fixed: bool = False
+    ) -> None:
         self.settings = settings
         self.configured = configured
         self.log = logging.getLogger("codepool.router")
         self.lock = asyncio.Lock()  # one reload at a time
         self.listeners: list[socket.socket] = []  # this process's, for router.host:port
+        self.fixed = fixed  # the sockets are shared with other workers, or systemd's
 
-    async def run(self, pool: CodePool, app: web.Application) -> int:
+    async def run(
+        self, pool: CodePool, app: web.Application, listeners: list[socket.socket]
+    ) -> int:
         loop = asyncio.get_running_loop()
+        self.listeners = listeners
         try:
-            self.listeners = listen(self.settings.router.host, self.settings.router.port)
             self.runner = await self.start(pool, app, self.settings, self.listeners)
         except OSError as exc:
             return cannot_listen(self.settings.router, exc.strerror or str(exc))
@@ -372,9 +372,17 @@ class Serving:
         old, new = self.settings.router, settings.router
         listeners = self.listeners
         if (new.host, new.port) != (old.host, old.port):
-            if problem := port_taken(new.host, new.port):
-                raise InvalidInput(f"cannot listen on {new.host}:{new.port}: {problem}")
-            listeners = listen(new.host, new.port)
+            if self.fixed:  # other workers share these sockets, or systemd holds them
+                raise InvalidInput(
+                    f"router.host and router.port moved to {new.host}:{new.port}: with "
+                    "workers or systemd's sockets, restart to change them"
+                )
+            try:
+                listeners = listen(new.host, new.port)
+            except OSError as exc:
+                raise InvalidInput(
+                    f"cannot listen on {new.host}:{new.port}: {exc.strerror or exc}"
+                ) from None
         pool = build_pool(settings)
         try:
             app = create_app(pool, settings, metrics=self.runner.app[ROUTER].metrics)
@@ -398,11 +406,17 @@ def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
 RESTART_AFTER_S = 5.0  # a worker that dies sooner after starting is not restarted
 
 
-def supervise(settings: Settings, count: int, configured: Callable[[], Settings]) -> int:
-    """Fork `count` workers and keep them running until a signal; the exit code. SIGHUP:
-    the config is read again; a bad one is refused here, a good one is passed on to each
-    worker, which reloads itself without dropping a request (Serving.reload), and workers
-    started later get it."""
+def supervise(
+    settings: Settings,
+    count: int,
+    configured: Callable[[], Settings],
+    listeners: list[socket.socket],
+) -> int:
+    """Fork `count` workers, each accepting from listeners (made here once: a worker
+    started to replace one that died takes the same sockets), and keep them running
+    until a signal; the exit code. SIGHUP: the config is read again; a bad one is
+    refused here, a good one is passed on to each worker, which reloads itself without
+    dropping a request (Serving.reload), and workers started later get it."""
     log = logging.getLogger("codepool.router")
     parent = os.getpid()
     # The workers' metrics live in files here, so that any worker's /metrics tells all.
@@ -421,7 +435,8 @@ def supervise(settings: Settings, count: int, configured: Callable[[], Settings]
             code = 1
             try:
                 pool = build_pool(settings)
-                code = run_router(settings, pool, create_app(pool, settings), configured)
+                app = create_app(pool, settings)
+                code = run_router(settings, pool, app, configured, listeners, fixed=True)
             except BaseException:
                 log.exception("worker failed")
             finally:

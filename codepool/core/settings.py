@@ -251,7 +251,7 @@ class RouterSettings:
     host: str = setting("127.0.0.1", "address `codepool serve` listens on")
     port: int = setting(8000, "port `codepool serve` listens on", minimum=1, maximum=65535)
     workers: int = setting(
-        1, "router processes sharing the port (SO_REUSEPORT) and the store", minimum=1, maximum=64
+        1, "router processes accepting from one socket and sharing the store", minimum=1, maximum=64
     )
     public_url: str = setting(
         "", "URL users browse to (origin checks, Secure cookies); empty: http://<host>:<port>"

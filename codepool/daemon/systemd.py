@@ -2,7 +2,9 @@
 READY=1 once the router listens, RELOADING=1 and READY=1 around a reload, STOPPING=1 as
 it drains, and WATCHDOG=1 every half $WATCHDOG_USEC while its event loop runs (a loop
 stuck for longer gets the router restarted). Outside systemd (no $NOTIFY_SOCKET) every
-call is a no-op. A few lines of the protocol rather than a dependency."""
+call is a no-op. And socket activation ($LISTEN_FDS): the listening sockets systemd
+holds for the router across its restarts. A few lines of each protocol rather than a
+dependency."""
 
 from __future__ import annotations
 
@@ -14,6 +16,38 @@ import socket
 import time
 
 log = logging.getLogger("codepool.router")
+LISTEN_FDS_START = 3  # systemd passes its sockets from this descriptor on
+_activated: set[int] = set()  # the descriptors of the sockets systemd passed
+
+
+def listen_fds() -> list[socket.socket]:
+    """The listening sockets systemd passed this process (socket activation), else [].
+    The variables are removed, so that nothing this process starts takes them as its own."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        count = 0
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    found = []
+    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
+            raise OSError(f"systemd passed descriptor {fd}, which is not a listening TCP socket")
+        os.set_inheritable(fd, False)  # not for the workspaces this router starts
+        sock.setblocking(False)
+        _activated.add(fd)
+        found.append(sock)
+    return found
+
+
+def activated(listeners: list[socket.socket]) -> bool:
+    """Whether these are sockets systemd passed (held by systemd, not ours to move)."""
+    return any(s.fileno() in _activated for s in listeners)
 
 
 def notify(*lines: str) -> bool:
