@@ -44,10 +44,13 @@ if [[ ! -f "$root/etc/codepool/config.toml" ]]; then
   say "configuration $root/etc/codepool/config.toml (every key at its default: edit it)"
   sed -e 's|^state_dir = .*|state_dir = "/var/lib/codepool"|' "$REPO/config/example.toml" \
     > "$root/etc/codepool/config.toml"
-  chmod 644 "$root/etc/codepool/config.toml"
 else
   say "keeping $root/etc/codepool/config.toml"
 fi
+# It holds the store's password and the OIDC client secret: root's, readable by the
+# router's group only (not by the workspaces' accounts, nor anyone else on the machine).
+chmod 640 "$root/etc/codepool/config.toml"
+[[ -z "$stage" ]] && chgrp codepool "$root/etc/codepool/config.toml"
 
 install -d -m 755 "$root/etc/systemd/system"
 for unit in codepool.socket codepool.service; do

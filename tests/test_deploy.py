@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from codepool.core.backends.aws import iam_policy
 from tests.conftest import need
 
@@ -133,3 +135,25 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     assert "\nRequires=codepool.socket" in router  # the port is systemd's, held across restarts
     socket_unit = (ROOT / "deploy" / "systemd" / "codepool.socket").read_text()
     assert "\nListenStream=127.0.0.1:8000" in socket_unit and "\nReusePort=no" in socket_unit
+
+
+@pytest.mark.timeout(300)
+def test_provision_router_stages_the_units_and_a_closed_config(tmp_path: Path) -> None:
+    """provision-router.sh --stage: the router's units (the service and the socket that
+    holds its port) and a config the workspaces' accounts cannot read (it holds the
+    store's password and the OIDC secret): 0640."""
+    stage = tmp_path / "stage"
+    done = subprocess.run(
+        [str(ROOT / "deploy" / "provision-router.sh"), "--stage", str(stage)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr
+    config = stage / "etc/codepool/config.toml"
+    assert config.stat().st_mode & 0o777 == 0o640
+    for unit in ("codepool.service", "codepool.socket"):
+        assert (stage / "etc/systemd/system" / unit).read_text() == (
+            ROOT / "deploy/systemd" / unit
+        ).read_text()
+    assert (stage / "opt/codepool/venv/bin/codepool").exists()
