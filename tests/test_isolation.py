@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,29 @@ async def test_doctor_says_when_workspaces_could_reach_the_store(
     checks = {c.name: c for c in await served.pool.doctor()}
     assert not checks["store from workspaces"].ok
     assert "set a password" in checks["store from workspaces"].detail
+
+
+async def test_a_sandbox_path_under_tmp_is_readable_by_the_persons_account(
+    root_state: Path, test_accounts: str, checkout: Path
+) -> None:
+    """local.sandbox_paths under /tmp: the folders above it are made in the sandbox's own
+    /tmp, open to the person's account (made before that /tmp was mounted, bubblewrap made
+    them again, closed: the workspace could not start)."""
+    shared = Path(tempfile.mkdtemp(prefix="codepool-paths-"))
+    try:
+        (shared / "deep").mkdir()
+        (shared / "deep" / "tool.txt").write_text("shared tool")
+        for folder in (shared, shared / "deep"):
+            folder.chmod(0o755)
+        (shared / "deep" / "tool.txt").chmod(0o644)
+        pool = accounts_pool(
+            root_state, test_accounts, checkout, sandbox_paths=[str(checkout), str(shared / "deep")]
+        )
+        try:
+            alice = (await pool.assign("alice")).workspace.address
+            found = await run_in(alice, f"cat {shared / 'deep' / 'tool.txt'}")
+            assert found["out"] == "shared tool", found
+        finally:
+            await pool.close()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

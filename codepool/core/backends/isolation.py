@@ -240,6 +240,9 @@ def sandbox_argv(
             argv += ["--ro-bind", system, system]
     if Path("/etc/codepool").is_dir():
         argv += ["--tmpfs", "/etc/codepool"]  # the router's config: not for workspaces
+    # Fresh /proc, /dev and temporary folders first: the folders made below for a mount
+    # under /tmp must be made in the sandbox's own /tmp, not covered by it afterwards.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
     # The folders above each mount, made open (bwrap would make them 0700: closed to an
     # account that is not root).
     targets = ["/run/systemd/resolve", *readable, *(inside for _, inside in binds)]
@@ -249,7 +252,6 @@ def sandbox_argv(
     argv += ["--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve"]
     if resolv_conf:  # bound where /etc/resolv.conf leads (often into systemd-resolved's)
         argv += ["--ro-bind", resolv_conf, os.path.realpath("/etc/resolv.conf")]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
     for extra in readable:
         argv += ["--ro-bind-try", extra, extra]
     for source, inside in binds:
