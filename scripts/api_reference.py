@@ -31,7 +31,8 @@ No cookie is read: a page of any site cannot use the API through a person's brow
 |---|---|
 | `read` | the status, workspaces, events, the usage report, a reap's dry run |
 | `workspaces:write` | assign, release and hold anyone's workspace |
-| `users:write` | list, add and remove accounts |
+| `users:write` | list, add and remove accounts; admins only with `admin` too |
+| `admin` | with `users:write`: add and remove admin accounts (admins may enter workspaces) |
 | `self` | read, assign, release and hold one person's own workspace (`--user`) |
 
 Errors are JSON, `{"error": KIND, "message": ...}`, with a stable kind: `unauthenticated`

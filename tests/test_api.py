@@ -149,6 +149,36 @@ async def test_users_write_adds_lists_and_removes_accounts(served: Served) -> No
     assert (status, body["error"]) == (400, "invalid-input")
 
 
+async def test_making_or_removing_an_admin_needs_the_admin_scope(served: Served) -> None:
+    """An admin may enter people's workspaces: a token for managing accounts cannot mint
+    one, nor remove one; with the admin scope too, it can."""
+    c = await served.client()
+    manager = await token(served, "users:write")
+    status, body = await call(
+        c,
+        "POST",
+        "/users",
+        manager,
+        json={"name": "eve", "password": "eve-password-1", "admin": True},
+    )
+    assert (status, body["error"]) == (403, "forbidden") and "admin" in body["message"]
+    assert await served.router.accounts.get("eve") is None  # nothing made
+    owner = await token(served, "users:write", "admin")
+    status, body = await call(
+        c,
+        "POST",
+        "/users",
+        owner,
+        json={"name": "eve", "password": "eve-password-1", "admin": True},
+    )
+    assert status == 200 and body["admin"] is True
+    status, body = await call(c, "DELETE", "/users/eve", manager)
+    assert (status, body["error"]) == (403, "forbidden")
+    assert (await call(c, "DELETE", "/users/eve", owner))[0] == 200
+    alone = await token(served, "admin")  # the admin scope alone manages no account
+    assert (await call(c, "GET", "/users", alone))[0] == 403
+
+
 async def test_past_the_start_limit_the_api_answers_429(
     make_served: Callable[..., Any],
 ) -> None:
@@ -182,6 +212,7 @@ async def test_the_openapi_document_matches_the_routes(served: Served) -> None:
         for op in ops.values():
             if path != API + "/openapi.json":
                 assert op["x-scope"] in ("read", "workspaces:write", "users:write")
+                # (admin is asked for by the handler, for admin accounts only)
                 assert set(re.findall(r"{(\w+)}", path)) <= {
                     p["name"] for p in op.get("parameters", [])
                 }

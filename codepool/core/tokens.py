@@ -5,7 +5,9 @@ A token reads `cp_<id>_<secret>`: the id finds its record, the SHA-256 of the wh
 must match. Scopes:
   read              the pool's status, workspaces, events, the report, a reap's dry run
   workspaces:write  assign, release and hold anyone's workspace
-  users:write       list, add and remove accounts
+  users:write       list, add and remove accounts (not admins: those need `admin` too)
+  admin             with users:write, add and remove admin accounts (an admin may enter
+                    people's workspaces where that is allowed, and may do everything)
   self              read, assign, release and hold one person's own workspace (the
                     token's user)
 """
@@ -23,7 +25,7 @@ from codepool.core.errors import InvalidInput
 from codepool.core.models import TokenRecord
 from codepool.core.store import Store
 
-SCOPES = ("read", "workspaces:write", "users:write", "self")
+SCOPES = ("read", "workspaces:write", "users:write", "admin", "self")
 MAX_TOKEN = 128  # longer is refused before any lookup
 
 

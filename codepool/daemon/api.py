@@ -176,14 +176,26 @@ async def add_user(request: web.Request, router: Router, token: TokenRecord) -> 
     name, password, admin = body.get("name"), body.get("password"), body.get("admin", False)
     if not isinstance(name, str) or not isinstance(password, str) or not isinstance(admin, bool):
         raise InvalidInput('send {"name": ..., "password": ..., "admin": false}')
+    if admin:
+        _needs_admin(token, "add an admin")
     account = await Accounts(router.pool.store, router.pool.clock, _actor(token)).add(
         name, password, admin
     )
     return {"name": account.name, "admin": account.admin, "created_ms": account.created_ms}
 
 
+def _needs_admin(token: TokenRecord, what: str) -> None:
+    """Making or removing an admin takes the admin scope beside users:write: an admin
+    may enter people's workspaces, so a token for managing accounts must not mint one."""
+    if "admin" not in token.scopes:
+        raise ApiError(403, "forbidden", f"this token may not {what} (it needs admin)")
+
+
 async def remove_user(request: web.Request, router: Router, token: TokenRecord) -> Any:
     name = _user(request)
+    account = await router.accounts.get(name)
+    if account is not None and account.admin:
+        _needs_admin(token, "remove an admin")
     await Accounts(router.pool.store, router.pool.clock, _actor(token)).remove(name)
     return {"removed": name}
 
@@ -213,12 +225,14 @@ ROUTES = (
           query=(("since", "a duration ago or an ISO date; default 30d"),
                  ("until", "as since; default now"))),
     Route("GET", "/users", "users:write", "The accounts", list_users),
-    Route("POST", "/users", "users:write", "Add an account", add_user,
+    Route("POST", "/users", "users:write",
+          "Add an account (an admin: with the admin scope too)", add_user,
           body={"type": "object", "required": ["name", "password"],
                 "properties": {"name": {"type": "string"}, "password": {"type": "string"},
                                "admin": {"type": "boolean"}}}),
     Route("DELETE", "/users/{user}", "users:write",
-          "Remove an account and end its sessions (its workspace stays)", remove_user),
+          "Remove an account and end its sessions (its workspace stays; an admin: with the "
+          "admin scope too)", remove_user),
 )  # fmt: skip
 
 
