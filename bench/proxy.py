@@ -71,6 +71,11 @@ def _front_site(port: int, router_port: int) -> str:
         "server 127.0.0.1:8000;": f"server 127.0.0.1:{router_port};",
         "server_name router.example.com;": "server_name 127.0.0.1;",
         r"\.ws\.example\.com$;": r"\.localhost$;",
+        # The boxes here serve plain http: the file's lines for their TLS go, as it says.
+        "proxy_ssl_verify on;": "",
+        "proxy_ssl_trusted_certificate /etc/codepool/tls/workspace-ca.crt;": "",
+        "proxy_ssl_name workspace.codepool.internal;": "",
+        "proxy_ssl_server_name on;": "",
     }.items():
         if old not in conf:
             raise _lib.BenchError(f"nginx/front.conf no longer has {old!r}")

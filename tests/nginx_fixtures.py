@@ -121,16 +121,17 @@ def front_site(
     shared memory for the router's yeses and how long one is kept, instead of the
     file's 10m and 2 s; box_ca: its lines for boxes serving TLS, on, with this CA)."""
     conf = (ROOT / "nginx" / "front.conf").read_text()
+    trusted = "proxy_ssl_trusted_certificate /etc/codepool/tls/workspace-ca.crt;"
     if box_ca:
+        conf = adapt(conf, {trusted: f"proxy_ssl_trusted_certificate {box_ca};"})
+    else:  # boxes on plain http: the file's TLS lines go, as it says
         conf = adapt(
             conf,
             {
-                "# proxy_ssl_verify on;": "proxy_ssl_verify on;",
-                "# proxy_ssl_trusted_certificate /etc/codepool/tls/workspace-ca.crt;": (
-                    f"proxy_ssl_trusted_certificate {box_ca};"
-                ),
-                "# proxy_ssl_name": "proxy_ssl_name",
-                "# proxy_ssl_server_name on;": "proxy_ssl_server_name on;",
+                "proxy_ssl_verify on;": "",
+                trusted: "",
+                "proxy_ssl_name workspace.codepool.internal;": "",
+                "proxy_ssl_server_name on;": "",
             },
         )
     return adapt(
