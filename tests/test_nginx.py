@@ -534,6 +534,34 @@ async def test_front_reaches_boxes_over_verified_tls(
     assert "[error]" not in errors, errors[-2000:]
 
 
+async def test_front_refuses_a_box_whose_certificate_the_pool_did_not_sign(
+    nginx: Callable[[str], None], tmp_path: Path, box_tls: Path
+) -> None:
+    """nginx/front.conf as shipped verifies boxes: something answering on a box's address
+    with a certificate of another CA (of the right name) gets no request of the person's."""
+    other = tmp_path / "other-tls"
+    tls_script = [str(ROOT / "deploy" / "workspace-tls.sh"), str(other)]
+    await asyncio.to_thread(subprocess.run, tls_script, check=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(other / "workspace.crt", other / "workspace.key")
+    box = OkBox()
+    server = await asyncio.start_server(box, "127.0.0.1", 0, ssl=context)
+    address = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    ca = str(box_tls / "ca.crt")  # the pool's CA: the front trusts it alone
+    # The router is told to trust the impostor's CA, so that only the front decides here.
+    tls = workspace_tls(str(other / "ca.crt"), "workspace.codepool.internal")
+    async with (
+        server,
+        entered("front", address, tmp_path, nginx, tls=tls, box_ca=ca) as (port, host, cookie),
+    ):
+        box.heads[:] = []  # the router's own health checks
+        raw = f"GET /a.js HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        got = await exchange(port, raw.encode(), 1)
+        assert got.startswith(b"HTTP/1.1 502"), got[:200]
+        assert box.heads == []
+    assert "upstream SSL certificate verify error" in (tmp_path / "error.log").read_text()
+
+
 class OkBox:
     """A box that answers every request 200 "ok" on kept-alive connections; it counts
     the connections and keeps each request's head."""
