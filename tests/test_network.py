@@ -418,3 +418,18 @@ def test_the_network_in_force(
     assert mode == expected, detail
     if mode == "one person":
         assert "apt-get install slirp4netns" in detail and "local.network = 'shared'" in detail
+
+
+def test_the_tools_are_found_whatever_path_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ordinary account's PATH often lacks /usr/sbin (Debian's ip), and a router's may be
+    anything: the tools are looked for in the system's folders too, each time (a first
+    look made under an odd PATH must not stay the answer)."""
+    from codepool.core.backends import network
+
+    if why := tools():
+        need("slirp4netns", why)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert network.tools() == ""
+    assert all(network.tool(t).startswith("/") for t in network.TOOLS)

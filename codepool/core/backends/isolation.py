@@ -46,6 +46,8 @@ MARK = "codepool workspace of "  # the comment (GECOS) of an account codepool ma
 NOBODY = "nobody"
 SANDBOX_NAME = "codepool-workspace"  # $0 of the shell that holds a sandbox
 _UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Where system tools are looked for besides PATH (which may lack the sbin folders).
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INSTALL_HINT = (
     "install bubblewrap (apt-get install bubblewrap) so that each workspace runs in a "
     "sandbox, or run `codepool serve` as root so that each person gets a Unix account"
@@ -55,7 +57,7 @@ INSTALL_HINT = (
 @functools.cache
 def bwrap_works() -> str:
     """'' if bubblewrap can make a sandbox here (a user namespace), else why not."""
-    bwrap = shutil.which("bwrap")
+    bwrap = shutil.which("bwrap", path=f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}")
     if bwrap is None:
         return "bubblewrap is not installed"
     probe = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--", "/bin/true"]
@@ -220,7 +222,7 @@ def sandbox_argv(
     bwrap is held by a shell, so that the router's own exit (a restart) ends no sandbox;
     stopping one ends every process under the shell (LocalBackend._kill): bwrap's
     --die-with-parent does not reliably take the sandbox's first process along."""
-    bwrap = shutil.which("bwrap") or "bwrap"
+    bwrap = shutil.which("bwrap", path=f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}") or "bwrap"
     if account is None:
         argv = ["--unshare-all", *net, "--cap-drop", "ALL"]
     else:

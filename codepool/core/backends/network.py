@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import ipaddress
 import json
 import os
@@ -37,6 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from codepool.core.backends.isolation import SYSTEM_PATH
 from codepool.core.errors import BackendError, ConfigError
 
 INSTALL_HINT = (
@@ -70,10 +70,19 @@ _NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
 INFO_FD, BLOCK_FD, EXIT_FD = 3, 4, 5
 
 
-@functools.cache
+TOOLS = ("slirp4netns", "nsenter", "setsid", "ip")
+
+
+def tool(name: str) -> str:
+    """The full path of one of TOOLS ('' if it is not installed), on PATH or in the
+    system's folders (an ordinary account's PATH often lacks /usr/sbin, where Debian
+    puts ip). Looked up each time: the answer follows the machine, not a first look."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}") or ""
+
+
 def tools() -> str:
     """'' if slirp4netns and the tools that set it up are here, else what is missing."""
-    missing = [t for t in ("slirp4netns", "nsenter", "setsid", "ip") if shutil.which(t) is None]
+    missing = [t for t in TOOLS if not tool(t)]
     return f"{', '.join(missing)} not installed" if missing else ""
 
 
@@ -237,12 +246,12 @@ def _read(fd: int, deadline: float, what: str) -> bytes:
 def _prohibit(net: int, userns: list[str], owner: int, deadline: float) -> None:
     """prohibit routes to the private ranges and to each of the machine's addresses."""
     routes = [*PROHIBITED, *(f"{a}/32" for a in machine_addresses())]
-    enter = ["nsenter", f"--net=/proc/self/fd/{net}"]
+    enter = [tool("nsenter"), f"--net=/proc/self/fd/{net}"]
     if userns:
         enter += [f"--user={userns[0]}", "--preserve-credentials"]
     batch = "".join(f"route add prohibit {r}\n" for r in routes)
     done = subprocess.run(
-        [*enter, "ip", "-batch", "-"],
+        [*enter, tool("ip"), "-batch", "-"],
         input=batch,
         capture_output=True,
         text=True,
@@ -259,7 +268,7 @@ def _slirp(
     ready_r, ready_w = os.pipe()
     # seccomp always; --enable-sandbox (a mount namespace, capabilities dropped) only as
     # root: unprivileged, slirp4netns cannot make one outside the sandbox's namespace.
-    argv = ["slirp4netns", "--configure", f"--mtu={MTU}", "--disable-host-loopback"]
+    argv = [tool("slirp4netns"), "--configure", f"--mtu={MTU}", "--disable-host-loopback"]
     argv += ["--enable-seccomp", *(["--enable-sandbox"] if os.geteuid() == 0 else [])]
     argv += [f"--userns-path={p}" for p in userns]
     argv += [f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", str(pid), "tap0"]
@@ -269,12 +278,12 @@ def _slirp(
             # restart leaves it running, and no router waits for its exit. It ends when
             # every holder of the exit descriptor (the sandbox's processes) has.
             subprocess.run(
-                ["setsid", "--fork", *argv],
+                [tool("setsid"), "--fork", *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
                 pass_fds=[fd for fd in (ready_w, exit_r, owner) if fd >= 0],
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                env={"PATH": SYSTEM_PATH},
                 timeout=max(1.0, deadline - time.monotonic()),
                 check=True,
             )
@@ -292,7 +301,10 @@ def _slirp(
 def machine_addresses() -> list[str]:
     """The machine's own IPv4 addresses but loopback (where its services listen)."""
     done = subprocess.run(
-        ["ip", "-json", "-4", "address", "show"], capture_output=True, text=True, timeout=10
+        [tool("ip") or "ip", "-json", "-4", "address", "show"],
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     found: set[str] = set()
     with contextlib.suppress(ValueError, TypeError, KeyError):
