@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,20 +104,26 @@ def memory_backend(ready_address: str) -> MemoryBackend:
 
 
 @pytest.fixture
-def pool(
+async def pool(
     make_pool: Callable[..., CodePool], sqlite: SQLiteStore, backend: Group, clock: Clock
-) -> CodePool:
-    return make_pool(sqlite, backend, clock)
+) -> AsyncIterator[CodePool]:
+    """The pool, whose scale in the background (after an assignment) ends before the
+    backend does: on moto, a scale still running when the mock ended failed inside it."""
+    pool = make_pool(sqlite, backend, clock)
+    yield pool
+    await pool.scaled()
 
 
 @pytest.fixture
-def memory_pool(
+async def memory_pool(
     make_pool: Callable[..., CodePool],
     sqlite: SQLiteStore,
     memory_backend: MemoryBackend,
     clock: Clock,
-) -> CodePool:
-    return make_pool(sqlite, memory_backend, clock)
+) -> AsyncIterator[CodePool]:
+    pool = make_pool(sqlite, memory_backend, clock)
+    yield pool
+    await pool.scaled()
 
 
 def running_boxes(backend: Group, user: str) -> list[str]:
@@ -479,6 +485,8 @@ async def test_reconcile_rebuilds_a_lost_store_with_a_grace_period(
     spare = [x.instance_id for x in backend.boxes.values() if x.is_spare]
     assert await lost.store.spares() == set(spare)
     assert await lost.reconcile() == []  # and then it is settled
+    await pool.scaled()  # ended before the backend is (on moto, before the mock ends)
+    await lost.scaled()
 
 
 async def test_reconcile_clears_vanished_and_resolves_two_boxes_without_losing_either(
