@@ -5,6 +5,7 @@ throttling and partial failures, and once over moto's real HTTP server."""
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,14 @@ def backend(moto_aws: boto3.Session, ready_address: str) -> LoopbackAwsBackend:
 
 
 @pytest.fixture
-def pool(tmp_path: Path, backend: LoopbackAwsBackend, clock: Clock) -> CodePool:
+async def pool(
+    tmp_path: Path, backend: LoopbackAwsBackend, clock: Clock
+) -> AsyncIterator[CodePool]:
+    """The pool; a scale an assignment left running ends before moto does."""
     settings = make_settings(tmp_path / "state", pool={"warm_spares": 1, "assign_timeout_s": 20})
-    return CodePool(settings, SQLiteStore(str(tmp_path / "pool.db")), backend, clock=clock)
+    pool = CodePool(settings, SQLiteStore(str(tmp_path / "pool.db")), backend, clock=clock)
+    yield pool
+    await pool.scaled()
 
 
 def owner_of(session: boto3.Session, iid: str) -> str:
