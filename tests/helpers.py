@@ -143,3 +143,19 @@ class LoopbackNames(AbstractResolver):
 
     async def close(self) -> None:
         await self.default.close()
+
+
+async def post_login(port: int) -> bytes:
+    """A login posted on a fresh connection to 127.0.0.1:port (a person's password on the
+    wire); the first line of the answer, b"" if the connection was closed unanswered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b"user=alice&password=secret"
+    writer.write(
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    line = await reader.readline()
+    writer.close()
+    return line

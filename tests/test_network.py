@@ -26,6 +26,7 @@ import pytest
 
 from codepool.core.backends.network import machine_addresses, tools
 from tests.conftest import need
+from tests.helpers import codepool_env, eventually, post_login
 from tests.isolation_fixtures import (
     Sandboxed,
     accounts_pool,
@@ -271,7 +272,7 @@ async def test_a_workspace_of_an_account_reaches_the_internet_and_nothing_of_the
             port = router.sock.getsockname()[1]
             check_reach(await reaches(alice, outside, port, addresses))
             assert router.count == 0
-            await check_port_not_joined(alice, port)
+            await check_port_not_joined(alice, slot_of(root_state, alice) / "home", port)
             assert router.count == 50
         await check_loopbacks_apart(alice, bob, slot_of(root_state, alice) / "home")
         checks = {c.name: c for c in await pool.doctor()}
@@ -283,20 +284,20 @@ async def test_a_workspace_of_an_account_reaches_the_internet_and_nothing_of_the
 # -- the sandbox (the router as an ordinary user) ---------------------------------------------
 
 
-def _bind_router_port(port: int, seconds: float) -> str:
-    """A workspace's attempt to share the router's port (SO_REUSEPORT): how many
-    connections it was handed in `seconds`, or why it could not bind."""
-    return f"""python3 - <<'EOF'
-import socket, time
+# A workspace's attempt to share the router's port (SO_REUSEPORT): it says in ~/bound
+# whether it bound it, then counts the connections it is handed until ~/stop appears.
+BIND_ROUTER_PORT = """python3 - <<'EOF'
+import os, socket, time
+home = os.path.expanduser("~")
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 try:
     s.bind(("127.0.0.1", {port})); s.listen(64)
 except OSError as exc:
-    print("cannot bind", exc); raise SystemExit
-print("bound", flush=True)
-s.settimeout(0.1); got = 0; end = time.monotonic() + {seconds}
-while time.monotonic() < end:
+    open(home + "/bound", "w").write("cannot bind"); print("cannot bind", exc); raise SystemExit
+open(home + "/bound", "w").write("bound")
+s.settimeout(0.1); got = 0; end = time.monotonic() + 60
+while not os.path.exists(home + "/stop") and time.monotonic() < end:
     try:
         c, _ = s.accept(); got += 1; c.close()
     except OSError:
@@ -305,34 +306,21 @@ print("connections", got)
 EOF"""
 
 
-async def check_port_not_joined(address: str, port: int) -> None:
-    """The workspace at address tries to share the router's port while 50 logins come:
-    it cannot bind it, or it is handed none of them; the router answers each."""
-    bind = asyncio.ensure_future(run_in(address, _bind_router_port(port, 4)))
-    await asyncio.sleep(1)  # a head start; either way, no login may reach it
-    answers = await _logins(port, 50)
+async def check_port_not_joined(address: str, home: Path, port: int) -> None:
+    """The workspace at address (its home folder: home) tries to share the router's port;
+    once it has bound it (or failed to), 50 logins come: it is handed none of them, and
+    the router answers each."""
+    bind = asyncio.ensure_future(run_in(address, BIND_ROUTER_PORT.format(port=port)))
+
+    async def tried() -> bool:
+        return (home / "bound").exists() or bind.done()
+
+    await eventually(tried, "the workspace's bind")
+    answers = await asyncio.gather(*(post_login(port) for _ in range(50)))
     assert all(a.startswith(b"HTTP/1.") for a in answers), answers
+    (home / "stop").touch()
     out = str((await bind)["out"])
     assert "connections 0" in out or "cannot bind" in out, out
-
-
-async def _logins(port: int, count: int) -> list[bytes]:
-    """count fresh connections posting a login to 127.0.0.1:port; each one's first line."""
-
-    async def one() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        body = b"user=alice&password=secret"
-        writer.write(
-            b"POST /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-            b"Content-Type: application/x-www-form-urlencoded\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        line = await reader.readline()
-        writer.close()
-        return line
-
-    return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
 async def test_a_sandboxed_workspace_reaches_the_internet_and_nothing_of_the_machine(
@@ -349,7 +337,7 @@ async def test_a_sandboxed_workspace_reaches_the_internet_and_nothing_of_the_mac
     # The router runs as the same user as the workspaces: sharing its port would hand a
     # workspace other people's logins. In a namespace of its own, its listener is on
     # another loopback: the 50 logins all go to the router.
-    await check_port_not_joined(alice, router_port)
+    await check_port_not_joined(alice, slot_of(state, alice) / "home", router_port)
 
 
 async def test_doctor_and_the_start_log_flag_a_shared_network(
@@ -433,3 +421,25 @@ def test_the_tools_are_found_whatever_path_says(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert network.tools() == ""
     assert all(network.tool(t).startswith("/") for t in network.TOOLS)
+
+
+def test_a_network_that_cannot_be_had_is_a_clear_error_that_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """local.network = 'own' with a {port} command (dialled over the machine's network):
+    the command says what is missing, exits 2, and leaves no state folder, no store."""
+    import sys
+
+    state = tmp_path / "state"
+    env = codepool_env(
+        state,
+        CODEPOOL_LOCAL_NETWORK="own",
+        CODEPOOL_LOCAL_COMMAND="code-server --bind-addr 127.0.0.1:{port}",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "codepool", "status"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "local.network = 'own' needs a workspace command on {socket}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not state.exists()

@@ -21,7 +21,7 @@ import pytest
 
 from codepool.core.accounts import Accounts
 from codepool.core.store import create_store
-from tests.helpers import eventually
+from tests.helpers import eventually, post_login
 from tests.ports import free_port
 from tests.serving import (
     Server,
@@ -393,17 +393,6 @@ os.execv(sys.executable, [sys.executable, "-m", "codepool", "serve", *sys.argv[2
 """
 
 
-async def _post_login(port: int) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"POST /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nuser=x&"
-    )
-    line = await reader.readline()
-    writer.close()
-    return line
-
-
 async def test_systemds_socket_holds_the_port_across_a_restart(state_dir: Path) -> None:
     """Socket activation: systemd (played by the test) holds the listening socket; the
     router, with workers, serves on it; while the router restarts the port stays taken
@@ -436,7 +425,7 @@ async def test_systemds_socket_holds_the_port_across_a_restart(state_dir: Path) 
     router = start()
     try:
         await eventually(up, "the router on systemd's socket")
-        answers = await asyncio.gather(*(_post_login(port) for _ in range(50)))
+        answers = await asyncio.gather(*(post_login(port) for _ in range(50)))
         assert all(a.startswith(b"HTTP/1.1 ") for a in answers), answers
         assert _join(port) == "Address already in use"
         router.send_signal(signal.SIGTERM)
@@ -444,7 +433,7 @@ async def test_systemds_socket_holds_the_port_across_a_restart(state_dir: Path) 
         assert router.returncode == 0 and "Traceback" not in out, out
 
         assert _join(port) == "Address already in use"  # held while no router runs
-        waiting = asyncio.ensure_future(_post_login(port))  # queued by the kernel
+        waiting = asyncio.ensure_future(post_login(port))  # queued by the kernel
         await asyncio.sleep(0.5)
         assert not waiting.done()
         router = start()

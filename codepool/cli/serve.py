@@ -164,7 +164,8 @@ def serve(
         pool = build_pool(settings)
         app = create_app(pool, settings)  # also checks the settings before anything forks
     try:
-        listeners = systemd.listen_fds() or listen(router.host, router.port)
+        from_systemd = systemd.listen_fds()
+        listeners = from_systemd or listen(router.host, router.port)
     except OSError as exc:
         asyncio.run(pool.close())
         raise typer.Exit(cannot_listen(router, exc.strerror or str(exc))) from None
@@ -179,7 +180,9 @@ def serve(
             + "  (Ctrl-C stops)"
         )
     if router.workers == 1:
-        raise typer.Exit(run_router(settings, pool, app, configured, listeners))
+        raise typer.Exit(
+            run_router(settings, pool, app, configured, listeners, fixed=bool(from_systemd))
+        )
     asyncio.run(pool.close())  # each worker opens its own connections after the fork
     raise typer.Exit(supervise(settings, router.workers, configured, listeners))
 
@@ -239,7 +242,7 @@ def run_router(
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        serving = Serving(settings, configured, fixed=fixed or systemd.activated(listeners))
+        serving = Serving(settings, configured, fixed=fixed)
         return loop.run_until_complete(serving.run(pool, app, listeners))
     finally:
         _cancel_remaining(loop)

@@ -1034,10 +1034,13 @@ def _store_open_to_workspaces(url: str) -> str:
 
 
 def build_pool(settings: Settings) -> CodePool:
-    """The pool the settings describe: its store and backend, nothing started yet."""
+    """The pool the settings describe: its store and backend, nothing started yet. The
+    backend first: a setting it refuses (local.isolation, local.network) must leave
+    nothing behind, not even a new store file."""
+    backend = create_backend(settings)
     store = create_store(
         settings.store_url,
         key_prefix=settings.store.key_prefix,
         batch_size=settings.store.batch_size,
     )
-    return CodePool(settings, store, create_backend(settings))
+    return CodePool(settings, store, backend)

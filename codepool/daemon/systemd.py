@@ -17,7 +17,6 @@ import time
 
 log = logging.getLogger("codepool.router")
 LISTEN_FDS_START = 3  # systemd passes its sockets from this descriptor on
-_activated: set[int] = set()  # the descriptors of the sockets systemd passed
 
 
 def listen_fds() -> list[socket.socket]:
@@ -40,14 +39,8 @@ def listen_fds() -> list[socket.socket]:
             raise OSError(f"systemd passed descriptor {fd}, which is not a listening TCP socket")
         os.set_inheritable(fd, False)  # not for the workspaces this router starts
         sock.setblocking(False)
-        _activated.add(fd)
         found.append(sock)
     return found
-
-
-def activated(listeners: list[socket.socket]) -> bool:
-    """Whether these are sockets systemd passed (held by systemd, not ours to move)."""
-    return any(s.fileno() in _activated for s in listeners)
 
 
 def notify(*lines: str) -> bool:

@@ -48,6 +48,15 @@ SANDBOX_NAME = "codepool-workspace"  # $0 of the shell that holds a sandbox
 _UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Where system tools are looked for besides PATH (which may lack the sbin folders).
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def system_tool(name: str) -> str:
+    """The full path of a system program ('' if it is not installed), on PATH or in the
+    system's folders (an ordinary account's PATH often lacks /usr/sbin, where Debian puts
+    ip; a router's may be anything). Looked up each time it is asked."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}") or ""
+
+
 INSTALL_HINT = (
     "install bubblewrap (apt-get install bubblewrap) so that each workspace runs in a "
     "sandbox, or run `codepool serve` as root so that each person gets a Unix account"
@@ -57,8 +66,8 @@ INSTALL_HINT = (
 @functools.cache
 def bwrap_works() -> str:
     """'' if bubblewrap can make a sandbox here (a user namespace), else why not."""
-    bwrap = shutil.which("bwrap", path=f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}")
-    if bwrap is None:
+    bwrap = system_tool("bwrap")
+    if not bwrap:
         return "bubblewrap is not installed"
     probe = [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--", "/bin/true"]
     try:
@@ -222,7 +231,7 @@ def sandbox_argv(
     bwrap is held by a shell, so that the router's own exit (a restart) ends no sandbox;
     stopping one ends every process under the shell (LocalBackend._kill): bwrap's
     --die-with-parent does not reliably take the sandbox's first process along."""
-    bwrap = shutil.which("bwrap", path=f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}") or "bwrap"
+    bwrap = system_tool("bwrap") or "bwrap"
     if account is None:
         argv = ["--unshare-all", *net, "--cap-drop", "ALL"]
     else:

@@ -352,7 +352,7 @@ class LocalBackend:
             ) from None
         program = resolve_executable(argv[0])
         env = isolation.clean_env(Path(seen["home"]), meta.owner or "workspace")
-        own_net = self.sandboxed and self.network == "own"
+        own_net = self.network == "own"  # never chosen without the sandbox (network.choose)
         if self.sandboxed:
             binds = [(home, str(seen["home"])), (data, str(seen["data"])), (run, str(seen["run"]))]
             readable = [*self.settings.sandbox_paths, *_install_root(program)]
@@ -362,7 +362,7 @@ class LocalBackend:
                 readable,
                 str(seen["home"]),
                 account,
-                net=network.bwrap_args(self.network if self.sandboxed else "shared"),
+                net=network.bwrap_args(self.network),
                 resolv_conf=str(network.write_resolv_conf(self.root)) if own_net else "",
             )
         elif account is not None:

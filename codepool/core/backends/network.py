@@ -30,13 +30,12 @@ import ipaddress
 import json
 import os
 import select
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from codepool.core.backends.isolation import SYSTEM_PATH
+from codepool.core.backends.isolation import SYSTEM_PATH, system_tool
 from codepool.core.errors import BackendError, ConfigError
 
 INSTALL_HINT = (
@@ -71,13 +70,7 @@ INFO_FD, BLOCK_FD, EXIT_FD = 3, 4, 5
 
 
 TOOLS = ("slirp4netns", "nsenter", "setsid", "ip")
-
-
-def tool(name: str) -> str:
-    """The full path of one of TOOLS ('' if it is not installed), on PATH or in the
-    system's folders (an ordinary account's PATH often lacks /usr/sbin, where Debian
-    puts ip). Looked up each time: the answer follows the machine, not a first look."""
-    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:{SYSTEM_PATH}") or ""
+tool = system_tool  # each time: the answer follows the machine, not a first look
 
 
 def tools() -> str:
